@@ -1,0 +1,41 @@
+# compalign: `make demo` and `make test` are all a fresh clone needs.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+
+MODEL   ?= tiny
+DATA    ?= sugarcrepe
+ROOT    ?=
+OUT     ?= caches/$(MODEL)-$(DATA).zarr
+ARGS    ?=
+
+.PHONY: install test demo extract lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/pytest -q
+
+demo: $(STAMP)
+	$(BIN)/compalign demo --out demo
+
+# make extract MODEL=siglip2 DATA=sugarcrepe ROOT=/data/sugarcrepe [OUT=...] [ARGS="--batch-size 128"]
+extract: $(STAMP)
+	@test -n "$(ROOT)" || (echo "ROOT is required: make extract MODEL=$(MODEL) DATA=$(DATA) ROOT=/path/to/data" && exit 2)
+	$(BIN)/compalign extract --model $(MODEL) --data $(DATA) --root $(ROOT) --out $(OUT) $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/extract_overhead.py
+
+clean:
+	rm -rf $(VENV) demo caches

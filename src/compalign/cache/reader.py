@@ -1,0 +1,144 @@
+"""Read a cache: rows by key, gathered reads, shuffled batches. Never loads a whole token array.
+
+Random row reads through Zarr cost a chunk decode each; `read` therefore sorts the wanted rows,
+reads each contiguous run once and scatters the result back into the caller's order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import zarr
+
+from .store import FAILED, OK, Layout, open_store
+
+Kind = Literal["images", "texts"]
+
+
+class CacheReader:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.root: zarr.Group = open_store(self.path, "r")
+        self.attrs: dict[str, Any] = dict(self.root.attrs)
+        self.layout = Layout(**self.attrs["layout"])
+
+    # ---- identity ------------------------------------------------------------------------
+    @property
+    def backbone(self) -> dict[str, Any]:
+        return self.attrs["backbone"]
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies (backbone, source, extraction): heads trained on one cache check it on another."""
+        ident = {k: self.attrs[k] for k in ("backbone", "extraction")}
+        ident["source"] = self.attrs["source"]["fingerprint"]
+        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def backbone_id(self) -> str:
+        """Identifies the backbone alone (same weights ⇒ same id, whatever the data)."""
+        b = self.backbone
+        ident = {k: b.get(k) for k in ("model_name", "pretrained", "checkpoint_sha", "seed")}
+        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+    # ---- keys and status -----------------------------------------------------------------
+    @cached_property
+    def image_keys(self) -> np.ndarray:
+        return self.root["images/keys"][:]
+
+    @cached_property
+    def text_keys(self) -> np.ndarray:
+        return self.root["texts/keys"][:]
+
+    @cached_property
+    def _index(self) -> dict[str, dict[str, int]]:
+        return {
+            "images": {k: i for i, k in enumerate(self.image_keys.tolist())},
+            "texts": {k: i for i, k in enumerate(self.text_keys.tolist())},
+        }
+
+    def rows(self, kind: Kind, keys: Any) -> np.ndarray:
+        """Row numbers of `keys`; a key not in the store raises with the key named."""
+        index = self._index[kind]
+        try:
+            return np.fromiter((index[k] for k in keys), dtype=np.int64)
+        except KeyError as e:
+            raise KeyError(f"{kind} key {e.args[0]!r} is not in the cache {self.path}") from None
+
+    def status(self, kind: Kind) -> np.ndarray:
+        return self.root[f"{kind}/status"][:]
+
+    def ok(self, kind: Kind) -> np.ndarray:
+        return self.status(kind) == OK
+
+    def failures(self, kind: Kind) -> list[tuple[int, str, str]]:
+        """(row, origin, reason) of every failed row."""
+        st = self.status(kind)
+        bad = np.flatnonzero(st == FAILED)
+        if not len(bad):
+            return []
+        err = self.root[f"{kind}/error"][:]
+        origin = self.root["images/origin" if kind == "images" else "texts/strings"][:]
+        return [(int(i), str(origin[i]), str(err[i])) for i in bad]
+
+    @cached_property
+    def items(self) -> dict[str, np.ndarray]:
+        g = self.root["items"]
+        return {name: g[name][:] for name, _ in sorted(g.arrays())}
+
+    def projection(self, name: Literal["image", "text", "text_bias"]) -> np.ndarray | None:
+        key = f"proj/{name}"
+        return self.root[key][:] if key in self.root else None
+
+    # ---- features --------------------------------------------------------------------------
+    def array(self, kind: Kind, field: str, layer: int = -1) -> zarr.Array:
+        name = f"{kind}/{field}" if layer == -1 else f"{kind}/layers/{layer}/{field}"
+        if name not in self.root:
+            have = self.attrs["extraction"]["layers"]
+            raise KeyError(f"{name} is not in {self.path} (layers extracted: {have}); re-extract with --layers")
+        return self.root[name]
+
+    def read(self, kind: Kind, field: str, rows: np.ndarray, layer: int = -1) -> np.ndarray:
+        """Rows in the caller's order (repeats allowed), reading each contiguous run once."""
+        arr = self.array(kind, field, layer)
+        rows = np.asarray(rows, dtype=np.int64)
+        uniq, inverse = np.unique(rows, return_inverse=True)
+        out = np.empty((len(uniq), *arr.shape[1:]), dtype=arr.dtype)
+        if len(uniq):
+            breaks = np.flatnonzero(np.diff(uniq) > 1) + 1
+            pos = 0
+            for run in np.split(uniq, breaks):
+                out[pos:pos + len(run)] = arr[int(run[0]):int(run[-1]) + 1]
+                pos += len(run)
+        return out[inverse]
+
+    def batches(self, kind: Kind, field: str, batch_size: int, shuffle: bool = False, seed: int = 0,
+                layer: int = -1, buffer_shards: int = 4) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(rows, values) batches streaming shard by shard; shuffled across a buffer of shards.
+
+        Memory is bounded by `buffer_shards` shards whatever the store size.
+        """
+        arr = self.array(kind, field, layer)
+        n, step = arr.shape[0], self.layout.shard_rows
+        order = np.arange((n + step - 1) // step)
+        rng = np.random.default_rng(seed)
+        if shuffle:
+            rng.shuffle(order)
+        for g in range(0, len(order), buffer_shards):
+            group = order[g:g + buffer_shards]
+            rows = np.concatenate([np.arange(s * step, min(n, (s + 1) * step)) for s in group])
+            vals = np.concatenate([arr[s * step:min(n, (s + 1) * step)] for s in group])
+            perm = rng.permutation(len(rows)) if shuffle else np.arange(len(rows))
+            for b in range(0, len(perm), batch_size):
+                sel = perm[b:b + batch_size]
+                yield rows[sel], vals[sel]
+
+
+def open_cache(path: str | Path) -> CacheReader:
+    return CacheReader(path)

@@ -1,0 +1,165 @@
+"""Create a store, write whole shards, mark them done, and resume.
+
+Layout (N images, M texts, E joint width, P patches, K prefix tokens, W tower widths, L tokens):
+    attrs                      schema, backbone, extraction settings, source (fingerprint, problems), versions
+    images/keys      (N,)      content hash of the image bytes
+    images/origin    (N,)      where it came from (path, or parquet file#row:column)
+    images/status    (N,)      int8: 0 pending, 1 ok, 2 failed
+    images/error     (N,)      reason when failed
+    images/global    (N, E)    float32, the backbone's own image embedding
+    images/patches   (N, P, W) float16, final layer, final norm applied
+    images/prefix    (N, K, W) float16, class/register tokens of the same layer
+    images/layers/<l>/{patches,prefix}   other requested layers (l < 0 counts from the top)
+    texts/keys, strings, status, error, lengths (int16), truncated (bool)
+    texts/global     (M, E)    float32
+    texts/tokens     (M, L, W) float16, zero after `lengths`
+    texts/layers/<l>/tokens
+    proj/{image,text,text_bias}  linear token -> joint maps, where the tower has them
+    items/<column>   (n_items,) str, the source's items referencing rows by key
+    .done/{images,texts}/<shard>  marker files: a shard is done only after its data is durable
+
+A shard is a block of `shard_rows` consecutive rows, stored as one Zarr shard per array and
+written by exactly one writer (Zarr loses data when two writers touch one shard).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import zarr
+
+SCHEMA = "compalign.cache/1"
+PENDING, OK, FAILED = 0, 1, 2
+Kind = Literal["images", "texts"]
+
+
+class CacheError(RuntimeError):
+    """A store that is missing, incompatible or from another schema; the message names the fix."""
+
+
+@dataclass
+class Layout:
+    n_images: int
+    n_texts: int
+    embed_dim: int
+    n_patches: int
+    n_prefix: int
+    image_width: int
+    text_len: int  # stored token positions (longest caption for causal towers, else the context)
+    text_width: int
+    layers: list[int]  # -1 first
+    shard_rows: int
+    chunk_rows: int  # rows per inner chunk: the unit a random read decodes
+
+
+def _array(g: zarr.Group, name: str, shape: tuple[int, ...], dtype: Any, lay: Layout, big: bool = False) -> None:
+    rows = max(1, min(lay.shard_rows, shape[0]))
+    if big:  # token arrays: small inner chunks inside one shard per writer
+        chunk = max(1, min(lay.chunk_rows, rows))
+        g.create_array(name, shape=shape, dtype=dtype, chunks=(chunk, *shape[1:]), shards=(rows, *shape[1:]), fill_value=0)
+    else:
+        fill = "" if dtype is str else 0
+        g.create_array(name, shape=shape, dtype=dtype, chunks=(rows, *shape[1:]), fill_value=fill)
+
+
+def create_store(path: Path, lay: Layout, attrs: dict[str, Any], items: dict[str, list[str]],
+                 image_keys: list[str], image_origins: list[str], text_keys: list[str], texts: list[str],
+                 projections: dict[str, np.ndarray]) -> zarr.Group:
+    """Preallocate every array; key/string columns and items are written now, features later by shard."""
+    root = zarr.open_group(str(path), mode="w")
+    root.attrs.update({"schema": SCHEMA, **attrs, "layout": lay.__dict__})
+    N, M = lay.n_images, lay.n_texts
+    im, tx = root.create_group("images"), root.create_group("texts")
+    for g, n, keys, extra_name, extra in ((im, N, image_keys, "origin", image_origins), (tx, M, text_keys, "strings", texts)):
+        _array(g, "keys", (n,), str, lay)
+        _array(g, extra_name, (n,), str, lay)
+        _array(g, "status", (n,), "int8", lay)
+        _array(g, "error", (n,), str, lay)
+        if n:
+            g["keys"][:] = np.asarray(keys, dtype=str)
+            g[extra_name][:] = np.asarray(extra, dtype=str)
+    _array(tx, "lengths", (M,), "int16", lay)
+    _array(tx, "truncated", (M,), "bool", lay)
+    _array(im, "global", (N, lay.embed_dim), "float32", lay)
+    _array(tx, "global", (M, lay.embed_dim), "float32", lay)
+    for layer in lay.layers:
+        gi = im if layer == -1 else im.require_group(f"layers/{layer}")
+        gt = tx if layer == -1 else tx.require_group(f"layers/{layer}")
+        _array(gi, "patches", (N, lay.n_patches, lay.image_width), "float16", lay, big=True)
+        _array(gi, "prefix", (N, lay.n_prefix, lay.image_width), "float16", lay, big=True)
+        _array(gt, "tokens", (M, lay.text_len, lay.text_width), "float16", lay, big=True)
+    pg = root.create_group("proj")
+    for name, mat in projections.items():
+        pg.create_array(name, data=np.asarray(mat, dtype="float32"))
+    ig = root.create_group("items")
+    n_items = len(next(iter(items.values()))) if items else 0
+    for col, values in items.items():
+        a = ig.create_array(col, shape=(n_items,), dtype=str, chunks=(max(1, n_items),), fill_value="")
+        if n_items:
+            a[:] = np.asarray(values, dtype=str)
+    for kind in ("images", "texts"):
+        (path / ".done" / kind).mkdir(parents=True, exist_ok=True)
+    _fsync_tree(path)
+    return root
+
+
+def n_shards(n_rows: int, shard_rows: int) -> int:
+    return (n_rows + shard_rows - 1) // shard_rows
+
+
+def done_shards(path: Path, kind: Kind) -> set[int]:
+    folder = path / ".done" / kind
+    return {int(p.name) for p in folder.iterdir() if p.name.isdigit()} if folder.exists() else set()
+
+
+def write_shard(root: zarr.Group, path: Path, kind: Kind, shard: int, lo: int, arrays: dict[str, np.ndarray]) -> None:
+    """Write one whole shard (rows lo..lo+n of every named array), make it durable, then mark it done."""
+    for name, data in arrays.items():
+        root[f"{kind}/{name}"][lo:lo + len(data)] = data
+    for name in arrays:  # durability before the marker: a crash after this line cannot lose the shard
+        _fsync_tree(path / kind / name / "c" / str(shard))
+    marker = path / ".done" / kind / f"{shard:06d}"
+    _atomic_write(marker, json.dumps({"rows": [lo, lo + len(next(iter(arrays.values())))]}))
+
+
+def _atomic_write(target: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, target)
+    dfd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _fsync_tree(p: Path) -> None:
+    if p.is_file():
+        with open(p, "rb") as f:
+            os.fsync(f.fileno())
+        return
+    if not p.exists():
+        return
+    for dirpath, _, files in os.walk(p):
+        for name in files:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                os.fsync(f.fileno())
+
+
+def open_store(path: Path, mode: Literal["r", "r+"] = "r") -> zarr.Group:
+    if not (path / "zarr.json").exists():
+        raise CacheError(f"{path} is not a compalign cache (no zarr.json). Create one with `compalign extract ... --out {path}`.")
+    root = zarr.open_group(str(path), mode=mode)
+    schema = root.attrs.get("schema")
+    if schema != SCHEMA:
+        raise CacheError(f"{path} has schema {schema!r}; this compalign reads {SCHEMA!r}. Re-extract it with this version.")
+    return root

@@ -1,0 +1,1 @@
+"""Command-line apps; the only code in compalign that prints."""

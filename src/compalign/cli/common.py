@@ -1,0 +1,43 @@
+"""Shared CLI plumbing: console, logging, progress bars."""
+
+from __future__ import annotations
+
+import logging
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
+console = Console(stderr=True)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
+                        handlers=[RichHandler(console=console, show_path=False)], force=True)
+    if not verbose:  # open_clip logs its config resolution at INFO/WARNING on the root logger
+        logging.getLogger().setLevel(logging.ERROR)
+        logging.getLogger("compalign").setLevel(logging.WARNING)
+
+
+def progress_bar() -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+                    TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console)
+
+
+class StageProgress:
+    """Adapts the library's (stage, done, total) callback to rich tasks with an items/s field."""
+
+    def __init__(self, bar: Progress):
+        self.bar, self.tasks, self.start = bar, {}, {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        import time
+
+        now = time.perf_counter()
+        if stage not in self.tasks:
+            self.tasks[stage] = self.bar.add_task(stage, total=total, completed=done, rate="")
+            self.start[stage] = (now, done)
+            return
+        t0, d0 = self.start[stage]
+        rate = f"{(done - d0) / (now - t0):.1f} {stage}/s" if now > t0 else ""
+        self.bar.update(self.tasks[stage], completed=done, rate=rate)

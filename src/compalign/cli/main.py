@@ -1,0 +1,132 @@
+"""`compalign`: extract features into a cache, inspect caches, make the synthetic world, run the demo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .common import StageProgress, console, progress_bar, setup_logging
+
+app = typer.Typer(help="compalign: encode images and captions once, then align and score from the cache.",
+                  no_args_is_help=True)
+cache_app = typer.Typer(help="Inspect feature caches.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+try:  # the synthetic world's commands live with the world
+    from .shapes import app as shapes_app
+
+    app.add_typer(shapes_app, name="shapes", help="The synthetic compositional world.")
+except ImportError:  # pragma: no cover - only while the world is being built
+    pass
+
+
+def _layers(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"--layers takes comma-separated block indices like -1,-4 (got {text!r})") from None
+
+
+@app.command()
+def extract(
+    model: str = typer.Option(..., help="preset (clip, siglip2, pe, tiny), open_clip name, or local-dir:PATH"),
+    data: str = typer.Option(..., help="data source: pairs | sugarcrepe | bivlc"),
+    root: Path = typer.Option(..., help="where the data lives"),
+    out: Path = typer.Option(..., help="the Zarr store to create (or resume)"),
+    pretrained: Optional[str] = typer.Option(None, help="open_clip pretrained tag (presets bring their own; 'none' = random init)"),
+    batch_size: int = typer.Option(64, help="images / captions per forward pass"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    workers: int = typer.Option(1, help="image decoding processes (0 = in this process)"),
+    precision: str = typer.Option("fp32", help="fp32 | bf16 | fp16 (autocast)"),
+    layers: str = typer.Option("-1", help="token layers to keep, e.g. -1,-4 (the final layer is always kept)"),
+    shard_rows: int = typer.Option(256, help="rows per shard: the unit of writing and of resume"),
+    overwrite: bool = typer.Option(False, help="start again instead of resuming"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Encode every unique image and caption of a data source once and store their embeddings."""
+    setup_logging(verbose)
+    from ..cache.store import CacheError
+    from ..extract.backbones import BackboneError
+    from ..extract.runner import ExtractConfig
+    from ..extract.runner import extract as run
+    from ..extract.sources import SourceError
+
+    if device not in ("auto", "cpu", "cuda") or precision not in ("fp32", "bf16", "fp16"):
+        raise typer.BadParameter("--device is auto|cpu|cuda and --precision is fp32|bf16|fp16")
+    cfg = ExtractConfig(model=model, data=data, root=str(root), out=str(out), pretrained=pretrained,
+                        batch_size=batch_size, device=device, workers=workers, precision=precision,  # type: ignore[arg-type]
+                        layers=_layers(layers), shard_rows=shard_rows, overwrite=overwrite)
+    try:
+        with progress_bar() as bar:
+            summary = run(cfg, StageProgress(bar))
+    except (SourceError, BackboneError, CacheError, ValueError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+    out_console = Console()
+    verb = "resumed" if summary.shards_skipped else "wrote"
+    out_console.print(f"[bold]{verb}[/bold] {summary.out}: {summary.images} images, {summary.texts} captions, "
+                      f"{summary.items} items in {summary.seconds:.1f}s "
+                      f"({summary.shards_written} shards written, {summary.shards_skipped} already done), "
+                      f"{summary.bytes_on_disk / 2**20:.1f} MiB on disk")
+    for origin, reason in summary.image_failures[:20]:
+        out_console.print(f"  [yellow]image failed[/yellow] {reason}")
+    for text, reason in summary.text_failures[:20]:
+        out_console.print(f"  [yellow]caption failed[/yellow] {text!r}: {reason}")
+    for p in summary.problems[:20]:
+        out_console.print(f"  [yellow]skipped[/yellow] {p}")
+    more = len(summary.image_failures) + len(summary.text_failures) + len(summary.problems) - 60
+    if more > 0:
+        out_console.print(f"  … and {more} more: `compalign cache info {summary.out}`")
+
+
+@cache_app.command("info")
+def info(store: Path = typer.Argument(..., help="a compalign cache"),
+         json_out: bool = typer.Option(False, "--json", help="print JSON instead of tables")) -> None:
+    """Backbone, counts, shapes, dtypes, bytes on disk and the failures of a cache."""
+    from ..cache.info import cache_info
+    from ..cache.store import CacheError
+
+    try:
+        d = cache_info(store)
+    except CacheError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+    if json_out:
+        print(json.dumps(d, indent=1))
+        return
+    out = Console()
+    b, c = d["backbone"], d["counts"]
+    out.print(f"[bold]{d['path']}[/bold] ({d['schema']}, {d['bytes_on_disk'] / 2**20:.1f} MiB on disk)")
+    out.print(f"backbone: {b['name']} = {b['model_name']} / {b['pretrained']} "
+              f"(open_clip {b['open_clip']}, torch {b['torch']}, image {b['image_size']}, embed {b['embed_dim']})")
+    out.print(f"source: {d['source']['kind']} at {d['source']['root']} (fingerprint {d['source']['fingerprint']})")
+    out.print(f"images {c['images_ok']}/{c['images']} ok, texts {c['texts_ok']}/{c['texts']} ok, {c['items']} items; "
+              f"shards done: images {c['image_shards_done']}/{c['image_shards']}, texts {c['text_shards_done']}/{c['text_shards']}")
+    t = Table("array", "shape", "dtype", "MiB on disk")
+    for a in d["arrays"]:
+        t.add_row(a["name"], str(tuple(a["shape"])), a["dtype"], f"{a['bytes'] / 2**20:.2f}")
+    out.print(t)
+    for kind in ("images", "texts"):
+        for row, origin, reason in d["failures"][kind]:
+            out.print(f"[yellow]{kind[:-1]} row {row} failed[/yellow]: {reason}")
+    for p in d["problems"]:
+        out.print(f"[yellow]skipped[/yellow] {p}")
+
+
+@app.command()
+def backbones() -> None:
+    """List the backbone presets."""
+    from ..extract.presets import get_preset, list_presets
+
+    for name in list_presets():
+        p = get_preset(name)
+        print(f"{name:10s} {p.model} / {p.pretrained}  {p.about}")
+
+
+if __name__ == "__main__":
+    app()

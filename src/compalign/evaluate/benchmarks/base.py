@@ -1,0 +1,63 @@
+"""The benchmark contract, its registry, and the result schema shared by every benchmark and head."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+from ...cache.reader import CacheReader
+from ...heads.base import Head
+
+
+@dataclass
+class BenchResult:
+    bench: str
+    head: str
+    backbone: str
+    cache: str
+    metrics: dict[str, float]  # name -> percent
+    items: list[dict[str, Any]]  # {"id", "subset", ...outcomes}
+    counts: dict[str, int] = field(default_factory=dict)  # items scored / invalid
+
+    def to_json(self) -> dict[str, Any]:
+        return {"bench": self.bench, "head": self.head, "backbone": self.backbone, "cache": self.cache,
+                "metrics": self.metrics, "counts": self.counts, "items": self.items}
+
+
+class Benchmark:
+    name: ClassVar[str]
+    source: ClassVar[str]  # the data kind the cache must have been extracted from
+
+    def evaluate(self, reader: CacheReader, head: Head) -> BenchResult:
+        raise NotImplementedError
+
+    def check(self, reader: CacheReader) -> None:
+        kind = reader.attrs["source"]["kind"]
+        if kind != self.source:
+            raise ValueError(f"{reader.path} was extracted from a {kind!r} source; --bench {self.name} needs "
+                             f"`compalign extract --data {self.source}`")
+
+
+_BENCHES: dict[str, Callable[[], Benchmark]] = {}
+
+
+def register_benchmark(name: str) -> Callable[[type[Benchmark]], type[Benchmark]]:
+    def wrap(cls: type[Benchmark]) -> type[Benchmark]:
+        cls.name = name
+        _BENCHES[name] = cls
+        return cls
+    return wrap
+
+
+def list_benchmarks() -> list[str]:
+    return sorted(_BENCHES)
+
+
+def create_benchmark(name: str) -> Benchmark:
+    if name not in _BENCHES:
+        raise KeyError(f"unknown benchmark {name!r}; available: {', '.join(list_benchmarks())}")
+    return _BENCHES[name]()
+
+
+def head_label(head: Head) -> str:
+    return getattr(head, "label", head.name)

@@ -1,0 +1,37 @@
+"""BiVLC: two images x two captions per item; I2T, T2I and Group, overall and per type."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from ...cache.reader import CacheReader
+from ...heads.base import Head
+from ..metrics import bivlc_metrics, bivlc_outcomes
+from ..scoring import score_pairs
+from .base import BenchResult, Benchmark, head_label, register_benchmark
+
+log = logging.getLogger(__name__)
+
+
+@register_benchmark("bivlc")
+class BiVLC(Benchmark):
+    source = "bivlc"
+
+    def evaluate(self, reader: CacheReader, head: Head) -> BenchResult:
+        self.check(reader)
+        it = reader.items
+        n = len(it["id"])
+        i0, i1, c0, c1 = it["image"], it["negative_image"], it["caption"], it["negative_caption"]
+        s = score_pairs(reader, head, np.concatenate([i0, i0, i1, i1]), np.concatenate([c0, c1, c0, c1]))
+        c0i0, c1i0, c0i1, c1i1 = s[:n], s[n:2 * n], s[2 * n:3 * n], s[3 * n:]
+        valid = ~np.isnan(s.reshape(4, n)).any(axis=0)
+        if (~valid).any():
+            log.warning("%d items use a failed image or caption and are left out", int((~valid).sum()))
+        out = bivlc_outcomes(c0i0, c1i0, c0i1, c1i1)
+        metrics = bivlc_metrics({k: v[valid] for k, v in out.items()}, it["type"][valid])
+        items = [{"id": str(it["id"][j]), "subset": f"{it['type'][j]}/{it['subtype'][j]}", "valid": bool(valid[j]),
+                  **{k: bool(v[j]) for k, v in out.items()}} for j in range(n)]
+        return BenchResult("bivlc", head_label(head), reader.backbone["name"], str(reader.path), metrics, items,
+                           {"items": n, "invalid": int((~valid).sum())})

@@ -1,0 +1,38 @@
+"""SugarCrepe: item correct iff s(I, pos) > s(I, neg); subsets, categories, macro and micro means."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from ...cache.reader import CacheReader
+from ...heads.base import Head
+from ..metrics import sugarcrepe_metrics
+from ..scoring import score_pairs
+from .base import BenchResult, Benchmark, head_label, register_benchmark
+
+log = logging.getLogger(__name__)
+
+
+@register_benchmark("sugarcrepe")
+class SugarCrepe(Benchmark):
+    source = "sugarcrepe"
+
+    def evaluate(self, reader: CacheReader, head: Head) -> BenchResult:
+        self.check(reader)
+        it = reader.items
+        n = len(it["id"])
+        # One call scores positives and negatives together: (2n,) -> halves.
+        s = score_pairs(reader, head, np.concatenate([it["image"], it["image"]]),
+                        np.concatenate([it["caption"], it["negative_caption"]]))
+        pos, neg = s[:n], s[n:]
+        valid = ~(np.isnan(pos) | np.isnan(neg))
+        if (~valid).any():
+            log.warning("%d items use a failed image or caption and are left out", int((~valid).sum()))
+        correct = pos > neg
+        metrics = sugarcrepe_metrics(correct[valid], it["subset"][valid])
+        items = [{"id": str(i), "subset": str(sub), "pos": float(p), "neg": float(q), "correct": bool(c), "valid": bool(v)}
+                 for i, sub, p, q, c, v in zip(it["id"], it["subset"], pos, neg, correct, valid)]
+        return BenchResult("sugarcrepe", head_label(head), reader.backbone["name"], str(reader.path), metrics, items,
+                           {"items": n, "invalid": int((~valid).sum())})

@@ -1,0 +1,53 @@
+"""Score (image key, text key) pairs with a head, from the cache alone.
+
+Rows are gathered once per batch of pairs (unique images, unique texts), embedded by the head,
+and scored in one vectorised call; no Python loop runs over items.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..cache.reader import CacheReader
+from ..heads.base import Head
+
+
+def _gather(reader: CacheReader, kind: str, fields: tuple[str, ...], rows: np.ndarray) -> dict[str, np.ndarray]:
+    batch = {f: reader.read(kind, f, rows) for f in fields}  # type: ignore[arg-type]
+    if kind == "texts" and "tokens" in fields:
+        batch["lengths"] = reader.read("texts", "lengths", rows)
+    return batch
+
+
+def score_pairs(reader: CacheReader, head: Head, image_keys: np.ndarray, text_keys: np.ndarray,
+                batch_size: int = 8192) -> np.ndarray:
+    """(n,) scores; NaN where the image or the caption failed to extract."""
+    irows, trows = reader.rows("images", image_keys), reader.rows("texts", text_keys)
+    valid = reader.ok("images")[irows] & reader.ok("texts")[trows]
+    out = np.full(len(irows), np.nan, dtype=np.float32)
+    for b in range(0, len(irows), batch_size):
+        sl = slice(b, b + batch_size)
+        ui, ii = np.unique(irows[sl], return_inverse=True)
+        ut, ti = np.unique(trows[sl], return_inverse=True)
+        im = head.embed_images(_gather(reader, "images", head.needs_images, ui))
+        tx = head.embed_texts(_gather(reader, "texts", head.needs_texts, ut))
+        out[sl] = head.score_pairs(_take(im, ii), _take(tx, ti))
+    out[~valid] = np.nan
+    return out
+
+
+def score_text_pairs(reader: CacheReader, head: Head, a_keys: np.ndarray, b_keys: np.ndarray) -> np.ndarray:
+    ar, br = reader.rows("texts", a_keys), reader.rows("texts", b_keys)
+    a = head.embed_texts(_gather(reader, "texts", head.needs_texts, ar))
+    b = head.embed_texts(_gather(reader, "texts", head.needs_texts, br))
+    out = np.asarray(head.score_text_pairs(a, b), dtype=np.float32)
+    ok = reader.ok("texts")
+    out[~(ok[ar] & ok[br])] = np.nan
+    return out
+
+
+def _take(rep, idx: np.ndarray):
+    """Index a head's representation (an array, a tensor, or a dict of them) by rows."""
+    if isinstance(rep, dict):
+        return {k: _take(v, idx) for k, v in rep.items()}
+    return rep[idx]

@@ -1,0 +1,1 @@
+"""Extraction: backbones, data sources and the runner that fills a cache."""

@@ -1,0 +1,301 @@
+"""Load a frozen open_clip backbone and expose the two calls extraction needs.
+
+`encode_images` / `encode_texts` return, in one forward pass, the backbone's own pooled
+embedding (exactly what `encode_image` / `encode_text` give) and the per-layer token
+embeddings from `forward_intermediates` with the tower's final norm applied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import open_clip
+import torch
+import torch.nn as nn
+from open_clip.transformer import text_global_pool
+
+from .presets import get_preset, register_model_configs
+
+log = logging.getLogger(__name__)
+
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
+class BackboneError(RuntimeError):
+    """Raised when a backbone cannot be loaded; the message says how to fix it."""
+
+
+@dataclass
+class ImageOut:
+    global_: torch.Tensor  # (B, E) float32, the backbone's own image embedding (unnormalised)
+    patches: dict[int, torch.Tensor]  # layer -> (B, P, W) spatial tokens after the final norm
+    prefix: dict[int, torch.Tensor]  # layer -> (B, K, W) class/register tokens, kept apart
+
+
+@dataclass
+class TextOut:
+    global_: torch.Tensor  # (B, E) float32, the backbone's own text embedding (unnormalised)
+    tokens: dict[int, torch.Tensor]  # layer -> (B, L, W) token embeddings after the final norm
+
+
+@dataclass
+class Tokens:
+    ids: torch.Tensor  # (M, C) token ids at the full context length C
+    lengths: torch.Tensor  # (M,) tokens that carry content (SOT..EOT inclusive)
+    truncated: torch.Tensor  # (M,) bool, the caption did not fit the context
+
+
+@dataclass
+class Backbone:
+    model: nn.Module
+    preprocess: Any  # torchvision transform: PIL image -> (3, H, W) tensor
+    tokenizer: Any
+    name: str  # what the user asked for (preset or open_clip name)
+    model_name: str
+    pretrained: str | None
+    causal_text: bool  # tokens after EOT cannot change the pooled embedding
+    context_length: int
+    image_depth: int
+    text_depth: int
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    # ---- layers -------------------------------------------------------------------------
+    def image_layers(self, layers: list[int]) -> list[int]:
+        return [_absolute(i, self.image_depth) for i in layers]
+
+    def text_layers(self, layers: list[int]) -> list[int]:
+        return [_absolute(i, self.text_depth) for i in layers]
+
+    # ---- text ---------------------------------------------------------------------------
+    def tokenize(self, texts: list[str]) -> Tokens:
+        ids = self.tokenizer(texts)
+        # One extra position tells whether the caption fitted: a caption that needs it was cut.
+        longer = self.tokenizer(texts, context_length=self.context_length + 1)
+        lengths = _content_lengths(ids, self.causal_text)
+        truncated = _content_lengths(longer, self.causal_text) > self.context_length
+        return Tokens(ids=ids, lengths=lengths, truncated=truncated)
+
+    @torch.no_grad()
+    def encode_texts(self, ids: torch.Tensor, layers: list[int]) -> TextOut:
+        """ids (B, L): L may be shorter than the context for causal towers (see DESIGN.md)."""
+        take = self.text_layers(layers)
+        m = self.model
+        L = ids.shape[1]
+        if hasattr(m, "text"):  # CustomTextCLIP (PE, SigLIP2): a TextTransformer
+            tower = m.text
+            if getattr(tower, "cls_emb", None) is not None:
+                raise BackboneError("text towers with an appended class token (CoCa) are not supported")
+            x, mask = tower._embeds(ids)  # (B, L, W); its causal mask is not sliced to L
+            pool, eos = tower.pool_type, getattr(tower, "eos_id", None)
+        else:  # CLIP with the built-in text tower
+            tower = m
+            cast = m.transformer.get_cast_dtype()
+            x = m.token_embedding(ids).to(cast) + m.positional_embedding[:L].to(cast)  # (B, L, W)
+            mask = m.attn_mask
+            pool, eos = m.text_pool_type, getattr(m, "text_eos_id", None)
+        if mask is not None and mask.dim() == 2:
+            mask = mask[:L, :L]
+        x, inter = tower.transformer.forward_intermediates(x, attn_mask=mask, indices=take)
+        inter = [tower.ln_final(t) for t in inter]
+        pooled = text_global_pool(tower.ln_final(x), ids, pool, eos_token_id=eos)  # (B, W)
+        proj = tower.text_projection
+        if proj is not None:
+            pooled = proj(pooled) if isinstance(proj, nn.Linear) else pooled @ proj
+        return TextOut(global_=pooled.float(), tokens=_by_layer(layers, take, inter))
+
+    # ---- images -------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor, layers: list[int]) -> ImageOut:
+        take = self.image_layers(layers)
+        out = self.model.visual.forward_intermediates(
+            pixels,
+            indices=take,
+            normalize_intermediates=True,
+            output_fmt="NLC",
+            output_extra_tokens=True,
+        )
+        patches = out["image_intermediates"]  # list of (B, P, W)
+        prefix = out.get("image_intermediates_prefix") or [p[:, :0] for p in patches]
+        return ImageOut(
+            global_=out["image_features"].float(),
+            patches=_by_layer(layers, take, patches),
+            prefix=_by_layer(layers, take, prefix),
+        )
+
+    # ---- linear maps to the joint space -------------------------------------------------
+    def projections(self) -> dict[str, torch.Tensor]:
+        """Token -> joint-space matrices where the tower pools then applies a plain linear map."""
+        out: dict[str, torch.Tensor] = {}
+        visual = self.model.visual
+        if isinstance(getattr(visual, "proj", None), torch.Tensor) and getattr(visual, "attn_pool", None) is None:
+            out["image_proj"] = visual.proj.detach().float()  # (W, E)
+        text = getattr(self.model, "text", self.model)
+        proj = getattr(text, "text_projection", None)
+        if isinstance(proj, nn.Linear):
+            out["text_proj"] = proj.weight.detach().float().T  # (W, E)
+            if proj.bias is not None:
+                out["text_proj_bias"] = proj.bias.detach().float()
+        elif isinstance(proj, torch.Tensor):
+            out["text_proj"] = proj.detach().float()
+        return out
+
+
+def _by_layer(layers: list[int], take: list[int], outs: list[torch.Tensor]) -> dict[int, torch.Tensor]:
+    """forward_intermediates returns blocks in ascending order, whatever order they were asked in."""
+    by_block = dict(zip(sorted(take), outs))
+    return {layer: by_block[block] for layer, block in zip(layers, take)}
+
+
+def _absolute(i: int, depth: int) -> int:
+    j = i + depth if i < 0 else i
+    if not 0 <= j < depth:
+        raise ValueError(f"layer {i} is out of range for a tower with {depth} blocks (use -1..-{depth} or 0..{depth - 1})")
+    return j
+
+
+def _content_lengths(ids: torch.Tensor, causal: bool) -> torch.Tensor:
+    """Tokens up to and including the last non-pad token (pad id is 0 for both tokenizer families)."""
+    nonpad = ids != 0
+    pos = torch.arange(ids.shape[1]).expand_as(ids)
+    last = torch.where(nonpad, pos, torch.full_like(pos, -1)).max(dim=1).values
+    return last + 1
+
+
+def _depth(module: nn.Module) -> int:
+    for path in ("transformer.resblocks", "trunk.blocks", "resblocks"):
+        obj: Any = module
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if obj is not None:
+            return len(obj)
+    raise BackboneError(f"cannot find the blocks of {type(module).__name__}; compalign supports ViT towers")
+
+
+def _file_sha(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def resolve(name: str, pretrained: str | None) -> tuple[str, str | None]:
+    """Map a preset / open_clip name / checkpoint path to (open_clip model name, pretrained)."""
+    register_model_configs()
+    preset = get_preset(name)
+    if preset is not None:
+        return preset.model, (pretrained if pretrained is not None else preset.pretrained)
+    if name.startswith(("local-dir:", "hf-hub:")):
+        return name, None
+    if Path(name).is_dir():
+        return f"local-dir:{name}", None
+    if name in open_clip.list_models():
+        return name, pretrained
+    raise BackboneError(
+        f"unknown backbone {name!r}: use a preset ({', '.join(sorted(['clip', 'siglip2', 'pe', 'tiny']))}), "
+        "an open_clip model name (`python -c 'import open_clip; print(open_clip.list_models())'`), "
+        "or a folder with open_clip_config.json + weights (`local-dir:PATH`)"
+    )
+
+
+def load_backbone(
+    name: str,
+    pretrained: str | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+) -> Backbone:
+    """Build the frozen backbone in eval mode, fp32 weights (autocast handles lower precision)."""
+    model_name, tag = resolve(name, pretrained)
+    if tag in ("none", "random"):
+        tag = None
+    torch.manual_seed(seed)  # random-init backbones are reproducible
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=tag, device=device)
+        tokenizer = open_clip.get_tokenizer(model_name)
+    except ImportError as e:
+        raise BackboneError(
+            f"{model_name} needs an optional dependency ({e}). Install it with `pip install 'compalign[hf]'`."
+        ) from e
+    except Exception as e:  # network / missing files: say how to prefetch
+        if _looks_offline(e):
+            raise BackboneError(
+                f"could not load {model_name} / {tag!r}: {e}\n"
+                f"The weights or tokenizer are not in the local cache and the network is unavailable. "
+                f"Prefetch them on a connected machine with\n"
+                f"  python -c \"import open_clip; open_clip.create_model_and_transforms('{model_name}', pretrained='{tag}'); open_clip.get_tokenizer('{model_name}')\"\n"
+                f"(or `huggingface-cli download <repo>`), copy ~/.cache/huggingface, then run with HF_HUB_OFFLINE=1."
+            ) from e
+        raise
+    model.eval().requires_grad_(False)
+    text_tower = getattr(model, "text", model)
+    causal = getattr(text_tower, "attn_mask", None) is not None and getattr(text_tower, "cls_emb", None) is None
+    pool = getattr(text_tower, "pool_type", getattr(model, "text_pool_type", "argmax"))
+    causal = causal and pool in ("argmax", "eos")  # 'last' pooling reads the final position
+    ctx = int(getattr(tokenizer, "context_length", None) or model.context_length)
+    visual = model.visual
+    text_blocks = getattr(text_tower, "transformer", None)
+    checkpoint = None
+    if name.startswith("local-dir:") or Path(name).is_dir():
+        folder = Path(name.removeprefix("local-dir:"))
+        weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
+        checkpoint = _file_sha(str(weights[0])) if weights else None
+    elif tag and os.path.isfile(tag):
+        checkpoint = _file_sha(tag)
+    pre = getattr(visual, "preprocess_cfg", {}) or {}
+    meta = {
+        "name": name,
+        "model_name": model_name,
+        "pretrained": tag,
+        "checkpoint_sha": checkpoint,
+        "seed": seed if tag is None and checkpoint is None else None,
+        "open_clip": open_clip.__version__,
+        "torch": torch.__version__,
+        "timm": _timm_version(),
+        "image_size": list(_pair(getattr(visual, "image_size", 0))),
+        "preprocess": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(pre).items()},
+        "causal_text": causal,
+        "context_length": ctx,
+    }
+    backbone = Backbone(
+        model=model,
+        preprocess=preprocess,
+        tokenizer=tokenizer,
+        name=name,
+        model_name=model_name,
+        pretrained=tag,
+        causal_text=causal,
+        context_length=ctx,
+        image_depth=_depth(visual),
+        text_depth=_depth(text_blocks if text_blocks is not None else text_tower),
+        meta=meta,
+    )
+    probe = backbone.encode_texts(backbone.tokenize(["a"]).ids, [-1])
+    meta["embed_dim"] = int(probe.global_.shape[-1])
+    meta["text_width"] = int(probe.tokens[-1].shape[-1])
+    meta["image_depth"], meta["text_depth"] = backbone.image_depth, backbone.text_depth
+    return backbone
+
+
+def _pair(x: Any) -> tuple[int, int]:
+    return tuple(x) if isinstance(x, (tuple, list)) else (int(x), int(x))
+
+
+def _timm_version() -> str | None:
+    try:
+        import timm
+
+        return timm.__version__
+    except ImportError:
+        return None
+
+
+def _looks_offline(e: Exception) -> bool:
+    text = f"{type(e).__name__} {e}".lower()
+    return any(s in text for s in ("connect", "offline", "resolve", "network", "hub", "not found", "localentrynotfound", "timed out"))

@@ -1,0 +1,49 @@
+"""Turn image bytes into an RGB PIL image, or a reason why not. Never raises on bad data.
+
+Covers what real folders contain: truncated or zero-byte files, grayscale, palette, CMYK,
+alpha, 16-bit PNGs (scaled, not clipped) and decompression bombs (refused, not decoded).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image
+
+MAX_PIXELS = 100_000_000  # larger is treated as a decompression bomb
+
+
+class DecodeError(ValueError):
+    pass
+
+
+def decode_image(data: bytes) -> Image.Image:
+    if not data:
+        raise DecodeError("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > MAX_PIXELS:
+                raise DecodeError(f"{w}x{h} pixels exceeds {MAX_PIXELS:,}: refused as a possible decompression bomb")
+            img.load()  # truncated files fail here, not later in a worker's transform
+    except DecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DecodeError(f"decompression bomb refused: {e}") from None
+    except Exception as e:  # PIL raises many types for corrupt data; all mean "not an image"
+        raise DecodeError(f"cannot decode image: {type(e).__name__}: {e}") from None
+    return to_rgb(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if arr.max(initial=0) > 255 else 255.0  # 16-bit data: scale, don't clip to white
+        img = Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8), mode="L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return img.convert("RGB") if img.mode != "RGB" else img

@@ -1,0 +1,49 @@
+"""Short backbone names (`clip`, `siglip2`, `pe`, `tiny`) and the registry that resolves them.
+
+A preset is only a pair (open_clip model name, pretrained tag); anything open_clip accepts can be
+given directly instead, so presets never hide what is loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import open_clip
+
+CONFIG_DIR = Path(__file__).parent / "model_configs"
+
+
+@dataclass(frozen=True)
+class Preset:
+    model: str  # open_clip model name, or `local-dir:` path
+    pretrained: str | None  # open_clip pretrained tag; None = random init (seeded)
+    about: str  # one line for `compalign backbones`
+
+
+_PRESETS: dict[str, Preset] = {}
+
+
+def register_preset(name: str, preset: Preset) -> None:
+    _PRESETS[name] = preset
+
+
+def list_presets() -> list[str]:
+    return sorted(_PRESETS)
+
+
+def get_preset(name: str) -> Preset | None:
+    return _PRESETS.get(name)
+
+
+def register_model_configs() -> None:
+    """Make the package's own open_clip configs (the tiny backbone) visible to open_clip."""
+    if "compalign-tiny" not in open_clip.list_models():
+        open_clip.add_model_config(CONFIG_DIR)
+
+
+register_preset("clip", Preset("ViT-B-32", "openai", "OpenAI CLIP ViT-B/32"))
+register_preset("clip-b16", Preset("ViT-B-16", "openai", "OpenAI CLIP ViT-B/16"))
+register_preset("siglip2", Preset("ViT-B-16-SigLIP2", "webli", "SigLIP2 ViT-B/16 (needs transformers for its tokenizer)"))
+register_preset("pe", Preset("PE-Core-B-16", "meta", "Perception Encoder core B/16"))
+register_preset("tiny", Preset("compalign-tiny", None, "the synthetic world's tiny backbone (random init until trained)"))

@@ -1,0 +1,354 @@
+"""The extraction runner: plan the source, preallocate the store, encode pending shards, resume.
+
+Texts first (cheap), then images. Images are decoded and preprocessed in DataLoader workers; the
+model runs in this process; a single writer thread writes whole shards so the model never waits
+on disk. Batches never cross a shard, so a resumed shard is computed exactly as before.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import shutil
+import threading
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .. import __version__
+from ..cache.store import FAILED, OK, CacheError, Layout, create_store, done_shards, n_shards, open_store, write_shard
+from .backbones import Backbone, load_backbone
+from .decode import DecodeError, decode_image
+from .sources import ImageRef, Plan, plan_source, text_key
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str, int, int], None]  # (stage, rows done, rows total)
+
+
+@dataclass
+class ExtractConfig:
+    model: str  # preset, open_clip name, `local-dir:` folder
+    data: str  # data source kind: pairs | sugarcrepe | bivlc
+    root: str  # where the source lives
+    out: str  # the store to create or resume
+    pretrained: str | None = None  # open_clip pretrained tag (presets bring their own)
+    batch_size: int = 64  # images / captions per forward pass
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    workers: int = 1  # image decoding processes (0 = in this process)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype for the forward pass
+    layers: list[int] = field(default_factory=lambda: [-1])  # token layers kept; -1 = final
+    shard_rows: int = 256  # rows per shard (the unit of writing and of resume)
+    chunk_rows: int = 16  # rows per inner chunk of token arrays (the unit of a random read)
+    overwrite: bool = False  # start again instead of resuming
+    seed: int = 0  # for random-init backbones
+
+    def __post_init__(self) -> None:
+        if -1 not in self.layers:
+            self.layers = [-1, *self.layers]
+        self.layers = sorted(set(self.layers), key=lambda x: (x != -1, -x))
+        if self.batch_size < 1 or self.shard_rows < 1:
+            raise ValueError("batch_size and shard_rows must be positive")
+
+
+@dataclass
+class ExtractSummary:
+    out: str
+    images: int
+    texts: int
+    items: int
+    image_failures: list[tuple[str, str]]
+    text_failures: list[tuple[str, str]]
+    problems: list[str]
+    shards_written: int
+    shards_skipped: int
+    seconds: float
+    bytes_on_disk: int
+
+
+def _device(d: str) -> str:
+    if d == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if d == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but no CUDA device is visible; use --device cpu")
+    return d
+
+
+def _autocast(device: str, precision: str):
+    if precision == "fp32":
+        return nullcontext()
+    if precision == "fp16" and device == "cpu":
+        raise ValueError("fp16 autocast is not supported on CPU; use --precision bf16 or fp32")
+    return torch.autocast(device_type=device, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+class _ImageRows(Dataset):
+    """Row -> (row, pixels or None, error or None). Bad data becomes an error string, never an exception."""
+
+    def __init__(self, refs: list[ImageRef], preprocess: Any):
+        self.refs, self.preprocess = refs, preprocess
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, row: int) -> tuple[int, torch.Tensor | None, str | None]:
+        ref = self.refs[row]
+        if ref.error:
+            return row, None, ref.error
+        try:
+            data = ref.data if ref.data is not None else Path(ref.path).read_bytes()
+            return row, self.preprocess(decode_image(data)), None
+        except DecodeError as e:
+            return row, None, f"{ref.origin}: {e}"
+        except Exception as e:  # unreadable file, transform failure: recorded, the run goes on
+            return row, None, f"{ref.origin}: {type(e).__name__}: {e}"
+
+
+def _collate(batch: list[tuple[int, torch.Tensor | None, str | None]]):
+    rows = [r for r, _, _ in batch]
+    good = [(r, x) for r, x, _ in batch if x is not None]
+    errors = {r: e for r, _, e in batch if e is not None}
+    pixels = torch.stack([x for _, x in good]) if good else None
+    return rows, [r for r, _ in good], pixels, errors
+
+
+class _Writer:
+    """One thread owns every write: shards are queued whole and written in order."""
+
+    def __init__(self, root: Any, path: Path):
+        self.root, self.path = root, path
+        self.q: queue.Queue = queue.Queue(maxsize=2)
+        self.error: BaseException | None = None
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self) -> None:
+        while (job := self.q.get()) is not None:
+            if self.error is None:
+                try:
+                    write_shard(self.root, self.path, *job)
+                except BaseException as e:  # surfaced in the main thread by put/close
+                    self.error = e
+
+    def put(self, *job: Any) -> None:
+        if self.error:
+            raise self.error
+        self.q.put(job)
+
+    def close(self) -> None:
+        self.q.put(None)
+        self.t.join()
+        if self.error:
+            raise self.error
+
+
+def _shape_probe(bb: Backbone, layers: list[int], device: str) -> tuple[int, int, int]:
+    size = bb.meta["image_size"]
+    out = bb.encode_images(torch.zeros(1, 3, *size, device=device), layers[:1])
+    p = out.patches[layers[0]]
+    return p.shape[1], out.prefix[layers[0]].shape[1], p.shape[2]
+
+
+def _settings(cfg: ExtractConfig, text_len: int) -> dict[str, Any]:
+    # Everything that changes stored values; a resume must match it exactly.
+    return {"layers": cfg.layers, "precision": cfg.precision, "batch_size": cfg.batch_size,
+            "shard_rows": cfg.shard_rows, "chunk_rows": cfg.chunk_rows, "text_len": text_len}
+
+
+def _open_or_create(cfg: ExtractConfig, bb: Backbone, plan: Plan, order: np.ndarray, tok: Any,
+                    text_len: int, device: str) -> tuple[Any, bool]:
+    out = Path(cfg.out)
+    attrs = {
+        "compalign_version": __version__,
+        "backbone": bb.meta,
+        "extraction": _settings(cfg, text_len),
+        "source": {"kind": plan.kind, "root": plan.root, "fingerprint": plan.fingerprint,
+                   "problems": plan.problems, "n_items": len(next(iter(plan.items.values()), []))},
+    }
+    if out.exists() and not cfg.overwrite:
+        root = open_store(out, "r+")
+        have = dict(root.attrs)
+        for k in ("backbone", "extraction"):
+            if json.loads(json.dumps(have.get(k))) != json.loads(json.dumps(attrs[k])):
+                raise CacheError(f"{out} was extracted with a different {k} ({have.get(k)} vs {attrs[k]}); "
+                                 "pass --overwrite to start again, or --out a new store")
+        if have["source"]["fingerprint"] != plan.fingerprint:
+            raise CacheError(f"{out} holds another version of the data (source fingerprint "
+                             f"{have['source']['fingerprint']} vs {plan.fingerprint}); pass --overwrite or a new --out")
+        return root, True
+    if out.exists():
+        shutil.rmtree(out)
+    n_patches, n_prefix, width = _shape_probe(bb, cfg.layers, device)
+    lay = Layout(n_images=len(plan.images), n_texts=len(plan.texts), embed_dim=bb.meta["embed_dim"],
+                 n_patches=n_patches, n_prefix=n_prefix, image_width=width, text_len=text_len,
+                 text_width=bb.meta["text_width"], layers=cfg.layers, shard_rows=cfg.shard_rows,
+                 chunk_rows=cfg.chunk_rows)
+    proj = {{"image_proj": "image", "text_proj": "text", "text_proj_bias": "text_bias"}[k]: v.numpy()
+            for k, v in bb.projections().items()}
+    attrs["projections"] = {"image": "image" in proj, "text": "text" in proj,
+                            "note": "towers pooled by an attention head (MAP) have no linear token map"}
+    attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    # Build in a side folder and rename: a crash during creation leaves no half-made store behind.
+    tmp = out.with_name(out.name + ".creating")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    texts = [plan.texts[i] for i in order]
+    create_store(tmp, lay, attrs, plan.items, [r.key for r in plan.images], [r.origin for r in plan.images],
+                 [text_key(t) for t in texts], texts, proj)
+    tmp.rename(out)
+    return open_store(out, "r+"), False
+
+
+def extract(cfg: ExtractConfig, progress: Progress | None = None) -> ExtractSummary:
+    t0 = time.perf_counter()
+    plan = plan_source(cfg.data, cfg.root)
+    for p in plan.problems:
+        log.warning("%s", p)
+    device = _device(cfg.device)
+    bb = load_backbone(cfg.model, cfg.pretrained, device=device, seed=cfg.seed)
+    tok = bb.tokenize(plan.texts) if plan.texts else None
+    lengths = tok.lengths.numpy() if tok is not None else np.zeros(0, dtype=np.int64)
+    # Causal towers: sort captions by length so each batch is cut at its own longest caption.
+    order = np.argsort(lengths, kind="stable") if bb.causal_text else np.arange(len(plan.texts))
+    text_len = int(lengths.max(initial=1)) if bb.causal_text else bb.context_length
+    root, resumed = _open_or_create(cfg, bb, plan, order, tok, text_len, device)
+    out = Path(cfg.out)
+    writer = _Writer(root, out)
+    written = skipped = 0
+    try:
+        with _autocast(device, cfg.precision):
+            w, s = _extract_texts(cfg, bb, plan, tok, order, text_len, out, writer, device, progress)
+            written, skipped = written + w, skipped + s
+            w, s = _extract_images(cfg, bb, plan, out, writer, device, progress)
+            written, skipped = written + w, skipped + s
+    finally:
+        writer.close()
+    from ..cache.reader import CacheReader  # local: the reader is only needed for the summary
+
+    reader = CacheReader(out)
+    return ExtractSummary(
+        out=str(out), images=len(plan.images), texts=len(plan.texts),
+        items=len(next(iter(plan.items.values()), [])),
+        image_failures=[(o, e) for _, o, e in reader.failures("images")],
+        text_failures=[(o, e) for _, o, e in reader.failures("texts")],
+        problems=plan.problems, shards_written=written, shards_skipped=skipped,
+        seconds=time.perf_counter() - t0, bytes_on_disk=sum(f.stat().st_size for f in out.rglob("*") if f.is_file()),
+    )
+
+
+def _pending(out: Path, kind: str, n_rows: int, shard_rows: int) -> tuple[list[int], int]:
+    done = done_shards(out, kind)  # type: ignore[arg-type]
+    todo = [s for s in range(n_shards(n_rows, shard_rows)) if s not in done]
+    return todo, n_shards(n_rows, shard_rows) - len(todo)
+
+
+def _extract_texts(cfg, bb, plan, tok, order, text_len, out, writer, device, progress) -> tuple[int, int]:
+    M, R = len(plan.texts), cfg.shard_rows
+    todo, skipped = _pending(out, "texts", M, R)
+    done_rows = M - sum(min(R, M - s * R) for s in todo)
+    if progress:
+        progress("texts", done_rows, M)
+    for s in todo:
+        lo, hi = s * R, min(M, (s + 1) * R)
+        src = order[lo:hi]
+        lengths = tok.lengths[src].numpy()
+        n = hi - lo
+        buf: dict[str, np.ndarray] = {
+            "global": np.zeros((n, bb.meta["embed_dim"]), np.float32),
+            "status": np.full(n, OK, np.int8),
+            "error": np.full(n, "", dtype=object),
+            "lengths": lengths.astype(np.int16),
+            "truncated": tok.truncated[src].numpy(),
+        }
+        toks = {l: np.zeros((n, text_len, bb.meta["text_width"]), np.float16) for l in cfg.layers}
+        empty = np.array([not plan.texts[i].strip() for i in src], dtype=bool)
+        buf["status"][empty] = FAILED
+        buf["error"][empty] = "empty caption"
+        for b in range(0, n, cfg.batch_size):
+            idx = np.arange(b, min(n, b + cfg.batch_size))
+            idx = idx[~empty[idx]]
+            if not len(idx):
+                continue
+            L = int(lengths[idx].max()) if bb.causal_text else bb.context_length
+            ids = tok.ids[src[idx], :L].to(device)  # (B, L): positions after EOT cannot change a causal tower
+            enc = bb.encode_texts(ids, cfg.layers)
+            buf["global"][idx] = enc.global_.float().cpu().numpy()
+            keep = np.arange(L)[None, :, None] < lengths[idx][:, None, None]  # (B, L, 1): zero past each EOT
+            for l in cfg.layers:
+                toks[l][idx, :L] = np.where(keep, enc.tokens[l][:, :L].float().cpu().numpy(), 0).astype(np.float16)
+        for l in cfg.layers:
+            buf["tokens" if l == -1 else f"layers/{l}/tokens"] = toks[l]
+        buf["error"] = buf["error"].astype(str)
+        writer.put("texts", s, lo, buf)
+        done_rows += n
+        if progress:
+            progress("texts", done_rows, M)
+    return len(todo), skipped
+
+
+def _extract_images(cfg, bb, plan, out, writer, device, progress) -> tuple[int, int]:
+    N, R = len(plan.images), cfg.shard_rows
+    todo, skipped = _pending(out, "images", N, R)
+    done_rows = N - sum(min(R, N - s * R) for s in todo)
+    if progress:
+        progress("images", done_rows, N)
+    if not todo:
+        return 0, skipped
+    batches = [list(range(b, min(min(N, (s + 1) * R), b + cfg.batch_size)))
+               for s in todo for b in range(s * R, min(N, (s + 1) * R), cfg.batch_size)]
+    loader = DataLoader(_ImageRows(plan.images, bb.preprocess), batch_sampler=batches, collate_fn=_collate,
+                        num_workers=cfg.workers, pin_memory=device == "cuda",
+                        persistent_workers=False, prefetch_factor=4 if cfg.workers else None)
+    lay = Layout(**dict(open_store(out).attrs)["layout"])
+    shard: dict[str, Any] | None = None
+    for rows, good, pixels, errors in loader:
+        s = rows[0] // R
+        if shard is None or shard["s"] != s:
+            if shard is not None:
+                writer.put("images", *_finish(shard))
+            lo, hi = s * R, min(N, (s + 1) * R)
+            shard = _new_image_shard(s, lo, hi - lo, lay, cfg.layers)
+        for r, e in errors.items():
+            shard["status"][r - shard["lo"]] = FAILED
+            shard["error"][r - shard["lo"]] = e
+        if pixels is not None:
+            enc = bb.encode_images(pixels.to(device, non_blocking=True), cfg.layers)
+            at = np.asarray(good) - shard["lo"]
+            shard["global"][at] = enc.global_.float().cpu().numpy()
+            for l in cfg.layers:
+                shard["patches", l][at] = enc.patches[l].float().cpu().numpy()
+                shard["prefix", l][at] = enc.prefix[l].float().cpu().numpy()
+        done_rows += len(rows)
+        if progress:
+            progress("images", done_rows, N)
+    if shard is not None:
+        writer.put("images", *_finish(shard))
+    return len(todo), skipped
+
+
+def _new_image_shard(s: int, lo: int, n: int, lay: Layout, layers: list[int]) -> dict[Any, Any]:
+    sh: dict[Any, Any] = {"s": s, "lo": lo, "global": np.zeros((n, lay.embed_dim), np.float32),
+                          "status": np.full(n, OK, np.int8), "error": np.full(n, "", dtype=object)}
+    for l in layers:
+        sh["patches", l] = np.zeros((n, lay.n_patches, lay.image_width), np.float16)
+        sh["prefix", l] = np.zeros((n, lay.n_prefix, lay.image_width), np.float16)
+    return sh
+
+
+def _finish(sh: dict[Any, Any]) -> tuple[int, int, dict[str, np.ndarray]]:
+    arrays = {"global": sh["global"], "status": sh["status"], "error": sh["error"].astype(str)}
+    for key, val in sh.items():
+        if isinstance(key, tuple):
+            name, l = key
+            arrays[name if l == -1 else f"layers/{l}/{name}"] = val
+    return sh["s"], sh["lo"], arrays
+
+
+def summary_dict(s: ExtractSummary) -> dict[str, Any]:
+    return asdict(s)

@@ -1,0 +1,425 @@
+"""Write a shapes world folder: train pairs, SugarCrepe-style and BiVLC-style test splits.
+
+Layout (see ``write_world``)::
+
+    DIR/world.json                              config, held-out pairs, version, counts (written last)
+    DIR/train/images/NNNNNN.png                 DIR/train/pairs.jsonl   DIR/train/scenes.jsonl
+    DIR/{test_id,test_ood}/sugarcrepe/{kind}.json + val2017/NNNNNNNNNNNN.png
+    DIR/{test_id,test_ood}/bivlc/test.parquet   (+ negative_scenes.jsonl: the scene of each negative image)
+    DIR/{test_id,test_ood}/scenes.jsonl
+
+Every file is a pure function of the config: per-scene seeded streams, sorted JSON keys, fixed
+PNG and parquet settings, no timestamps -- so the same config gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from compalign.shapes.captions import (
+    NEGATIVE_KINDS,
+    Caption,
+    NegativeKind,
+    canonical,
+    caption_is_false,
+    caption_is_true,
+    caption_text,
+    find_witness,
+    make_negative,
+    sample_caption,
+)
+from compalign.shapes.config import WorldConfig
+from compalign.shapes.render import SHAPE_DRAWERS, list_shapes, render_png
+from compalign.shapes.scene import (
+    SPLITS,
+    Pair,
+    Scene,
+    SceneObject,
+    Split,
+    all_pairs,
+    box_around,
+    choose_held_out,
+    derive_rng,
+    is_valid,
+    place,
+    random_box,
+    sample_scene,
+    sample_side,
+)
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = "compalign.shapes/1"  # bump when the folder layout or generation changes meaning
+SPLIT_CODES: dict[Split, int] = {"train": 0, "test_id": 1, "test_ood": 2}
+ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
+
+_IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])  # HF datasets Image storage
+_BIVLC_SCHEMA = pa.schema(
+    [
+        ("image", _IMAGE_STRUCT),
+        ("caption", pa.string()),
+        ("negative_caption", pa.string()),
+        ("negative_image", _IMAGE_STRUCT),
+        ("type", pa.string()),
+        ("subtype", pa.string()),
+    ],
+    # The features record HF `datasets` writes, so load_dataset("parquet", ...) decodes Images.
+    metadata={
+        b"huggingface": json.dumps(
+            {
+                "info": {
+                    "features": {
+                        "image": {"_type": "Image"},
+                        "caption": {"dtype": "string", "_type": "Value"},
+                        "negative_caption": {"dtype": "string", "_type": "Value"},
+                        "negative_image": {"_type": "Image"},
+                        "type": {"dtype": "string", "_type": "Value"},
+                        "subtype": {"dtype": "string", "_type": "Value"},
+                    }
+                }
+            },
+            sort_keys=True,
+        ).encode()
+    },
+)
+
+
+class WorldExistsError(FileExistsError):
+    """The output folder already holds a world built from a different config."""
+
+
+@dataclass(frozen=True)
+class WorldResult:
+    path: Path  # the world folder
+    status: Literal["written", "cached"]  # cached: an identical world was already there
+    counts: dict[str, Any]  # scenes / rows per split, as stored in world.json
+
+
+@dataclass(frozen=True)
+class _SplitRules:
+    allowed: list[Pair]  # pairs a scene (and a negative image) may render
+    must_name: frozenset[Pair]  # every positive caption names one of these (test_ood only)
+    forbidden: frozenset[Pair]  # pairs a negative caption may not name
+
+
+def _rules(split: Split, cfg: WorldConfig, held: frozenset[Pair]) -> _SplitRules:
+    seen = [p for p in all_pairs(cfg) if p not in held]
+    if split == "test_ood":
+        return _SplitRules(all_pairs(cfg), held, frozenset())
+    # test_id stays fully in-distribution; only training negatives may leak, and only on request.
+    leak = split == "train" and cfg.leak_negatives
+    return _SplitRules(seen, frozenset(), frozenset() if leak else held)
+
+
+def _scene(split: Split, index: int, cfg: WorldConfig, rules: _SplitRules) -> Scene:
+    rng = derive_rng(cfg.seed, SPLIT_CODES[split], index, 0)
+    return sample_scene(cfg, rng, rules.allowed, sorted(rules.must_name) or None)
+
+
+# -- negative images (BiVLC) -------------------------------------------------------------------
+
+
+def _clamped_box(centre: tuple[float, float], side: int, canvas: int) -> tuple[int, int, int, int]:
+    x0, y0, _, _ = box_around(centre, side)
+    x0, y0 = min(max(x0, 0), canvas - side), min(max(y0, 0), canvas - side)
+    return (x0, y0, x0 + side, y0 + side)
+
+
+def _search(
+    base: Scene,
+    movable: list[list[int]],
+    accept: Callable[[Scene], bool],
+    cfg: WorldConfig,
+    rng: np.random.Generator,
+) -> Scene | None:
+    """``base`` if accepted, else random free spots for the ``movable`` groups, in order.
+
+    Edits that grow an object, add one or change a relation often do not fit in place; trying
+    the smallest group of moved objects first keeps the negative image as close to the original
+    as the edit allows (moving everything is the last resort).
+    """
+    if accept(base):
+        return base
+    for group in movable:
+        for _ in range(cfg.placement_tries):
+            objs = list(base.objects)
+            boxes = [o.box for i, o in enumerate(objs) if i not in group]
+            sides = [objs[i].side for i in group]
+            placed = place(sides, cfg, rng, fixed=boxes)  # rejection-samples each object in turn
+            if placed is None:
+                continue
+            for i, box in zip(group, placed, strict=True):
+                objs[i] = replace(objs[i], box=box)
+            cand = replace(base, objects=tuple(objs))
+            if accept(cand):
+                return cand
+    return None
+
+
+def negative_scene(
+    kind: NegativeKind,
+    positive: Caption,
+    negative: Caption,
+    scene: Scene,
+    cfg: WorldConfig,
+    rng: np.random.Generator,
+    allowed: list[Pair] | None = None,
+) -> Scene | None:
+    """Edit ``scene`` minimally so that ``negative`` is true; None if the edit cannot be made clean.
+
+    The objects that witness ``positive`` take the attributes ``negative`` gives their mention
+    (that realises swap/replace/add_att), an add_obj mention gets a new object, and replace_rel
+    moves one object of the related pair; objects are moved only if the edit does not fit in place.
+    Checked: ``negative`` strictly true, only ``allowed`` pairs rendered, and ``positive`` clearly
+    false -- except for add_att/add_obj, whose negative *entails* the positive (adding can only
+    make a caption more specific), so there the positive stays true on the negative image, as
+    in the real BiVLC "add" items.
+    """
+    witness = find_witness(positive, scene, cfg)
+    if witness is None:
+        raise ValueError(f"positive {caption_text(positive)!r} is false for its scene")
+    objs = list(scene.objects)
+    resized: list[int] = []
+    for k, m in enumerate(negative.mentions[: len(positive.mentions)]):
+        o = objs[witness[k]]
+        size = m.size or o.size
+        box = o.box
+        if size != o.size:
+            box = _clamped_box(o.centre, sample_side(size, cfg, rng), scene.canvas)
+            resized.append(witness[k])
+        objs[witness[k]] = SceneObject(m.shape, m.colour or o.colour, size, box)
+    for m in negative.mentions[len(positive.mentions) :]:  # add_obj: the new object, placed by _search
+        colours = [
+            c for c in ([m.colour] if m.colour else sorted(cfg.colours)) if allowed is None or (c, m.shape) in allowed
+        ]
+        if not colours:
+            return None
+        size = m.size or cfg.size_words[int(rng.integers(2))]
+        box = random_box(sample_side(size, cfg, rng), cfg, rng)
+        resized.append(len(objs))
+        objs.append(SceneObject(m.shape, colours[int(rng.integers(len(colours)))], size, box))
+    if allowed is not None and any(o.pair not in allowed for o in objs):
+        return None
+    everything = list(range(len(objs)))
+    movable = [resized, everything] if resized else []
+    if kind == "replace_rel":  # a vertical relation between two big objects may need both moved
+        movable = [[witness[0]], [witness[1]], [witness[0], witness[1]], everything]
+
+    def accept(s: Scene) -> bool:
+        if not is_valid(s, cfg) or not caption_is_true(negative, s, cfg):
+            return False
+        return kind in ("add_att", "add_obj") or caption_is_false(positive, s, cfg)
+
+    return _search(replace(scene, objects=tuple(objs)), movable, accept, cfg, rng)
+
+
+# -- files -------------------------------------------------------------------------------------
+
+
+def _dump(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, ensure_ascii=True)
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.write_text("".join(_dump(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def _write_train(cfg: WorldConfig, out: Path, held: frozenset[Pair], progress: ProgressFn | None) -> dict[str, int]:
+    rules = _rules("train", cfg, held)
+    (out / "images").mkdir(parents=True)
+    pairs: list[dict[str, Any]] = []
+    scenes: list[dict[str, Any]] = []
+    for i in range(cfg.n_train):
+        scene = _scene("train", i, cfg, rules)
+        name = f"images/{i:06d}.png"
+        (out / name).write_bytes(render_png(scene, cfg))
+        scenes.append(scene.to_json(name))
+        rng = derive_rng(cfg.seed, SPLIT_CODES["train"], i, 1)
+        want = int(rng.integers(cfg.captions_per_train_scene[0], cfg.captions_per_train_scene[1] + 1))
+        seen: set[tuple] = set()
+        for _ in range(5 * want):  # small scenes admit few distinct captions: stop trying eventually
+            if len(seen) == want:
+                break
+            cap = sample_caption(scene, cfg, rng)
+            if canonical(cap) in seen:
+                continue
+            seen.add(canonical(cap))
+            negs = {k: make_negative(k, cap, scene, cfg, rng, rules.forbidden) for k in NEGATIVE_KINDS}
+            pairs.append(
+                {
+                    "image": name,
+                    "caption": caption_text(cap),
+                    "negatives": {k: caption_text(n) for k, n in negs.items() if n},
+                }
+            )
+        if progress:
+            progress("train", i + 1, cfg.n_train)
+    _write_jsonl(out / "pairs.jsonl", pairs)
+    _write_jsonl(out / "scenes.jsonl", scenes)
+    return {"scenes": cfg.n_train, "pairs": len(pairs)}
+
+
+def _write_test(
+    split: Split, n: int, cfg: WorldConfig, out: Path, held: frozenset[Pair], progress: ProgressFn | None
+) -> dict[str, Any]:
+    rules = _rules(split, cfg, held)
+    image_dir = out / "sugarcrepe" / "val2017"
+    image_dir.mkdir(parents=True)
+    (out / "bivlc").mkdir()
+    sugarcrepe: dict[str, dict[str, dict[str, str]]] = {k: {} for k in NEGATIVE_KINDS}
+    bivlc: list[dict[str, Any]] = []
+    neg_scenes: list[dict[str, Any]] = []
+    scenes: list[dict[str, Any]] = []
+    # In-distribution negative images must not render held-out pairs either.
+    neg_allowed = None if split == "test_ood" else rules.allowed
+    for i in range(n):
+        scene = _scene(split, i, cfg, rules)
+        name = f"{i:012d}.png"
+        png = render_png(scene, cfg)
+        (image_dir / name).write_bytes(png)
+        scenes.append(scene.to_json(name))
+        for kind_index, kind in enumerate(NEGATIVE_KINDS):
+            # One stream per (scene, kind): each SugarCrepe subset is drawn independently.
+            rng = derive_rng(cfg.seed, SPLIT_CODES[split], i, 10 + kind_index)
+            for _ in range(cfg.test_caption_tries):
+                cap = sample_caption(scene, cfg, rng, rules.must_name)
+                neg = make_negative(kind, cap, scene, cfg, rng, rules.forbidden)
+                if neg is not None:
+                    break
+            else:
+                continue
+            pos_text, neg_text = caption_text(cap), caption_text(neg)
+            items = sugarcrepe[kind]
+            items[str(len(items))] = {"caption": pos_text, "filename": name, "negative_caption": neg_text}
+            neg_scene = negative_scene(kind, cap, neg, scene, cfg, rng, neg_allowed)
+            if neg_scene is None:
+                continue
+            neg_name = f"{i:012d}_{kind}.png"
+            typ, sub = kind.split("_")
+            bivlc.append(
+                {
+                    "image": {"bytes": png, "path": name},
+                    "caption": pos_text,
+                    "negative_caption": neg_text,
+                    "negative_image": {"bytes": render_png(neg_scene, cfg), "path": neg_name},
+                    "type": typ,
+                    "subtype": sub,
+                }
+            )
+            neg_scenes.append(
+                {"row": len(bivlc) - 1, "kind": kind, "image": name, "negative_scene": neg_scene.to_json(neg_name)}
+            )
+        if progress:
+            progress(split, i + 1, n)
+    for kind, items in sugarcrepe.items():
+        # Numeric id order like the real files (so no sort_keys at the top level).
+        text = json.dumps({k: dict(sorted(v.items())) for k, v in items.items()}, ensure_ascii=True)
+        (out / "sugarcrepe" / f"{kind}.json").write_text(text, encoding="utf-8")
+    table = pa.Table.from_pylist(bivlc, schema=_BIVLC_SCHEMA)
+    pq.write_table(table, out / "bivlc" / "test.parquet", compression="snappy")
+    _write_jsonl(out / "bivlc" / "negative_scenes.jsonl", neg_scenes)
+    _write_jsonl(out / "scenes.jsonl", scenes)
+    types = {t: sum(r["type"] == t for r in bivlc) for t in ("replace", "swap", "add")}
+    return {
+        "scenes": n,
+        "sugarcrepe": {k: len(v) for k, v in sugarcrepe.items()},
+        "bivlc": {"rows": len(bivlc), **types},
+    }
+
+
+def _version() -> str:
+    try:
+        from compalign import __version__
+
+        return str(__version__)
+    except ImportError:
+        return "0"
+
+
+def _same_config(meta: dict[str, Any], cfg: WorldConfig) -> bool:
+    if meta.get("schema") != SCHEMA:
+        return False
+    try:
+        return WorldConfig.from_dict(meta["config"]) == cfg
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def write_world(
+    cfg: WorldConfig, out_dir: str | Path, *, force: bool = False, progress: ProgressFn | None = None
+) -> WorldResult:
+    """Generate the world for ``cfg`` into ``out_dir``; reuse it if ``world.json`` matches.
+
+    ``world.json`` is written last, so its presence means the folder is complete. A folder
+    holding a world from another config raises WorldExistsError unless ``force``.
+    """
+    unknown = sorted(set(cfg.shapes) - set(SHAPE_DRAWERS))
+    if unknown:
+        raise ValueError(f"shapes {unknown} cannot be drawn; known shapes: {list_shapes()}")
+    out = Path(out_dir)
+    meta_path = out / "world.json"
+    if meta_path.exists():
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            meta = {}
+        if _same_config(meta, cfg) and not force:
+            logger.info("world at %s already matches this config; skipping (cached)", out)
+            return WorldResult(out, "cached", meta.get("counts", {}))
+        if not force:
+            raise WorldExistsError(
+                f"{out} holds a world built from a different config; pass force=True (CLI: --force) to overwrite it"
+            )
+    # Remove only what this writer owns (an earlier, possibly interrupted, run).
+    meta_path.unlink(missing_ok=True)
+    for split in SPLITS:
+        shutil.rmtree(out / split, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+    held = choose_held_out(cfg)
+    logger.info("writing shapes world to %s (%d held-out pairs)", out, len(held))
+    counts: dict[str, Any] = {"train": _write_train(cfg, out / "train", held, progress)}
+    counts["test_id"] = _write_test("test_id", cfg.n_test_id, cfg, out / "test_id", held, progress)
+    counts["test_ood"] = _write_test("test_ood", cfg.n_test_ood, cfg, out / "test_ood", held, progress)
+    meta = {
+        "schema": SCHEMA,
+        "version": _version(),
+        "config": cfg.to_dict(),
+        "held_out_pairs": sorted([list(p) for p in held]),
+        "counts": counts,
+    }
+    meta_path.write_text(json.dumps(meta, sort_keys=True, indent=2) + "\n", encoding="utf-8")
+    logger.info("wrote shapes world to %s: %s", out, counts)
+    return WorldResult(out, "written", counts)
+
+
+def load_held_out(world_dir: str | Path) -> frozenset[Pair]:
+    """Held-out (colour, shape) pairs of a written world."""
+    meta = json.loads((Path(world_dir) / "world.json").read_text(encoding="utf-8"))
+    return frozenset((c, s) for c, s in meta["held_out_pairs"])
+
+
+def load_world_config(world_dir: str | Path) -> WorldConfig:
+    """The WorldConfig a world folder was written with."""
+    meta = json.loads((Path(world_dir) / "world.json").read_text(encoding="utf-8"))
+    return WorldConfig.from_dict(meta["config"])
+
+
+def load_scenes(path: str | Path) -> dict[str, Scene]:
+    """scenes.jsonl (or negative_scenes.jsonl's ``negative_scene`` rows) -> {image name: Scene}."""
+    out: dict[str, Scene] = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        row = row.get("negative_scene", row)
+        out[row["image"]] = Scene.from_json(row)
+    return out
