@@ -32,3 +32,41 @@ def pairs_dir(tmp_path: Path) -> Path:
     rows += [{"image": f"img/{names[i]}", "caption": "another caption that is a little longer " * (i + 1)} for i in range(4)]
     (root / "pairs.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return root
+
+
+DATA = Path(__file__).parent / "data"
+
+
+def sugarcrepe_standin(root: Path, size: int = 32) -> Path:
+    """The real SugarCrepe JSONs plus a distinct generated JPEG at every COCO file name they use."""
+    import gzip
+
+    root.mkdir(parents=True, exist_ok=True)
+    names: set[str] = set()
+    for gz in sorted((DATA / "sugarcrepe").glob("*.json.gz")):
+        text = gzip.decompress(gz.read_bytes()).decode()
+        (root / gz.name[:-3]).write_text(text)
+        names.update(row["filename"] for row in json.loads(text).values())
+    images = root / "val2017"
+    images.mkdir(exist_ok=True)
+    for i, name in enumerate(sorted(names)):
+        rng = np.random.default_rng(i)
+        arr = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(images / name, quality=90)
+    return root
+
+
+@pytest.fixture(scope="session")
+def sugarcrepe_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return sugarcrepe_standin(tmp_path_factory.mktemp("sugarcrepe"))
+
+
+@pytest.fixture(scope="session")
+def sugarcrepe_tiny_cache(sugarcrepe_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """All 7 subsets extracted once with the tiny backbone (shared by the scoring tests)."""
+    from compalign.extract.runner import ExtractConfig, extract
+
+    out = tmp_path_factory.mktemp("caches") / "sc.zarr"
+    extract(ExtractConfig(model="tiny", data="sugarcrepe", root=str(sugarcrepe_root), out=str(out),
+                          batch_size=256, workers=0, shard_rows=1024))
+    return out

@@ -1,0 +1,296 @@
+"""Pretrain the tiny backbone on a shapes world with the plain CLIP loss; save it as a `local-dir:`.
+
+The loss is the symmetric InfoNCE of CLIP over in-batch pairs only -- no hard negatives -- so
+whatever binding the backbone learns comes from the image-caption pairs alone, like a real CLIP.
+A batch holds distinct images (one of each image's captions drawn at random), so no caption is
+pushed away from its own image. Images go through the backbone's own preprocessing once, up
+front (the world is small enough to keep in memory); captions are tokenized once.
+
+Seeded and deterministic on CPU: the same world, config and seed give identical weights.
+The checkpoint folder is open_clip's local-dir layout (``open_clip_config.json`` with
+``model_cfg`` + ``preprocess_cfg``, and ``open_clip_model.safetensors``) plus a ``compalign``
+record of how it was trained, so ``load_backbone("local-dir:FOLDER")`` rebuilds it exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.transform import PreprocessCfg, image_transform_v2
+from safetensors.torch import save_file
+
+from compalign.extract.decode import decode_image
+from compalign.extract.presets import CONFIG_DIR
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "open_clip_config.json"
+WEIGHTS_NAME = "open_clip_model.safetensors"
+SCHEMA = "compalign.backbone/1"
+ProgressFn = Callable[[int, int, float], None]  # (step done, total steps, loss of that step)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """How the tiny backbone is trained (travels inside the checkpoint)."""
+
+    # optimisation steps (one batch each)
+    steps: int = 3000
+    # distinct images per batch; the contrastive task gets harder (and better) with more
+    batch_size: int = 256
+    # peak AdamW learning rate, reached after `warmup` steps, then cosine decay to 0
+    lr: float = 1e-3
+    # linear warmup steps
+    warmup: int = 200
+    # AdamW weight decay on matrices (not on norms, biases, embeddings or the logit scale)
+    weight_decay: float = 0.1
+    # gradient clipping (global L2 norm)
+    grad_clip: float = 1.0
+    # seed of the initialisation and of the batch order
+    seed: int = 0
+    # log the running loss every this many steps
+    log_every: int = 100
+    # dtype of the saved weights; fp16 halves the file (the model is rebuilt in fp32 on load)
+    save_dtype: Literal["fp32", "fp16"] = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 2:
+            raise ValueError("PretrainConfig: steps must be >= 1 and batch_size >= 2 (the loss needs negatives)")
+        if self.lr <= 0 or self.warmup < 0 or self.weight_decay < 0:
+            raise ValueError("PretrainConfig: lr must be > 0, warmup and weight_decay >= 0")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PretrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"PretrainConfig: unknown keys {unknown}; known keys: {sorted(known)}")
+        return cls(**data)
+
+
+@dataclass
+class TrainData:
+    pixels: torch.Tensor  # (N, 3, H, W) float32, preprocessed images, one row per distinct image
+    tokens: torch.Tensor  # (M, C) int64, tokenized captions
+    caption_image: torch.Tensor  # (M,) int64, image row of each caption
+    image_names: list[str]  # (N,) file names relative to the train split
+
+    def captions_of(self) -> list[torch.Tensor]:
+        """Caption rows of each image (image order)."""
+        order = torch.argsort(self.caption_image, stable=True)
+        counts = torch.bincount(self.caption_image, minlength=len(self.image_names))
+        return list(torch.split(order, counts.tolist()))
+
+
+@dataclass
+class PretrainResult:
+    out: Path  # the checkpoint folder
+    losses: list[float]  # loss of every step
+    seconds: float  # training wall time (data loading excluded)
+    n_images: int
+    n_captions: int
+    bytes: int  # size of the weights file
+
+
+# -- model -----------------------------------------------------------------------------------
+
+
+def default_model_cfg() -> dict[str, Any]:
+    """The package's tiny open_clip config (model_configs/compalign-tiny.json)."""
+    return json.loads((CONFIG_DIR / "compalign-tiny.json").read_text(encoding="utf-8"))
+
+
+def preprocess_cfg_for(model_cfg: dict[str, Any]) -> dict[str, Any]:
+    """The preprocessing saved with the checkpoint: a plain resize to the model's input size."""
+    size = model_cfg["vision_cfg"]["image_size"]
+    cfg = PreprocessCfg(size=size, interpolation="bicubic", resize_mode="shortest")
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}
+
+
+def build_model(model_cfg: dict[str, Any], seed: int) -> tuple[torch.nn.Module, Any, Any]:
+    """(model in train mode, eval preprocess, tokenizer), initialised from ``seed``."""
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(**model_cfg)
+    pre = image_transform_v2(PreprocessCfg(**preprocess_cfg_for(model_cfg)), is_train=False)
+    ctx = model_cfg["text_cfg"].get("context_length", 77)
+    tokenizer = open_clip.SimpleTokenizer(context_length=ctx)
+    return model.train(), pre, tokenizer
+
+
+# -- data ------------------------------------------------------------------------------------
+
+
+def load_train_data(world: str | Path, preprocess: Any, tokenizer: Any) -> TrainData:
+    """Every training image (preprocessed) and caption of a world's train split."""
+    split = Path(world) / "train"
+    pairs_path = split / "pairs.jsonl"
+    if not pairs_path.is_file():
+        raise FileNotFoundError(f"{pairs_path} is missing: build the world first (`compalign shapes make --out {world}`)")
+    rows = [json.loads(line) for line in pairs_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    names = sorted({r["image"] for r in rows})
+    index = {n: i for i, n in enumerate(names)}
+    pixels = torch.stack([preprocess(decode_image((split / n).read_bytes())) for n in names])  # (N, 3, H, W)
+    tokens = tokenizer([r["caption"] for r in rows]).long()  # (M, C)
+    owner = torch.tensor([index[r["image"]] for r in rows], dtype=torch.long)
+    logger.info("loaded %d images and %d captions from %s", len(names), len(rows), split)
+    return TrainData(pixels=pixels, tokens=tokens, caption_image=owner, image_names=names)
+
+
+def _batches(data: TrainData, batch_size: int, steps: int, gen: torch.Generator):
+    """(image rows, caption rows) per step: epochs over distinct images, one random caption each."""
+    n = len(data.image_names)
+    batch_size = min(batch_size, n)
+    caps = data.captions_of()
+    counts = torch.tensor([len(c) for c in caps])
+    offsets = torch.cumsum(counts, 0) - counts
+    flat = torch.cat(caps)
+    perm, pos = torch.randperm(n, generator=gen), 0
+    for _ in range(steps):
+        if pos + batch_size > n:  # drop the ragged tail: every batch has the same size
+            perm, pos = torch.randperm(n, generator=gen), 0
+        img = perm[pos : pos + batch_size]
+        pos += batch_size
+        pick = (torch.rand(len(img), generator=gen) * counts[img]).long()
+        yield img, flat[offsets[img] + pick]
+
+
+# -- training --------------------------------------------------------------------------------
+
+
+def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE over the in-batch (B, B) similarity matrix (features L2-normalised)."""
+    logits = logit_scale * image_features @ text_features.T  # (B, B)
+    labels = torch.arange(len(logits))
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, rest = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        no_decay = p.ndim < 2 or "embedding" in name or "logit_scale" in name or "ln" in name or name.endswith("bias")
+        (rest if no_decay else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+def _lr_at(step: int, cfg: PretrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def train(
+    model: torch.nn.Module, data: TrainData, cfg: PretrainConfig, progress: ProgressFn | None = None
+) -> list[float]:
+    """Train ``model`` in place; returns the loss of every step."""
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    model.train()
+    losses: list[float] = []
+    for step, (img, cap) in enumerate(_batches(data, cfg.batch_size, cfg.steps, gen)):
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, cfg)
+        image_features = model.encode_image(data.pixels[img], normalize=True)  # (B, E)
+        text_features = model.encode_text(data.tokens[cap], normalize=True)  # (B, E)
+        loss = clip_loss(image_features, text_features, model.logit_scale.exp())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        with torch.no_grad():  # CLIP clamps the temperature at 100
+            model.logit_scale.clamp_(0, math.log(100))
+        losses.append(float(loss))
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            recent = losses[-cfg.log_every :]
+            logger.info("step %d/%d loss %.4f (lr %.2e)", step + 1, cfg.steps, sum(recent) / len(recent), _lr_at(step, cfg))
+        if progress:
+            progress(step + 1, cfg.steps, losses[-1])
+    model.eval()
+    return losses
+
+
+# -- checkpoint ------------------------------------------------------------------------------
+
+
+def world_fingerprint(world: str | Path) -> str:
+    """Hash of the world's config record (world.json), enough to tell worlds apart."""
+    path = Path(world) / "world.json"
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "unknown"
+
+
+def save_checkpoint(
+    model: torch.nn.Module, model_cfg: dict[str, Any], out: str | Path, record: dict[str, Any], dtype: str = "fp32"
+) -> Path:
+    """Write the local-dir folder: weights (safetensors) + open_clip_config.json (+ how it was made)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cast = torch.float16 if dtype == "fp16" else torch.float32
+    state = {k: v.detach().to(cast).contiguous() for k, v in model.state_dict().items()}
+    # attn_mask is a buffer rebuilt from the config; safetensors also rejects shared storage
+    state = {k: v.clone() for k, v in state.items() if k != "attn_mask"}
+    save_file(state, str(out / WEIGHTS_NAME), metadata={"format": "pt", "schema": SCHEMA})
+    config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg_for(model_cfg), "compalign": record}
+    (out / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return out
+
+
+def pretrain_backbone(
+    world: str | Path,
+    out: str | Path,
+    cfg: PretrainConfig = PretrainConfig(),
+    model_cfg: dict[str, Any] | None = None,
+    progress: ProgressFn | None = None,
+) -> PretrainResult:
+    """Train the tiny backbone on ``world``'s train split and save it to ``out`` (local-dir layout)."""
+    model_cfg = model_cfg if model_cfg is not None else default_model_cfg()
+    model, preprocess, tokenizer = build_model(model_cfg, cfg.seed)
+    data = load_train_data(world, preprocess, tokenizer)
+    t0 = time.perf_counter()
+    losses = train(model, data, cfg, progress)
+    seconds = time.perf_counter() - t0
+    record = {
+        "schema": SCHEMA,
+        "pretrain": dataclasses.asdict(cfg),
+        "world": {"path": str(Path(world)), "fingerprint": world_fingerprint(world)},
+        "n_images": len(data.image_names),
+        "n_captions": int(len(data.tokens)),
+        "final_loss": float(np.mean(losses[-min(len(losses), cfg.log_every) :])),
+        "train_seconds": round(seconds, 1),
+        "versions": {"open_clip": open_clip.__version__, "torch": torch.__version__},
+    }
+    path = save_checkpoint(model, model_cfg, out, record, cfg.save_dtype)
+    size = (path / WEIGHTS_NAME).stat().st_size
+    logger.info("saved backbone to %s (%.1f MB) after %.0f s", path, size / 1e6, seconds)
+    return PretrainResult(path, losses, seconds, len(data.image_names), int(len(data.tokens)), size)
+
+
+__all__ = [
+    "PretrainConfig",
+    "PretrainResult",
+    "TrainData",
+    "build_model",
+    "clip_loss",
+    "default_model_cfg",
+    "load_train_data",
+    "preprocess_cfg_for",
+    "pretrain_backbone",
+    "save_checkpoint",
+    "train",
+]

@@ -1,0 +1,75 @@
+"""SugarCrepe from the real annotation files: dedup counts and `global` scoring vs a direct computation."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import torch
+from PIL import Image
+
+from compalign.cache import open_cache
+from compalign.evaluate.benchmarks import create_benchmark
+from compalign.extract.backbones import load_backbone
+from compalign.heads import create_head
+
+
+def test_all_seven_subsets_encode_unique_content_once(sugarcrepe_tiny_cache):
+    r = open_cache(sugarcrepe_tiny_cache)
+    assert r.layout.n_images == 1560
+    assert r.layout.n_texts == 11844
+    assert r.attrs["source"]["n_items"] == 7511
+    assert r.ok("images").all() and r.ok("texts").all()
+    assert len(set(r.image_keys.tolist())) == 1560
+
+
+def test_global_scores_equal_a_direct_per_item_computation(sugarcrepe_root, sugarcrepe_tiny_cache):
+    r = open_cache(sugarcrepe_tiny_cache)
+    result = create_benchmark("sugarcrepe").evaluate(r, create_head("global"))
+    bb = load_backbone("tiny")
+    rows = {}
+    for subset in ("swap_att", "add_obj"):  # two subsets, every item, straight from the JSON
+        data = json.loads((sugarcrepe_root / f"{subset}.json").read_text())
+        for ident, row in data.items():
+            rows[f"{subset}/{ident}"] = row
+    ids = sorted(rows)
+    pix = torch.stack([bb.preprocess(Image.open(sugarcrepe_root / "val2017" / rows[i]["filename"])) for i in ids])
+    with torch.no_grad():
+        im = torch.nn.functional.normalize(bb.model.encode_image(pix), dim=-1)
+        pos = torch.nn.functional.normalize(bb.model.encode_text(bb.tokenizer([rows[i]["caption"] for i in ids])), dim=-1)
+        neg = torch.nn.functional.normalize(bb.model.encode_text(bb.tokenizer([rows[i]["negative_caption"] for i in ids])), dim=-1)
+    s_pos, s_neg = (im * pos).sum(-1).numpy(), (im * neg).sum(-1).numpy()
+    by_id = {it["id"]: it for it in result.items}
+    got_pos = np.array([by_id[i]["pos"] for i in ids])
+    got_neg = np.array([by_id[i]["neg"] for i in ids])
+    np.testing.assert_allclose(got_pos, s_pos, atol=1e-5)
+    np.testing.assert_allclose(got_neg, s_neg, atol=1e-5)
+    margin = np.abs(s_pos - s_neg) > 1e-4  # outside float noise the verdicts must agree exactly
+    assert margin.mean() > 0.95
+    np.testing.assert_array_equal(np.array([by_id[i]["correct"] for i in ids])[margin], (s_pos > s_neg)[margin])
+    swap = np.array([i.startswith("swap_att/") for i in ids])
+    direct = 100 * np.mean((s_pos > s_neg)[swap])
+    slack = 100 * np.mean(~margin[swap])  # items within float noise may flip
+    assert abs(result.metrics["swap_att"] - direct) <= slack + 1e-9
+    assert set(result.metrics) >= {"add_att", "swap_att", "replace", "swap", "add", "macro", "micro"}
+
+
+def test_score_cli_reads_only_the_cache(sugarcrepe_tiny_cache, tmp_path):
+    out = tmp_path / "s.json"
+    code = (
+        "import sys\n"
+        "from compalign.cli.heads import app\n"
+        f"sys.argv = ['compalign-heads', 'score', '--bench', 'sugarcrepe', '--cache', r'{sugarcrepe_tiny_cache}', '--json', r'{out}']\n"
+        "try:\n    app()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "bad = [m for m in sys.modules if m.startswith(('open_clip', 'compalign.extract', 'timm'))]\n"
+        "assert not bad, bad\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr + res.stdout
+    d = json.loads(out.read_text())
+    assert d["bench"] == "sugarcrepe" and d["head"] == "global" and d["backbone"] == "tiny"
+    assert len(d["items"]) == 7511 and {"id", "subset", "correct"} <= set(d["items"][0])
+    assert 0 <= d["metrics"]["micro"] <= 100
+    assert "swap_att" in res.stdout and "macro" in res.stdout
