@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,9 @@ def cache_info(path: str | Path) -> dict[str, Any]:
         for name, sub in sorted(g.groups()):
             walk(sub, prefix + name + "/")
 
-    walk(r.root, "")
+    with warnings.catch_warnings():  # the .done marker folder is not a Zarr node; zarr warns about it
+        warnings.simplefilter("ignore")
+        walk(r.root, "")
     lay = r.layout
     ok_i, ok_t = int(r.ok("images").sum()), int(r.ok("texts").sum())
     return {
