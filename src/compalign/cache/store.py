@@ -25,6 +25,7 @@ written by exactly one writer (Zarr loses data when two writers touch one shard)
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -59,10 +60,11 @@ class Layout:
 
 
 def _array(g: zarr.Group, name: str, shape: tuple[int, ...], dtype: Any, lay: Layout, big: bool = False) -> None:
-    rows = max(1, min(lay.shard_rows, shape[0]))
+    rows = lay.shard_rows  # a shard may overhang the array's end; Zarr stores only what exists
     if big:  # token arrays: small inner chunks inside one shard per writer
-        chunk = max(1, min(lay.chunk_rows, rows))
-        g.create_array(name, shape=shape, dtype=dtype, chunks=(chunk, *shape[1:]), shards=(rows, *shape[1:]), fill_value=0)
+        chunk = math.gcd(rows, lay.chunk_rows)  # inner chunks must tile the shard exactly
+        rest = tuple(max(1, d) for d in shape[1:])  # towers without a class token have K = 0 prefix rows
+        g.create_array(name, shape=shape, dtype=dtype, chunks=(chunk, *rest), shards=(rows, *rest), fill_value=0)
     else:
         fill = "" if dtype is str else 0
         g.create_array(name, shape=shape, dtype=dtype, chunks=(rows, *shape[1:]), fill_value=fill)

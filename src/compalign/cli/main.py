@@ -118,6 +118,11 @@ def info(store: Path = typer.Argument(..., help="a compalign cache"),
         out.print(f"[yellow]skipped[/yellow] {p}")
 
 
+from .demo import demo  # noqa: E402
+
+app.command()(demo)
+
+
 @app.command()
 def backbones() -> None:
     """List the backbone presets."""

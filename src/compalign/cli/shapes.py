@@ -70,3 +70,110 @@ def make(
             str(c["bivlc"]["rows"]) if "bivlc" in c else "",
         )
     console.print(table)
+
+
+@app.command()
+def backbone(
+    world: Path = typer.Option(..., "--world", help="World folder written by `compalign shapes make`."),
+    out: Path = typer.Option(..., "--out", help="Checkpoint folder to write (open_clip local-dir layout)."),
+    steps: int = typer.Option(None, "--steps", help="Training steps (default: the PretrainConfig default)."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Distinct images per batch."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the initialisation and the batch order."),
+    fp16: bool = typer.Option(False, "--fp16", help="Store the weights in fp16 (half the file)."),
+) -> None:
+    """Pretrain the tiny backbone on the world's train split with the plain CLIP loss (CPU, seeded)."""
+    import time
+
+    from compalign.shapes.pretrain import PretrainConfig, pretrain_backbone
+
+    overrides = {"seed": seed, "save_dtype": "fp16" if fp16 else "fp32"}
+    if steps is not None:
+        overrides["steps"] = steps
+    if batch_size is not None:
+        overrides["batch_size"] = batch_size
+    try:
+        cfg = PretrainConfig(**overrides)
+    except ValueError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from e
+    if not (world / "train" / "pairs.jsonl").is_file():
+        console.print(f"[red]error:[/red] {world} has no train/pairs.jsonl; build it with `compalign shapes make --out {world}`")
+        raise typer.Exit(2)
+    columns = (
+        TextColumn("{task.description:>9}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+    )
+    t0 = time.perf_counter()
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("loading", total=cfg.steps, loss="-")
+
+        def progress(step: int, total: int, loss: float) -> None:
+            bar.update(task, description="training", completed=step, loss=f"{loss:.3f}")
+
+        result = pretrain_backbone(world, out, cfg, progress=progress)
+    losses = result.losses
+    head, tail = losses[: min(50, len(losses))], losses[-min(50, len(losses)) :]
+    table = Table(title=f"tiny backbone written to {out}")
+    for col in ("images", "captions", "steps", "loss first→last 50", "train s", "total s", "weights MB"):
+        table.add_column(col, justify="right")
+    table.add_row(
+        str(result.n_images),
+        str(result.n_captions),
+        str(cfg.steps),
+        f"{sum(head) / len(head):.3f} → {sum(tail) / len(tail):.3f}",
+        f"{result.seconds:.0f}",
+        f"{time.perf_counter() - t0:.0f}",
+        f"{result.bytes / 1e6:.1f}",
+    )
+    console.print(table)
+
+
+@app.command()
+def probe(
+    cache: Path = typer.Option(..., "--cache", help="Feature store extracted from the world's split (sugarcrepe)."),
+    world: Path = typer.Option(..., "--world", help="World folder (its scenes.jsonl gives every object's box)."),
+    split: str = typer.Option("test_id", "--split", help="Which split the cache was extracted from."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the train/test split of the images."),
+) -> None:
+    """Linear probes for colour, shape, size and the pair from the patch tokens at each object."""
+    from compalign.cache import open_cache
+    from compalign.cache.store import CacheError
+    from compalign.shapes.probe import ProbeConfig, cached_layers, probe_cache, text_to_image_recall
+
+    try:
+        reader = open_cache(cache)
+    except (CacheError, FileNotFoundError, KeyError, ValueError) as e:
+        console.print(f"[red]error:[/red] cannot open {cache}: {e}")
+        raise typer.Exit(2) from e
+    layers = cached_layers(reader)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console, transient=True) as bar:
+        bar.add_task(f"probing {len(layers)} layer(s)", total=None)
+        try:
+            result = probe_cache(reader, world, split, ProbeConfig(seed=seed))
+            recall = text_to_image_recall(reader, world, split) if "caption" in reader.items else None
+        except (FileNotFoundError, ValueError, KeyError) as e:
+            console.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(2) from e
+    chance = result.chance()
+    table = Table(
+        title=f"locality probe: {split}, {result.n_objects} objects in {result.n_images} images, "
+        f"{result.grid}x{result.grid} patches (held-out accuracy %)"
+    )
+    table.add_column("layer")
+    table.add_column("pool")
+    targets = ("colour", "shape", "size", "pair")
+    for t in targets:
+        table.add_column(t, justify="right")
+    for (layer, pool), accs in result.table().items():
+        cells = [f"[{'green' if accs[t] >= 0.9 else 'yellow'}]{100 * accs[t]:.1f}[/]" for t in targets]
+        table.add_row(str(layer), pool, *cells)
+    table.add_row("chance", "", *[f"{100 * chance[t]:.1f}" for t in targets], style="dim")
+    console.print(table)
+    if recall is not None:
+        console.print(
+            f"text→image R@1 over {int(recall['n'])} images: {100 * recall['r1']:.1f}% "
+            f"(caption true of the top image: {100 * recall['r1_valid']:.1f}%)"
+        )

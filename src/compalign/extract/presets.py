@@ -46,4 +46,9 @@ register_preset("clip", Preset("ViT-B-32", "openai", "OpenAI CLIP ViT-B/32"))
 register_preset("clip-b16", Preset("ViT-B-16", "openai", "OpenAI CLIP ViT-B/16"))
 register_preset("siglip2", Preset("ViT-B-16-SigLIP2", "webli", "SigLIP2 ViT-B/16 (needs transformers for its tokenizer)"))
 register_preset("pe", Preset("PE-Core-B-16", "meta", "Perception Encoder core B/16"))
-register_preset("tiny", Preset("compalign-tiny", None, "the synthetic world's tiny backbone (random init until trained)"))
+# The shipped checkpoint (`make backbone` writes it); a seeded random init only while it is absent.
+TINY_CHECKPOINT = Path(__file__).resolve().parent.parent / "shapes" / "backbone"
+if (TINY_CHECKPOINT / "open_clip_config.json").is_file():
+    register_preset("tiny", Preset(f"local-dir:{TINY_CHECKPOINT}", None, "the synthetic world's tiny backbone (shipped checkpoint)"))
+else:
+    register_preset("tiny", Preset("compalign-tiny", None, "the synthetic world's tiny backbone (random init: run `make backbone`)"))

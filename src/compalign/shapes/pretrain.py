@@ -216,7 +216,7 @@ def train(
         opt.step()
         with torch.no_grad():  # CLIP clamps the temperature at 100
             model.logit_scale.clamp_(0, math.log(100))
-        losses.append(float(loss))
+        losses.append(loss.item())
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             recent = losses[-cfg.log_every :]
             logger.info("step %d/%d loss %.4f (lr %.2e)", step + 1, cfg.steps, sum(recent) / len(recent), _lr_at(step, cfg))

@@ -218,7 +218,7 @@ def probe_cache(
         )
     perm = np.random.default_rng(cfg.seed).permutation(len(names))
     n_train = int(round(len(names) * cfg.train_fraction))
-    part = np.empty(len(names), dtype=bool)
+    part = np.zeros(len(names), dtype=bool)
     part[perm[:n_train]] = True  # True = train part
     objects: list[tuple[int, tuple[int, int, int, int]]] = []
     attrs: list[dict[str, Any]] = []

@@ -301,6 +301,10 @@ def _write_test(
             pos_text, neg_text = caption_text(cap), caption_text(neg)
             items = sugarcrepe[kind]
             items[str(len(items))] = {"caption": pos_text, "filename": name, "negative_caption": neg_text}
+            if kind.startswith("add_"):
+                # An add negative entails its positive, so the positive stays true on the negative
+                # image and BiVLC's Ineg2T (s(C1,I1) > s(C0,I1)) would have no right answer.
+                continue
             neg_scene = negative_scene(kind, cap, neg, scene, cfg, rng, neg_allowed)
             if neg_scene is None:
                 continue

@@ -1,0 +1,236 @@
+"""The tiny backbone's pretraining (loss goes down, seeded = identical) and the locality probe."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from compalign.cli.shapes import app
+from compalign.extract.backbones import load_backbone, resolve
+from compalign.extract.presets import TINY_CHECKPOINT
+from compalign.shapes import WorldConfig, write_world
+from compalign.shapes.pretrain import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    PretrainConfig,
+    build_model,
+    clip_loss,
+    load_train_data,
+    pretrain_backbone,
+    train,
+)
+from compalign.shapes.probe import (
+    ProbeConfig,
+    box_cells,
+    linear_probe,
+    pool_objects,
+    probe_cache,
+)
+
+# A model small enough to train in a second: the real vocabulary (the tokenizer's), tiny widths.
+SMALL_MODEL = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("world")
+    write_world(WorldConfig(n_train=48, n_test_id=32, n_test_ood=16, seed=3), out)
+    return out
+
+
+def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _train(world: Path, seed: int, steps: int = 30) -> tuple[dict[str, torch.Tensor], list[float]]:
+    cfg = PretrainConfig(steps=steps, batch_size=16, lr=3e-3, warmup=3, seed=seed, log_every=10)
+    model, pre, tok = build_model(SMALL_MODEL, seed)
+    losses = train(model, load_train_data(world, pre, tok), cfg)
+    return _state(model), losses
+
+
+# -- pretraining -----------------------------------------------------------------------------
+
+
+def test_clip_loss_is_low_for_matching_features_and_symmetric() -> None:
+    x = torch.nn.functional.normalize(torch.randn(8, 16), dim=1)
+    matched = clip_loss(x, x, torch.tensor(50.0))
+    shuffled = clip_loss(x, x.roll(1, 0), torch.tensor(50.0))
+    assert matched < 0.01 < np.log(8) < shuffled
+    y = torch.nn.functional.normalize(torch.randn(8, 16), dim=1)
+    assert torch.allclose(clip_loss(x, y, torch.tensor(10.0)), clip_loss(y, x, torch.tensor(10.0)))
+
+
+def test_training_lowers_the_loss_and_is_deterministic(world: Path) -> None:
+    state_a, losses_a = _train(world, seed=0)
+    state_b, losses_b = _train(world, seed=0)
+    state_c, _ = _train(world, seed=1)
+    assert np.mean(losses_a[-5:]) < np.mean(losses_a[:5]) - 0.3, (losses_a[:5], losses_a[-5:])
+    assert losses_a == losses_b
+    assert state_a.keys() == state_b.keys()
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    assert any(not torch.equal(state_a[k], state_c[k]) for k in state_a)
+
+
+def test_batches_hold_distinct_images(world: Path) -> None:
+    from compalign.shapes.pretrain import _batches
+
+    model, pre, tok = build_model(SMALL_MODEL, 0)
+    data = load_train_data(world, pre, tok)
+    gen = torch.Generator().manual_seed(0)
+    for img, cap in _batches(data, 16, 10, gen):
+        assert len(set(img.tolist())) == len(img) == 16
+        assert torch.equal(data.caption_image[cap], img)  # each caption belongs to its image
+
+
+def test_checkpoint_round_trips_through_load_backbone(world: Path, tmp_path: Path) -> None:
+    cfg = PretrainConfig(steps=3, batch_size=8, warmup=1, save_dtype="fp32")
+    result = pretrain_backbone(world, tmp_path / "ckpt", cfg, model_cfg=SMALL_MODEL)
+    folder = result.out
+    config = json.loads((folder / CONFIG_NAME).read_text())
+    assert config["model_cfg"] == SMALL_MODEL
+    assert config["preprocess_cfg"]["size"] == 64
+    assert config["compalign"]["pretrain"]["steps"] == 3
+    assert (folder / WEIGHTS_NAME).stat().st_size == result.bytes
+    bb = load_backbone(f"local-dir:{folder}")
+    assert bb.meta["checkpoint_sha"] and bb.meta["image_size"] == [64, 64]
+    # The loaded preprocessing is the one training used, and the weights are the trained ones.
+    model, pre, tok = build_model(SMALL_MODEL, 0)
+    model.load_state_dict(
+        {k: v for k, v in bb.model.state_dict().items()}, strict=True
+    )  # same architecture: keys and shapes match
+    png = sorted((world / "train" / "images").glob("*.png"))[0]
+    img = Image.open(png).convert("RGB")
+    assert torch.equal(bb.preprocess(img), pre(img))
+    trained = pretrain_backbone(world, tmp_path / "again", cfg, model_cfg=SMALL_MODEL)
+    assert (trained.out / WEIGHTS_NAME).read_bytes() == (folder / WEIGHTS_NAME).read_bytes()
+
+
+def test_backbone_cli_writes_a_checkpoint(world: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cli_ckpt"
+    res = CliRunner().invoke(app, ["backbone", "--world", str(world), "--out", str(out), "--steps", "2", "--fp16"])
+    assert res.exit_code == 0, res.output
+    assert (out / WEIGHTS_NAME).is_file() and (out / CONFIG_NAME).is_file()
+    assert "loss" in res.output
+    bad = CliRunner().invoke(app, ["backbone", "--world", str(tmp_path / "nowhere"), "--out", str(out)])
+    assert bad.exit_code == 2 and "shapes make" in bad.output
+
+
+# -- the shipped checkpoint ------------------------------------------------------------------
+
+
+def test_shipped_checkpoint_is_the_tiny_preset() -> None:
+    if not (TINY_CHECKPOINT / CONFIG_NAME).is_file():
+        pytest.fail(f"the tiny backbone is not shipped at {TINY_CHECKPOINT}: run `make backbone`")
+    assert (TINY_CHECKPOINT / WEIGHTS_NAME).stat().st_size <= 20_000_000
+    model_name, _ = resolve("tiny", None)
+    assert model_name == f"local-dir:{TINY_CHECKPOINT}"
+    bb = load_backbone("tiny")
+    assert bb.meta["image_size"] == [64, 64]
+    assert bb.meta["preprocess"]["size"] in (64, [64, 64])
+    pixels = bb.preprocess(Image.new("RGB", (64, 64), (128, 128, 128)))
+    assert pixels.shape == (3, 64, 64)
+    out = bb.encode_images(pixels[None], [-1])
+    assert out.patches[-1].shape[1] == 64  # an 8x8 grid of 8-px patches
+    # Trained, not random: the text tower separates colour words.
+    ids = bb.tokenize(["a red circle", "a blue circle", "a red circle"]).ids
+    emb = torch.nn.functional.normalize(bb.encode_texts(ids, [-1]).global_, dim=-1)
+    assert float(emb[0] @ emb[2]) > float(emb[0] @ emb[1]) + 0.05
+
+
+# -- the probe -------------------------------------------------------------------------------
+
+
+def test_box_cells_map_boxes_to_patches() -> None:
+    inside, centre = box_cells((16, 8, 32, 24), canvas=64, grid=8)  # x 16..31, y 8..23
+    assert sorted(inside.tolist()) == [10, 11, 18, 19]
+    assert centre == 19  # centre (24, 16) -> row 2, column 3
+    inside, centre = box_cells((0, 0, 3, 3), canvas=64, grid=8)  # no patch centre inside
+    assert inside.tolist() == [0] and centre == 0
+
+
+def _synthetic(n_images: int, signal: str, seed: int = 0):
+    """Patches (N, 64, 16) where each object writes its colour (and maybe shape) into its box."""
+    rng = np.random.default_rng(seed)
+    colour_dirs, shape_dirs = rng.normal(size=(6, 16)), rng.normal(size=(6, 16))
+    patches = rng.normal(scale=0.5, size=(n_images, 64, 16)).astype(np.float32)
+    objects, colours, shapes = [], [], []
+    for i in range(n_images):
+        for x0 in (0, 32):  # two objects side by side, each a 32 x 32 box = 4 x 4 patches
+            c, s = int(rng.integers(6)), int(rng.integers(6))
+            box = (x0, 16, x0 + 32, 48)
+            cells, _ = box_cells(box, 64, 8)
+            patches[i, cells] += colour_dirs[c] + (shape_dirs[s] if signal == "both" else 0)
+            objects.append((i, box))
+            colours.append(c)
+            shapes.append(s)
+    return patches, objects, np.array(colours), np.array(shapes)
+
+
+def test_linear_probe_reads_what_is_encoded_and_nothing_else() -> None:
+    patches, objects, colours, shapes = _synthetic(150, signal="colour")
+    pooled = pool_objects(patches, objects, canvas=64)
+    tr, te = np.arange(200), np.arange(200, 300)
+    cfg = ProbeConfig()
+    for pool in ("box", "centre"):
+        acc, chance, _ = linear_probe(pooled[pool][tr], colours[tr], pooled[pool][te], colours[te], cfg)
+        assert acc > 0.97 and chance < 0.35
+        acc, chance, _ = linear_probe(pooled[pool][tr], shapes[tr], pooled[pool][te], shapes[te], cfg)
+        assert acc < 0.35  # shape is not in the features: chance level (1/6)
+    patches, objects, colours, shapes = _synthetic(150, signal="both", seed=1)
+    pooled = pool_objects(patches, objects, canvas=64)
+    pair = colours * 6 + shapes
+    acc, _, _ = linear_probe(pooled["box"][tr], pair[tr], pooled["box"][te], pair[te], cfg)
+    assert acc > 0.5  # 36 classes from an additive code: far above chance (~3%)
+
+
+class _FakeReader:
+    """What probe_cache reads from a cache, holding synthetic patches."""
+
+    def __init__(self, patches: dict[int, np.ndarray], origin: list[str]):
+        self.patches, self.path = patches, Path("fake.zarr")
+        self.root = {"images/origin": np.array(origin)}
+        self.attrs = {"extraction": {"layers": sorted(patches, reverse=True)}}
+
+    def ok(self, kind: str) -> np.ndarray:
+        return np.ones(len(self.root["images/origin"]), dtype=bool)
+
+    def read(self, kind: str, field: str, rows: np.ndarray, layer: int = -1) -> np.ndarray:
+        return self.patches[layer][rows]
+
+
+def test_probe_cache_reports_each_layer_against_the_scene_boxes(world: Path) -> None:
+    from compalign.shapes import load_scenes, load_world_config
+
+    wcfg = load_world_config(world)
+    scenes = load_scenes(world / "test_id" / "scenes.jsonl")
+    names = sorted(scenes)
+    colours = sorted(wcfg.colours)
+    rng = np.random.default_rng(0)
+    code = rng.normal(size=(len(colours), 24))
+    informative = rng.normal(scale=0.3, size=(len(names), 64, 24)).astype(np.float32)
+    for i, n in enumerate(names):
+        for o in scenes[n].objects:
+            cells, _ = box_cells(o.box, scenes[n].canvas, 8)
+            informative[i, cells] += code[colours.index(o.colour)]
+    noise = rng.normal(size=(len(names), 64, 24)).astype(np.float32)
+    # The cache lists images in its own order, with folder prefixes, as a SugarCrepe store does.
+    order = rng.permutation(len(names))
+    reader = _FakeReader({-1: informative[order], -2: noise[order]}, [f"val2017/{names[j]}" for j in order])
+    result = probe_cache(reader, world, "test_id", ProbeConfig(train_fraction=0.7))
+    table = result.table()
+    assert set(table) == {(-1, "box"), (-1, "centre"), (-2, "box"), (-2, "centre")}
+    assert table[(-1, "box")]["colour"] > 0.9
+    assert table[(-2, "box")]["colour"] < 0.5  # noise reads at about chance
+    assert result.n_objects == sum(len(s.objects) for s in scenes.values())
+    assert {r.n_test for r in result.rows} == {result.rows[0].n_test} and result.rows[0].n_test > 0
