@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-
 from conftest import make_images
 
 RUN = """
@@ -44,6 +43,10 @@ def _arrays(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
+def _done(path: Path) -> int:
+    return sum(1 for _ in (path / ".done").rglob("0*")) if (path / ".done").exists() else 0
+
+
 def _chunk_files(path: Path) -> dict[str, bytes]:
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("c/**/*")) if p.is_file()}
 
@@ -56,28 +59,26 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(tmp_path):
     (root / "pairs.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
 
     ref = tmp_path / "ref.zarr"
-    t0 = time.perf_counter()
     p = _run(root, ref)
     assert p.wait() == 0, p.stderr.read().decode()
-    duration = time.perf_counter() - t0
 
+    # Kill at random moments of the run: each kill waits for a random number of finished shards
+    # (so kills land while shards are being written, at different points) plus a random delay.
     out = tmp_path / "killed.zarr"
     rng = np.random.default_rng(0)
-    kills = 0
-    progress = []
-    for attempt in range(12):
+    total = 2 * 160 // 8  # text shards + image shards
+    targets = sorted(rng.choice(np.arange(1, total - 5), size=5, replace=False).tolist())
+    done_at_kill = []
+    for attempt, target in enumerate(targets):
         p = _run(root, out, workers=attempt % 2)
-        time.sleep(float(rng.uniform(0.3, duration)))
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-            kills += 1
-        done = sum(1 for _ in (out / ".done").rglob("0*")) if (out / ".done").exists() else 0
-        progress.append(done)
-        if kills >= 5 and done > 0:
-            break
-    assert kills >= 5, f"only {kills} kills landed"
-    assert progress[-1] > 0  # some kills landed after shards were written: resume had work to keep
+        while p.poll() is None and _done(out) < target:
+            time.sleep(0.005)
+        time.sleep(float(rng.uniform(0, 0.05)))
+        assert p.poll() is None, "the run finished before it could be killed"
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        done_at_kill.append(_done(out))
+    assert len(done_at_kill) == 5 and 0 < done_at_kill[-1] < total
     p = _run(root, out)
     assert p.wait() == 0, p.stderr.read().decode()
 

@@ -38,8 +38,9 @@ def test_global_scores_equal_a_direct_per_item_computation(sugarcrepe_root, suga
     pix = torch.stack([bb.preprocess(Image.open(sugarcrepe_root / "val2017" / rows[i]["filename"])) for i in ids])
     with torch.no_grad():
         im = torch.nn.functional.normalize(bb.model.encode_image(pix), dim=-1)
-        pos = torch.nn.functional.normalize(bb.model.encode_text(bb.tokenizer([rows[i]["caption"] for i in ids])), dim=-1)
-        neg = torch.nn.functional.normalize(bb.model.encode_text(bb.tokenizer([rows[i]["negative_caption"] for i in ids])), dim=-1)
+        pos = bb.model.encode_text(bb.tokenizer([rows[i]["caption"] for i in ids]))
+        neg = bb.model.encode_text(bb.tokenizer([rows[i]["negative_caption"] for i in ids]))
+        pos, neg = torch.nn.functional.normalize(pos, dim=-1), torch.nn.functional.normalize(neg, dim=-1)
     s_pos, s_neg = (im * pos).sum(-1).numpy(), (im * neg).sum(-1).numpy()
     by_id = {it["id"]: it for it in result.items}
     got_pos = np.array([by_id[i]["pos"] for i in ids])
@@ -61,7 +62,8 @@ def test_score_cli_reads_only_the_cache(sugarcrepe_tiny_cache, tmp_path):
     code = (
         "import sys\n"
         "from compalign.cli.heads import app\n"
-        f"sys.argv = ['compalign-heads', 'score', '--bench', 'sugarcrepe', '--cache', r'{sugarcrepe_tiny_cache}', '--json', r'{out}']\n"
+        "sys.argv = ['compalign-heads', 'score', '--bench', 'sugarcrepe', "
+        f"'--cache', r'{sugarcrepe_tiny_cache}', '--json', r'{out}']\n"
         "try:\n    app()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
         "bad = [m for m in sys.modules if m.startswith(('open_clip', 'compalign.extract', 'timm'))]\n"
         "assert not bad, bad\n"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -34,7 +33,7 @@ def score(
     bench: str = typer.Option(..., help=f"benchmark: {', '.join(list_benchmarks())}"),
     cache: Path = typer.Option(..., exists=True, file_okay=False, help="the cache to score from"),
     head: str = typer.Option("global", help="a registered head"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="write metrics and per-item outcomes here"),
+    json_out: Path | None = typer.Option(None, "--json", help="write metrics and per-item outcomes here"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Score HEAD on BENCH from CACHE and print the table."""

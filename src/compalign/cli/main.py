@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -38,7 +37,7 @@ def extract(
     data: str = typer.Option(..., help="data source: pairs | sugarcrepe | bivlc"),
     root: Path = typer.Option(..., help="where the data lives"),
     out: Path = typer.Option(..., help="the Zarr store to create (or resume)"),
-    pretrained: Optional[str] = typer.Option(None, help="open_clip pretrained tag (presets bring their own; 'none' = random init)"),
+    pretrained: str | None = typer.Option(None, help="open_clip pretrained tag (presets bring their own; 'none' = random init)"),
     batch_size: int = typer.Option(64, help="images / captions per forward pass"),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     workers: int = typer.Option(1, help="image decoding processes (0 = in this process)"),
@@ -73,7 +72,7 @@ def extract(
                       f"{summary.items} items in {summary.seconds:.1f}s "
                       f"({summary.shards_written} shards written, {summary.shards_skipped} already done), "
                       f"{summary.bytes_on_disk / 2**20:.1f} MiB on disk")
-    for origin, reason in summary.image_failures[:20]:
+    for _origin, reason in summary.image_failures[:20]:
         out_console.print(f"  [yellow]image failed[/yellow] {reason}")
     for text, reason in summary.text_failures[:20]:
         out_console.print(f"  [yellow]caption failed[/yellow] {text!r}: {reason}")
@@ -106,13 +105,14 @@ def info(store: Path = typer.Argument(..., help="a compalign cache"),
               f"(open_clip {b['open_clip']}, torch {b['torch']}, image {b['image_size']}, embed {b['embed_dim']})")
     out.print(f"source: {d['source']['kind']} at {d['source']['root']} (fingerprint {d['source']['fingerprint']})")
     out.print(f"images {c['images_ok']}/{c['images']} ok, texts {c['texts_ok']}/{c['texts']} ok, {c['items']} items; "
-              f"shards done: images {c['image_shards_done']}/{c['image_shards']}, texts {c['text_shards_done']}/{c['text_shards']}")
+              f"shards done: images {c['image_shards_done']}/{c['image_shards']}, "
+              f"texts {c['text_shards_done']}/{c['text_shards']}")
     t = Table("array", "shape", "dtype", "MiB on disk")
     for a in d["arrays"]:
         t.add_row(a["name"], str(tuple(a["shape"])), a["dtype"], f"{a['bytes'] / 2**20:.2f}")
     out.print(t)
     for kind in ("images", "texts"):
-        for row, origin, reason in d["failures"][kind]:
+        for row, _origin, reason in d["failures"][kind]:
             out.print(f"[yellow]{kind[:-1]} row {row} failed[/yellow]: {reason}")
     for p in d["problems"]:
         out.print(f"[yellow]skipped[/yellow] {p}")

@@ -145,6 +145,18 @@ class Backbone:
         return out
 
 
+def is_causal_text(model: nn.Module) -> bool:
+    """True when tokens after end-of-text cannot change the pooled text embedding.
+
+    That needs a causal mask (no later token reaches an earlier one), pooling at the EOT token
+    (argmax / eos, not 'last', which reads the final padded position) and no appended class token.
+    """
+    tower = getattr(model, "text", model)
+    masked = getattr(tower, "attn_mask", None) is not None
+    pool = getattr(tower, "pool_type", getattr(model, "text_pool_type", "argmax"))
+    return masked and pool in ("argmax", "eos") and getattr(tower, "cls_emb", None) is None
+
+
 def _by_layer(layers: list[int], take: list[int], outs: list[torch.Tensor]) -> dict[int, torch.Tensor]:
     """forward_intermediates returns blocks in ascending order, whatever order they were asked in."""
     by_block = dict(zip(sorted(take), outs))
@@ -229,15 +241,14 @@ def load_backbone(
                 f"could not load {model_name} / {tag!r}: {e}\n"
                 f"The weights or tokenizer are not in the local cache and the network is unavailable. "
                 f"Prefetch them on a connected machine with\n"
-                f"  python -c \"import open_clip; open_clip.create_model_and_transforms('{model_name}', pretrained='{tag}'); open_clip.get_tokenizer('{model_name}')\"\n"
+                f"  python -c \"import open_clip; open_clip.create_model_and_transforms('{model_name}', "
+                f"pretrained='{tag}'); open_clip.get_tokenizer('{model_name}')\"\n"
                 f"(or `huggingface-cli download <repo>`), copy ~/.cache/huggingface, then run with HF_HUB_OFFLINE=1."
             ) from e
         raise
     model.eval().requires_grad_(False)
     text_tower = getattr(model, "text", model)
-    causal = getattr(text_tower, "attn_mask", None) is not None and getattr(text_tower, "cls_emb", None) is None
-    pool = getattr(text_tower, "pool_type", getattr(model, "text_pool_type", "argmax"))
-    causal = causal and pool in ("argmax", "eos")  # 'last' pooling reads the final position
+    causal = is_causal_text(model)
     ctx = int(getattr(tokenizer, "context_length", None) or model.context_length)
     visual = model.visual
     text_blocks = getattr(text_tower, "transformer", None)
@@ -298,4 +309,5 @@ def _timm_version() -> str | None:
 
 def _looks_offline(e: Exception) -> bool:
     text = f"{type(e).__name__} {e}".lower()
-    return any(s in text for s in ("connect", "offline", "resolve", "network", "hub", "not found", "localentrynotfound", "timed out"))
+    hints = ("connect", "offline", "resolve", "network", "hub", "not found", "localentrynotfound", "timed out")
+    return any(s in text for s in hints)

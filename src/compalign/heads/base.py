@@ -7,7 +7,8 @@ all against all -> (Bi, Bt). `score_pairs(i, t)` must equal the diagonal of `sco
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import numpy as np
 

@@ -10,7 +10,7 @@ from ...cache.reader import CacheReader
 from ...heads.base import Head
 from ..metrics import sugarcrepe_metrics
 from ..scoring import score_pairs
-from .base import BenchResult, Benchmark, head_label, register_benchmark
+from .base import Benchmark, BenchResult, head_label, register_benchmark
 
 log = logging.getLogger(__name__)
 

@@ -43,7 +43,8 @@ def plan_sugarcrepe(root: Path) -> Plan:
         data = load_json(path)
         entries = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else None
         if entries is None:
-            raise SourceError(f"{path}: expected an object {{id: {{filename, caption, negative_caption}}}}, got {type(data).__name__}")
+            raise SourceError(f"{path}: expected an object {{id: {{filename, caption, negative_caption}}}}, "
+                              f"got {type(data).__name__}")
         for ident, row in entries:
             where = f"{path.name} item {ident!r}"
             if not isinstance(row, dict):

@@ -1,0 +1,77 @@
+"""The cache reader: rows by key, gathered reads in the caller's order, shuffled batches covering every row once."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from compalign.cache import CacheError, open_cache
+from compalign.cache.info import cache_info
+from compalign.extract.runner import ExtractConfig, extract
+
+
+@pytest.fixture
+def store(pairs_dir, tmp_path):
+    out = tmp_path / "r.zarr"
+    extract(ExtractConfig(model="tiny", data="pairs", root=str(pairs_dir), out=str(out), workers=0,
+                          shard_rows=4, chunk_rows=2, layers=[-1, -2]))
+    return out
+
+
+def test_read_returns_rows_in_the_callers_order_with_repeats(store):
+    r = open_cache(store)
+    full = r.root["images/patches"][:]
+    rows = np.array([7, 0, 7, 3, 11, 2, 2])
+    np.testing.assert_array_equal(r.read("images", "patches", rows), full[rows])
+    np.testing.assert_array_equal(r.read("images", "patches", rows, layer=-2), r.root["images/layers/-2/patches"][:][rows])
+    keys = r.image_keys[[5, 1]]
+    np.testing.assert_array_equal(r.rows("images", keys), [5, 1])
+    with pytest.raises(KeyError, match="not in the cache"):
+        r.rows("texts", ["no-such-key"])
+    with pytest.raises(KeyError, match="layers extracted"):
+        r.array("images", "patches", layer=-4)
+
+
+def test_shuffled_batches_cover_every_row_once_and_are_seeded(store):
+    r = open_cache(store)
+    full = r.root["texts/tokens"][:]
+    seen = []
+    for rows, vals in r.batches("texts", "tokens", batch_size=3, shuffle=True, seed=1, buffer_shards=2):
+        np.testing.assert_array_equal(vals, full[rows])
+        seen.extend(rows.tolist())
+    assert sorted(seen) == list(range(len(full)))
+    assert seen != sorted(seen)  # actually shuffled
+    again = [rows.tolist() for rows, _ in r.batches("texts", "tokens", batch_size=3, shuffle=True, seed=1, buffer_shards=2)]
+    assert sum(again, []) == seen
+
+
+def test_items_reference_rows_by_key_and_info_reports_everything(store, pairs_dir):
+    r = open_cache(store)
+    it = r.items
+    assert len(it["id"]) == 16 and set(it) == {"id", "image", "caption"}
+    strings = r.root["texts/strings"][:]
+    assert strings[r.rows("texts", it["caption"][:1])][0] == "a picture of thing number 0"
+    info = cache_info(store)
+    assert info["counts"]["images"] == 12 and info["counts"]["texts"] == 16
+    assert info["counts"]["image_shards_done"] == info["counts"]["image_shards"] == 3
+    names = {a["name"]: a for a in info["arrays"]}
+    assert names["images/patches"]["dtype"] == "float16" and names["images/global"]["dtype"] == "float32"
+    assert names["images/layers/-2/patches"]["shape"] == [12, 64, 128]
+    assert info["backbone"]["model_name"] == "compalign-tiny" and info["bytes_on_disk"] > 0
+    assert r.fingerprint == open_cache(store).fingerprint and len(r.backbone_id) == 16
+
+
+def test_not_a_cache_is_a_clear_error(tmp_path):
+    with pytest.raises(CacheError, match="not a compalign cache"):
+        open_cache(tmp_path)
+
+
+def test_resume_refuses_a_different_backbone_or_data(store, pairs_dir):
+    with pytest.raises(CacheError, match="different extraction|--overwrite"):
+        extract(ExtractConfig(model="tiny", data="pairs", root=str(pairs_dir), out=str(store), workers=0,
+                              shard_rows=8, chunk_rows=2, layers=[-1, -2]))
+    (pairs_dir / "pairs.jsonl").write_text((pairs_dir / "pairs.jsonl").read_text() +
+                                           '{"image": "img/000.png", "caption": "one more"}\n')
+    with pytest.raises(CacheError, match="another version of the data"):
+        extract(ExtractConfig(model="tiny", data="pairs", root=str(pairs_dir), out=str(store), workers=0,
+                              shard_rows=4, chunk_rows=2, layers=[-1, -2]))
