@@ -75,3 +75,13 @@ def test_resume_refuses_a_different_backbone_or_data(store, pairs_dir):
     with pytest.raises(CacheError, match="another version of the data"):
         extract(ExtractConfig(model="tiny", data="pairs", root=str(pairs_dir), out=str(store), workers=0,
                               shard_rows=4, chunk_rows=2, layers=[-1, -2]))
+
+
+def test_scattered_reads_keep_memory_bounded(store):
+    r = open_cache(store)
+    shard_bytes = r.root["images/patches"][:4].nbytes
+    r.cache_bytes = 2 * shard_bytes  # room for two decoded shards
+    full = r.root["images/patches"][:]
+    for rows in ([0, 5, 9], [11, 1], [4, 8, 0, 3]):
+        np.testing.assert_array_equal(r.read("images", "patches", np.array(rows)), full[rows])
+        assert r._lru_bytes <= r.cache_bytes and len(r._lru) <= 2

@@ -1,13 +1,14 @@
 """Read a cache: rows by key, gathered reads, shuffled batches. Never loads a whole token array.
 
-Random row reads through Zarr cost a chunk decode each; `read` therefore sorts the wanted rows,
-reads each contiguous run once and scatters the result back into the caller's order.
+Random row reads through Zarr cost a chunk decode each; `read` therefore decodes whole shards,
+keeps the most recent ones in a byte-bounded LRU and gathers rows from them in the caller's order.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections import OrderedDict
 from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
@@ -22,8 +23,11 @@ Kind = Literal["images", "texts"]
 
 
 class CacheReader:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, cache_bytes: int = 512 * 2**20):
         self.path = Path(path)
+        self.cache_bytes = cache_bytes  # decoded shards kept for scattered reads (bounded memory)
+        self._lru: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+        self._lru_bytes = 0
         self.root: zarr.Group = open_store(self.path, "r")
         self.attrs: dict[str, Any] = dict(self.root.attrs)
         self.layout = Layout(**self.attrs["layout"])
@@ -105,18 +109,35 @@ class CacheReader:
         return self.root[name]
 
     def read(self, kind: Kind, field: str, rows: np.ndarray, layer: int = -1) -> np.ndarray:
-        """Rows in the caller's order (repeats allowed), reading each contiguous run once."""
+        """Rows in the caller's order (repeats allowed).
+
+        Whole shards are decoded and kept in a small LRU (bounded by `cache_bytes`), so scattered
+        reads (a training batch's captions and negatives) cost one decode per shard, not per row.
+        """
         arr = self.array(kind, field, layer)
         rows = np.asarray(rows, dtype=np.int64)
-        uniq, inverse = np.unique(rows, return_inverse=True)
-        out = np.empty((len(uniq), *arr.shape[1:]), dtype=arr.dtype)
-        if len(uniq):
-            breaks = np.flatnonzero(np.diff(uniq) > 1) + 1
-            pos = 0
-            for run in np.split(uniq, breaks):
-                out[pos:pos + len(run)] = arr[int(run[0]):int(run[-1]) + 1]
-                pos += len(run)
-        return out[inverse]
+        out = np.empty((len(rows), *arr.shape[1:]), dtype=arr.dtype)
+        if not len(rows):
+            return out
+        step = self.layout.shard_rows
+        shard_of = rows // step
+        for s in np.unique(shard_of):
+            at = np.flatnonzero(shard_of == s)
+            out[at] = self._shard(arr, int(s))[rows[at] - s * step]
+        return out
+
+    def _shard(self, arr: zarr.Array, s: int) -> np.ndarray:
+        key = (arr.path, s)
+        hit = self._lru.pop(key, None)
+        if hit is None:
+            step = self.layout.shard_rows
+            hit = arr[s * step:min(arr.shape[0], (s + 1) * step)]
+            self._lru_bytes += hit.nbytes
+            while self._lru and self._lru_bytes > self.cache_bytes:
+                _, old = self._lru.popitem(last=False)
+                self._lru_bytes -= old.nbytes
+        self._lru[key] = hit  # most recently used last
+        return hit
 
     def batches(self, kind: Kind, field: str, batch_size: int, shuffle: bool = False, seed: int = 0,
                 layer: int = -1, buffer_shards: int = 4) -> Iterator[tuple[np.ndarray, np.ndarray]]:
