@@ -17,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 import zarr
 
+from .export import open_hdf5
 from .store import FAILED, OK, Layout, open_store
 
 Kind = Literal["images", "texts"]
@@ -28,7 +29,8 @@ class CacheReader:
         self.cache_bytes = cache_bytes  # decoded shards kept for scattered reads (bounded memory)
         self._lru: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
         self._lru_bytes = 0
-        self.root: zarr.Group = open_store(self.path, "r")
+        # A Zarr store, or its single-file HDF5 export (same interface, read-only).
+        self.root: Any = open_hdf5(self.path) if self.path.suffix in (".h5", ".hdf5") else open_store(self.path, "r")
         self.attrs: dict[str, Any] = dict(self.root.attrs)
         self.layout = Layout(**self.attrs["layout"])
 

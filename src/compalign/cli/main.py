@@ -123,6 +123,21 @@ from .demo import demo  # noqa: E402
 app.command()(demo)
 
 
+@cache_app.command("export")
+def export(store: Path = typer.Argument(..., help="a compalign Zarr cache"),
+           out: Path = typer.Argument(..., help="the HDF5 file to write (.h5)")) -> None:
+    """Copy a cache into one HDF5 file; every compalign reader (scoring, training) accepts it."""
+    from ..cache.export import export_hdf5
+    from ..cache.store import CacheError
+
+    try:
+        path = export_hdf5(store, out)
+    except CacheError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+    Console().print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+
+
 @app.command()
 def backbones() -> None:
     """List the backbone presets."""
