@@ -80,3 +80,17 @@ def test_siglip2_offline_tokenizer_error_says_how_to_fix():
         load_backbone("siglip2", "none")
     msg = str(e.value)
     assert "pip install" in msg or "huggingface-cli download" in msg
+
+
+def test_missing_weights_offline_name_the_download():
+    """Offline without cached weights: one error naming the exact `huggingface-cli download`."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from compalign.extract.backbones import load_backbone, BackboneError\n"
+            "try:\n    load_backbone('clip')\nexcept BackboneError as e:\n    print(e)\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert "huggingface-cli download timm/vit_base_patch32_clip_224.openai" in res.stdout, res.stdout + res.stderr
+    assert "HF_HUB_OFFLINE=1" in res.stdout

@@ -233,17 +233,16 @@ def load_backbone(
         tokenizer = open_clip.get_tokenizer(model_name)
     except ImportError as e:
         raise BackboneError(
-            f"{model_name} needs an optional dependency ({e}). Install it with `pip install 'compalign[hf]'`."
+            f"{model_name} needs an optional dependency ({e}). Install it with `pip install 'compalign[hf]'`, "
+            f"then prefetch its files: {_prefetch_hint(model_name, tag)}"
         ) from e
     except Exception as e:  # network / missing files: say how to prefetch
         if _looks_offline(e):
             raise BackboneError(
-                f"could not load {model_name} / {tag!r}: {e}\n"
-                f"The weights or tokenizer are not in the local cache and the network is unavailable. "
-                f"Prefetch them on a connected machine with\n"
-                f"  python -c \"import open_clip; open_clip.create_model_and_transforms('{model_name}', "
-                f"pretrained='{tag}'); open_clip.get_tokenizer('{model_name}')\"\n"
-                f"(or `huggingface-cli download <repo>`), copy ~/.cache/huggingface, then run with HF_HUB_OFFLINE=1."
+                f"could not load {model_name} / {tag!r}: the weights or tokenizer are not in the local cache "
+                f"and the Hub cannot be reached ({type(e).__name__}).\n"
+                f"Prefetch on a connected machine: {_prefetch_hint(model_name, tag)}\n"
+                "then copy ~/.cache/huggingface here and run with HF_HUB_OFFLINE=1."
             ) from e
         raise
     model.eval().requires_grad_(False)
@@ -292,6 +291,22 @@ def load_backbone(
     meta["text_width"] = int(probe.tokens[-1].shape[-1])
     meta["image_depth"], meta["text_depth"] = backbone.image_depth, backbone.text_depth
     return backbone
+
+
+def _prefetch_hint(model_name: str, tag: str | None) -> str:
+    """The exact `huggingface-cli download` commands for a model's weights and tokenizer."""
+    repos = []
+    if tag and not os.path.isfile(tag):
+        hub = (open_clip.get_pretrained_cfg(model_name, tag) or {}).get("hf_hub")
+        if hub:
+            repos.append(hub.rstrip("/"))
+    tok = ((open_clip.get_model_config(model_name) or {}).get("text_cfg") or {}).get("hf_tokenizer_name")
+    if tok and tok not in repos:
+        repos.append(tok)
+    if not repos:
+        return (f"python -c \"import open_clip; open_clip.create_model_and_transforms('{model_name}', "
+                f"pretrained='{tag}')\"")
+    return " ; ".join(f"huggingface-cli download {r}" for r in repos)
 
 
 def _pair(x: Any) -> tuple[int, int]:
