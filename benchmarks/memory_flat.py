@@ -1,0 +1,73 @@
+"""Peak RSS of extraction and of scoring at two store sizes: it must not grow with the rows.
+
+Each stage runs in its own process (ru_maxrss is per process) on N and 4N generated images with
+the tiny backbone. Prints both peaks and their ratio (flat ~ 1.0; what grows is what holds rows).
+
+    .venv/bin/python benchmarks/memory_flat.py [--n 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from common import coco_like_image
+
+CHILD = """
+import resource, sys, json
+from compalign.extract.runner import ExtractConfig, extract
+from compalign.cache import open_cache
+from compalign.heads import create_head
+from compalign.evaluate.scoring import score_pairs
+stage, root, out = sys.argv[1:4]
+if stage == "extract":
+    extract(ExtractConfig(model="tiny", data="pairs", root=root, out=out, workers=1, batch_size=128))
+else:
+    r = open_cache(out)
+    it = r.items
+    s = score_pairs(r, create_head("global"), it["image"], it["caption"])
+    for rows, vals in r.batches("images", "patches", batch_size=256, shuffle=True):
+        pass  # a full streamed pass over the largest array
+print(json.dumps({"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def make(root: Path, n: int) -> None:
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        p = root / "img" / f"{i:06d}.jpg"
+        if not p.exists():
+            coco_like_image(i, (96, 128)).save(p, quality=85)
+        rows.append({"image": f"img/{i:06d}.jpg", "caption": f"picture {i} of a red circle left of a blue square"})
+    (root / "pairs.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+
+
+def peak(stage: str, root: Path, out: Path) -> float:
+    res = subprocess.run([sys.executable, "-c", CHILD, stage, str(root), str(out)], capture_output=True, text=True,
+                         check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])["peak_mib"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/compalign-memory"))
+    args = ap.parse_args()
+    results = {}
+    for n in (args.n, 4 * args.n):
+        root, out = args.work / f"data{n}", args.work / f"store{n}.zarr"
+        make(root, n)
+        shutil.rmtree(out, ignore_errors=True)
+        results[n] = (peak("extract", root, out), peak("score", root, out))
+        print(f"{n:6d} rows: extract peak {results[n][0]:7.1f} MiB, score+stream peak {results[n][1]:7.1f} MiB")
+    a, b = results[args.n], results[4 * args.n]
+    print(f"4x the rows: extract peak x{b[0] / a[0]:.2f}, score peak x{b[1] / a[1]:.2f} (flat ~ 1.0)")
+
+
+if __name__ == "__main__":
+    main()
