@@ -94,3 +94,28 @@ def test_missing_weights_offline_name_the_download():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert "huggingface-cli download timm/vit_base_patch32_clip_224.openai" in res.stdout, res.stdout + res.stderr
     assert "HF_HUB_OFFLINE=1" in res.stdout
+
+
+def test_bare_checkpoint_file_keeps_the_tags_preprocessing(tmp_path):
+    """open_clip #1068: a file path as `pretrained` silently falls back to default preprocessing."""
+    from compalign.extract.backbones import _checkpoint_preprocess
+
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"x")
+    kw = _checkpoint_preprocess("ViT-B-16-SigLIP2", str(f), None)
+    assert kw["image_mean"] == (0.5, 0.5, 0.5) and kw["image_resize_mode"] == "squash"
+    assert _checkpoint_preprocess("PE-Core-B-16", str(f), "meta")["image_interpolation"] == "bilinear"
+    assert _checkpoint_preprocess("ViT-B-32", str(f), None)["image_mean"][0] == pytest.approx(0.48145466)
+    assert _checkpoint_preprocess("ViT-B-32", "openai", None) == {}  # a tag brings its own
+
+
+def test_checkpoint_file_loads_with_restored_preprocessing(tmp_path):
+    torch.manual_seed(1)
+    m = open_clip.create_model("PE-Core-B-16", pretrained=None)
+    ckpt = tmp_path / "pe.pt"
+    torch.save({"state_dict": m.state_dict()}, ckpt)
+    bb = load_backbone("pe", str(ckpt))
+    assert bb.meta["preprocess"]["mean"] == [0.5, 0.5, 0.5] and bb.meta["checkpoint_sha"]
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        np.testing.assert_allclose(bb.model.encode_image(x).numpy(), m.eval().encode_image(x).numpy(), atol=1e-5)

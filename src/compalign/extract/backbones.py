@@ -227,9 +227,12 @@ def load_backbone(
     model_name, tag = resolve(name, pretrained)
     if tag in ("none", "random"):
         tag = None
+    preset = get_preset(name)
+    pre_kwargs = _checkpoint_preprocess(model_name, tag, preset.pretrained if preset else None)
     torch.manual_seed(seed)  # random-init backbones are reproducible
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=tag, device=device)
+        model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=tag, device=device,
+                                                                     **pre_kwargs)
         tokenizer = open_clip.get_tokenizer(model_name)
     except ImportError as e:
         raise BackboneError(
@@ -291,6 +294,33 @@ def load_backbone(
     meta["text_width"] = int(probe.tokens[-1].shape[-1])
     meta["image_depth"], meta["text_depth"] = backbone.image_depth, backbone.text_depth
     return backbone
+
+
+_PRE_KEYS = ("mean", "std", "interpolation", "resize_mode")
+
+
+def _checkpoint_preprocess(model_name: str, tag: str | None, preset_tag: str | None) -> dict[str, Any]:
+    """A bare checkpoint file loses the pretrained tag's preprocessing (open_clip #1068): restore it.
+
+    The preset's tag decides when there is one; otherwise every tag of the model must agree
+    (they do for CLIP ViT-B-32; SigLIP2 and PE have one tag each), else we refuse.
+    """
+    if not tag or not os.path.isfile(tag) or model_name.startswith(("local-dir:", "hf-hub:")):
+        return {}
+    tags = [preset_tag] if preset_tag else open_clip.list_pretrained_tags_by_model(model_name)
+    cfgs = {tuple((k, tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in
+                  ((k, open_clip.get_pretrained_cfg(model_name, t).get(k)) for k in _PRE_KEYS)) for t in tags}
+    if not cfgs:
+        log.warning("%s has no pretrained tags: %s loads with the model's default preprocessing", model_name, tag)
+        return {}
+    if len(cfgs) > 1:
+        raise BackboneError(
+            f"{tag} is a bare checkpoint file, and the pretrained tags of {model_name} preprocess differently, "
+            "so its preprocessing is unknown (open_clip #1068). Save it as a folder with open_clip_config.json "
+            "holding its preprocess_cfg and pass --model local-dir:FOLDER."
+        )
+    cfg = dict(next(iter(cfgs)))
+    return {f"image_{k}": v for k, v in cfg.items() if v is not None}
 
 
 def _prefetch_hint(model_name: str, tag: str | None) -> str:
