@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -162,7 +162,7 @@ def _settings(cfg: ExtractConfig, text_len: int) -> dict[str, Any]:
             "shard_rows": cfg.shard_rows, "chunk_rows": cfg.chunk_rows, "text_len": text_len}
 
 
-def _open_or_create(cfg: ExtractConfig, bb: Backbone, plan: Plan, order: np.ndarray, tok: Any,
+def _open_or_create(cfg: ExtractConfig, bb: Backbone, plan: Plan, order: np.ndarray,
                     text_len: int, device: str) -> tuple[Any, bool]:
     out = Path(cfg.out)
     attrs = {
@@ -218,7 +218,7 @@ def extract(cfg: ExtractConfig, progress: Progress | None = None) -> ExtractSumm
     # Causal towers: sort captions by length so each batch is cut at its own longest caption.
     order = np.argsort(lengths, kind="stable") if bb.causal_text else np.arange(len(plan.texts))
     text_len = int(lengths.max(initial=1)) if bb.causal_text else bb.context_length
-    root, resumed = _open_or_create(cfg, bb, plan, order, tok, text_len, device)
+    root, _ = _open_or_create(cfg, bb, plan, order, text_len, device)
     out = Path(cfg.out)
     writer = _Writer(root, out)
     written = skipped = 0
@@ -350,6 +350,3 @@ def _finish(sh: dict[Any, Any]) -> tuple[int, int, dict[str, np.ndarray]]:
             arrays[name if l == -1 else f"layers/{l}/{name}"] = val
     return sh["s"], sh["lo"], arrays
 
-
-def summary_dict(s: ExtractSummary) -> dict[str, Any]:
-    return asdict(s)
