@@ -10,7 +10,7 @@ ROOT    ?=
 OUT     ?= caches/$(MODEL)-$(DATA).zarr
 ARGS    ?=
 
-.PHONY: install test demo extract lint bench clean
+.PHONY: install test demo extract backbone lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -30,6 +30,11 @@ demo: $(STAMP)
 extract: $(STAMP)
 	@test -n "$(ROOT)" || (echo "ROOT is required: make extract MODEL=$(MODEL) DATA=$(DATA) ROOT=/path/to/data" && exit 2)
 	$(BIN)/compalign extract --model $(MODEL) --data $(DATA) --root $(ROOT) --out $(OUT) $(ARGS)
+
+# Pretrain the tiny backbone on the synthetic world (plain CLIP loss, CPU, seeded) and ship it.
+backbone: $(STAMP)
+	$(BIN)/compalign shapes make --out caches/shapes-world
+	$(BIN)/compalign shapes backbone --world caches/shapes-world --out src/compalign/shapes/backbone
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

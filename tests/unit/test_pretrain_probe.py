@@ -234,3 +234,26 @@ def test_probe_cache_reports_each_layer_against_the_scene_boxes(world: Path) -> 
     assert table[(-2, "box")]["colour"] < 0.5  # noise reads at about chance
     assert result.n_objects == sum(len(s.objects) for s in scenes.values())
     assert {r.n_test for r in result.rows} == {result.rows[0].n_test} and result.rows[0].n_test > 0
+
+
+def test_probe_cli_on_an_extracted_cache(world: Path, tmp_path: Path) -> None:
+    from compalign.extract.runner import ExtractConfig, extract
+
+    ckpt = pretrain_backbone(world, tmp_path / "ckpt", PretrainConfig(steps=2, batch_size=8, warmup=1), SMALL_MODEL).out
+    store = tmp_path / "test_id.zarr"
+    extract(
+        ExtractConfig(
+            model=f"local-dir:{ckpt}",
+            data="sugarcrepe",
+            root=str(world / "test_id" / "sugarcrepe"),
+            out=str(store),
+            workers=0,
+            batch_size=64,
+            shard_rows=16,
+        )
+    )
+    res = CliRunner().invoke(app, ["probe", "--cache", str(store), "--world", str(world)])
+    assert res.exit_code == 0, res.output
+    assert "colour" in res.output and "chance" in res.output and "R@1" in res.output
+    bad = CliRunner().invoke(app, ["probe", "--cache", str(store), "--world", str(world), "--split", "nope"])
+    assert bad.exit_code == 2 and "scenes.jsonl" in bad.output

@@ -56,9 +56,27 @@ def test_items_reference_rows_by_key_and_info_reports_everything(store, pairs_di
     assert info["counts"]["image_shards_done"] == info["counts"]["image_shards"] == 3
     names = {a["name"]: a for a in info["arrays"]}
     assert names["images/patches"]["dtype"] == "float16" and names["images/global"]["dtype"] == "float32"
-    assert names["images/layers/-2/patches"]["shape"] == [12, 64, 128]
-    assert info["backbone"]["model_name"] == "compalign-tiny" and info["bytes_on_disk"] > 0
+    lay = r.layout
+    assert names["images/layers/-2/patches"]["shape"] == [12, lay.n_patches, lay.image_width]
+    assert info["backbone"]["name"] == "tiny" and info["bytes_on_disk"] > 0
     assert r.fingerprint == open_cache(store).fingerprint and len(r.backbone_id) == 16
+
+
+def test_layers_a_tower_lacks_are_kept_for_the_other_only(pairs_dir, tmp_path):
+    from compalign.extract.backbones import load_backbone
+
+    bb = load_backbone("tiny")
+    deep = -(bb.text_depth + 1)  # exists in the image tower only (tiny: 4 image blocks, 3 text blocks)
+    assert bb.image_depth > bb.text_depth
+    out = tmp_path / "d.zarr"
+    extract(ExtractConfig(model="tiny", data="pairs", root=str(pairs_dir), out=str(out), workers=0, layers=[-1, deep]))
+    r = open_cache(out)
+    assert r.read("images", "patches", np.array([0]), layer=deep).shape[0] == 1
+    with pytest.raises(KeyError, match="texts layers extracted"):
+        r.array("texts", "tokens", layer=deep)
+    with pytest.raises(ValueError, match="exceed both towers"):
+        extract(ExtractConfig(model="tiny", data="pairs", root=str(pairs_dir), out=str(tmp_path / "e.zarr"),
+                              workers=0, layers=[-40]))
 
 
 def test_not_a_cache_is_a_clear_error(tmp_path):

@@ -106,8 +106,8 @@ class CacheReader:
     def array(self, kind: Kind, field: str, layer: int = -1) -> zarr.Array:
         name = f"{kind}/{field}" if layer == -1 else f"{kind}/layers/{layer}/{field}"
         if name not in self.root:
-            have = self.attrs["extraction"]["layers"]
-            raise KeyError(f"{name} is not in {self.path} (layers extracted: {have}); re-extract with --layers")
+            have = self.layout.layers if kind == "images" else self.layout.layers_text
+            raise KeyError(f"{name} is not in {self.path} ({kind} layers extracted: {have}); re-extract with --layers")
         return self.root[name]
 
     def read(self, kind: Kind, field: str, rows: np.ndarray, layer: int = -1) -> np.ndarray:

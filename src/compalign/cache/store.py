@@ -54,9 +54,14 @@ class Layout:
     image_width: int
     text_len: int  # stored token positions (longest caption for causal towers, else the context)
     text_width: int
-    layers: list[int]  # -1 first
+    layers: list[int]  # image tower layers kept, -1 first
     shard_rows: int
     chunk_rows: int  # rows per inner chunk: the unit a random read decodes
+    text_layers: list[int] | None = None  # text tower layers kept (None: same as `layers`)
+
+    @property
+    def layers_text(self) -> list[int]:
+        return self.layers if self.text_layers is None else self.text_layers
 
 
 def _array(g: zarr.Group, name: str, shape: tuple[int, ...], dtype: Any, lay: Layout, big: bool = False) -> None:
@@ -92,9 +97,10 @@ def create_store(path: Path, lay: Layout, attrs: dict[str, Any], items: dict[str
     _array(tx, "global", (M, lay.embed_dim), "float32", lay)
     for layer in lay.layers:
         gi = im if layer == -1 else im.require_group(f"layers/{layer}")
-        gt = tx if layer == -1 else tx.require_group(f"layers/{layer}")
         _array(gi, "patches", (N, lay.n_patches, lay.image_width), "float16", lay, big=True)
         _array(gi, "prefix", (N, lay.n_prefix, lay.image_width), "float16", lay, big=True)
+    for layer in lay.layers_text:
+        gt = tx if layer == -1 else tx.require_group(f"layers/{layer}")
         _array(gt, "tokens", (M, lay.text_len, lay.text_width), "float16", lay, big=True)
     pg = root.create_group("proj")
     for name, mat in projections.items():

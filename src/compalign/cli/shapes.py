@@ -159,8 +159,9 @@ def probe(
             raise typer.Exit(2) from e
     chance = result.chance()
     table = Table(
-        title=f"locality probe: {split}, {result.n_objects} objects in {result.n_images} images, "
-        f"{result.grid}x{result.grid} patches (held-out accuracy %)"
+        title=f"locality probe · {split} · held-out accuracy %",
+        caption=f"{result.n_objects} objects in {result.n_images} images, {result.grid}x{result.grid} patches; "
+        "box = mean of the patches inside the object's box, centre = the patch under its centre",
     )
     table.add_column("layer")
     table.add_column("pool")

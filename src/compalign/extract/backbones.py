@@ -255,8 +255,8 @@ def load_backbone(
     visual = model.visual
     text_blocks = getattr(text_tower, "transformer", None)
     checkpoint = None
-    if name.startswith("local-dir:") or Path(name).is_dir():
-        folder = Path(name.removeprefix("local-dir:"))
+    if model_name.startswith("local-dir:"):  # presets resolve to local-dir too (the shipped tiny)
+        folder = Path(model_name.removeprefix("local-dir:"))
         weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
         checkpoint = _file_sha(str(weights[0])) if weights else None
     elif tag and os.path.isfile(tag):

@@ -49,6 +49,7 @@ register_preset("pe", Preset("PE-Core-B-16", "meta", "Perception Encoder core B/
 # The shipped checkpoint (`make backbone` writes it); a seeded random init only while it is absent.
 TINY_CHECKPOINT = Path(__file__).resolve().parent.parent / "shapes" / "backbone"
 if (TINY_CHECKPOINT / "open_clip_config.json").is_file():
-    register_preset("tiny", Preset(f"local-dir:{TINY_CHECKPOINT}", None, "the synthetic world's tiny backbone (shipped checkpoint)"))
+    _tiny = Preset(f"local-dir:{TINY_CHECKPOINT}", None, "the synthetic world's tiny backbone (shipped checkpoint)")
 else:
-    register_preset("tiny", Preset("compalign-tiny", None, "the synthetic world's tiny backbone (random init: run `make backbone`)"))
+    _tiny = Preset("compalign-tiny", None, "the synthetic world's tiny backbone (random init: run `make backbone`)")
+register_preset("tiny", _tiny)

@@ -156,6 +156,22 @@ def _shape_probe(bb: Backbone, layers: list[int], device: str) -> tuple[int, int
     return p.shape[1], out.prefix[layers[0]].shape[1], p.shape[2]
 
 
+def _fits(layers: list[int], depth: int) -> list[int]:
+    return [l for l in layers if -depth <= l < depth]
+
+
+def _tower_layers(cfg: ExtractConfig, bb: Backbone) -> tuple[list[int], list[int]]:
+    """Each tower keeps the requested layers it has (a 12-block image tower, a 3-block text tower)."""
+    img, txt = _fits(cfg.layers, bb.image_depth), _fits(cfg.layers, bb.text_depth)
+    missing = [l for l in cfg.layers if l not in img and l not in txt]
+    if missing:
+        raise ValueError(f"--layers {missing} exceed both towers (image {bb.image_depth} blocks, text {bb.text_depth})")
+    for l in cfg.layers:
+        if l not in img or l not in txt:
+            log.warning("layer %d is kept for the %s tower only", l, "image" if l in img else "text")
+    return img, txt
+
+
 def _settings(cfg: ExtractConfig, text_len: int) -> dict[str, Any]:
     # Everything that changes stored values; a resume must match it exactly.
     return {"layers": cfg.layers, "precision": cfg.precision, "batch_size": cfg.batch_size,
@@ -186,10 +202,11 @@ def _open_or_create(cfg: ExtractConfig, bb: Backbone, plan: Plan, order: np.ndar
     if out.exists():
         shutil.rmtree(out)
     n_patches, n_prefix, width = _shape_probe(bb, cfg.layers, device)
+    img_layers, txt_layers = _tower_layers(cfg, bb)
     lay = Layout(n_images=len(plan.images), n_texts=len(plan.texts), embed_dim=bb.meta["embed_dim"],
                  n_patches=n_patches, n_prefix=n_prefix, image_width=width, text_len=text_len,
-                 text_width=bb.meta["text_width"], layers=cfg.layers, shard_rows=cfg.shard_rows,
-                 chunk_rows=cfg.chunk_rows)
+                 text_width=bb.meta["text_width"], layers=img_layers, shard_rows=cfg.shard_rows,
+                 chunk_rows=cfg.chunk_rows, text_layers=txt_layers)
     proj = {{"image_proj": "image", "text_proj": "text", "text_proj_bias": "text_bias"}[k]: v.numpy()
             for k, v in bb.projections().items()}
     attrs["projections"] = {"image": "image" in proj, "text": "text" in proj,
@@ -251,6 +268,7 @@ def _pending(out: Path, kind: str, n_rows: int, shard_rows: int) -> tuple[list[i
 
 def _extract_texts(cfg, bb, plan, tok, order, text_len, out, writer, device, progress) -> tuple[int, int]:
     M, R = len(plan.texts), cfg.shard_rows
+    layers = Layout(**dict(open_store(out).attrs)["layout"]).layers_text
     todo, skipped = _pending(out, "texts", M, R)
     done_rows = M - sum(min(R, M - s * R) for s in todo)
     if progress:
@@ -267,7 +285,7 @@ def _extract_texts(cfg, bb, plan, tok, order, text_len, out, writer, device, pro
             "lengths": lengths.astype(np.int16),
             "truncated": tok.truncated[src].numpy(),
         }
-        toks = {l: np.zeros((n, text_len, bb.meta["text_width"]), np.float16) for l in cfg.layers}
+        toks = {l: np.zeros((n, text_len, bb.meta["text_width"]), np.float16) for l in layers}
         empty = np.array([not plan.texts[i].strip() for i in src], dtype=bool)
         buf["status"][empty] = FAILED
         buf["error"][empty] = "empty caption"
@@ -278,12 +296,12 @@ def _extract_texts(cfg, bb, plan, tok, order, text_len, out, writer, device, pro
                 continue
             L = int(lengths[idx].max()) if bb.causal_text else bb.context_length
             ids = tok.ids[src[idx], :L].to(device)  # (B, L): positions after EOT cannot change a causal tower
-            enc = bb.encode_texts(ids, cfg.layers)
+            enc = bb.encode_texts(ids, layers)
             buf["global"][idx] = enc.global_.float().cpu().numpy()
             keep = np.arange(L)[None, :, None] < lengths[idx][:, None, None]  # (B, L, 1): zero past each EOT
-            for l in cfg.layers:
+            for l in layers:
                 toks[l][idx, :L] = np.where(keep, enc.tokens[l][:, :L].float().cpu().numpy(), 0).astype(np.float16)
-        for l in cfg.layers:
+        for l in layers:
             buf["tokens" if l == -1 else f"layers/{l}/tokens"] = toks[l]
         buf["error"] = buf["error"].astype(str)
         writer.put("texts", s, lo, buf)
@@ -314,15 +332,15 @@ def _extract_images(cfg, bb, plan, out, writer, device, progress) -> tuple[int, 
             if shard is not None:
                 writer.put("images", *_finish(shard))
             lo, hi = s * R, min(N, (s + 1) * R)
-            shard = _new_image_shard(s, lo, hi - lo, lay, cfg.layers)
+            shard = _new_image_shard(s, lo, hi - lo, lay, lay.layers)
         for r, e in errors.items():
             shard["status"][r - shard["lo"]] = FAILED
             shard["error"][r - shard["lo"]] = e
         if pixels is not None:
-            enc = bb.encode_images(pixels.to(device, non_blocking=True), cfg.layers)
+            enc = bb.encode_images(pixels.to(device, non_blocking=True), lay.layers)
             at = np.asarray(good) - shard["lo"]
             shard["global"][at] = enc.global_.float().cpu().numpy()
-            for l in cfg.layers:
+            for l in lay.layers:
                 shard["patches", l][at] = enc.patches[l].float().cpu().numpy()
                 shard["prefix", l][at] = enc.prefix[l].float().cpu().numpy()
         done_rows += len(rows)

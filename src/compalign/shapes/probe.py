@@ -255,9 +255,7 @@ def probe_cache(
     return ProbeResult(out, len(names), len(objects), grid)
 
 
-def text_to_image_recall(
-    reader: CacheReader, world: str | Path, split: str = "test_id", limit: int = 1000
-) -> dict[str, float]:
+def text_to_image_recall(reader: CacheReader, world: str | Path, split: str = "test_id", limit: int = 1000) -> dict[str, float]:
     """Text->image R@1 over the split's first ``limit`` images, from the cached global embeddings.
 
     One query per image: the positive caption of its first SugarCrepe item (items in id order).
