@@ -1,26 +1,31 @@
-"""`compalign-heads`: score (and later train) alignment heads from a cache. Never imports a backbone."""
+"""`compalign-heads`: train and score alignment heads from a cache. Never imports a backbone."""
 
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
 
 from ..cache.reader import CacheReader
 from ..evaluate.benchmarks import create_benchmark, list_benchmarks
-from ..heads import create_head, list_heads
+from ..heads import create_head, describe_head, list_heads, load_head
 from .common import console, setup_logging
 
-app = typer.Typer(help="Score alignment heads on benchmarks, from a feature cache alone.", no_args_is_help=True)
+app = typer.Typer(help="Train and score alignment heads from a feature cache alone.", no_args_is_help=True)
 
 
 @app.command("list")
 def list_cmd() -> None:
-    """List registered heads and benchmarks."""
-    print("heads:", ", ".join(list_heads()))
+    """List registered heads (with what they are), losses and benchmarks."""
+    from ..heads.losses import list_losses
+
+    for name in list_heads():
+        print(f"{name:16s} {describe_head(name)}")
+    print("losses:", ", ".join(list_losses()))
     print("benchmarks:", ", ".join(list_benchmarks()))
 
 
@@ -28,19 +33,44 @@ def _fmt(v: float) -> str:
     return "—" if math.isnan(v) else f"{v:.1f}"
 
 
+def _value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _options(pairs: list[str], what: str) -> dict[str, Any]:
+    """KEY=VALUE options (values parsed as JSON where they parse: 2, 0.5, true, [..])."""
+    out = {}
+    for p in pairs:
+        key, sep, val = p.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"{what} takes KEY=VALUE, got {p!r}")
+        out[key.strip().replace("-", "_")] = _value(val)
+    return out
+
+
 @app.command()
 def score(
     bench: str = typer.Option(..., help=f"benchmark: {', '.join(list_benchmarks())}"),
     cache: Path = typer.Option(..., exists=True, file_okay=False, help="the cache to score from"),
-    head: str = typer.Option("global", help="a registered head"),
+    head: str | None = typer.Option(None, help="a registered head (default: global)"),
+    checkpoint: Path | None = typer.Option(None, exists=True, file_okay=False, help="a RUN_DIR written by `train`"),
     json_out: Path | None = typer.Option(None, "--json", help="write metrics and per-item outcomes here"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Score HEAD on BENCH from CACHE and print the table."""
+    """Score HEAD (or the trained head in CHECKPOINT) on BENCH from CACHE and print the table."""
     setup_logging(verbose)
     try:
+        if checkpoint is not None:
+            h = load_head(checkpoint)
+            if head is not None and head != h.name:
+                raise ValueError(f"--head {head} disagrees with the checkpoint's head {h.name!r}; pass one of them")
+        else:
+            h = create_head(head or "global")
         reader = CacheReader(cache)
-        result = create_benchmark(bench).evaluate(reader, create_head(head))
+        result = create_benchmark(bench).evaluate(reader, h)
     except (KeyError, ValueError, RuntimeError) as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from None
@@ -56,6 +86,68 @@ def score(
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result.to_json(), indent=1))
         print(f"wrote {json_out}")
+
+
+@app.command()
+def train(
+    head: str = typer.Argument(..., help="a trainable registered head (tflocal, global_mlp, their variants)"),
+    cache: Path = typer.Option(..., exists=True, file_okay=False, help="a cache of (image, caption, negatives) items"),
+    out: Path = typer.Option(..., help="RUN_DIR: best head, resume state, log"),
+    steps: int = typer.Option(1500, help="optimisation steps at most (early stopping may end sooner)"),
+    batch_size: int = typer.Option(64, help="distinct images per step"),
+    loss: str = typer.Option("infonce=1,hardneg=1", help="loss mix NAME=WEIGHT,... (compalign-heads list shows them)"),
+    n_hard: int = typer.Option(2, help="hard negatives per pair, drawn from the kinds it has (0: in-batch only)"),
+    hard_kinds: str = typer.Option("", help="only these negative kinds, e.g. swap_att,swap_obj (default: all)"),
+    lr: float = typer.Option(1e-3, help="peak AdamW learning rate (cosine schedule)"),
+    val_fraction: float = typer.Option(0.1, help="images held out for validation / early stopping"),
+    eval_every: int = typer.Option(100, help="steps between validations"),
+    patience: int = typer.Option(5, help="validations without improvement before stopping (0: never)"),
+    seed: int = typer.Option(0, help="batch plan and split seed"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    amp: bool = typer.Option(True, help="bf16 autocast on CUDA"),
+    set_: list[str] = typer.Option([], "--set", help="head option KEY=VALUE, e.g. --set layer=-2 --set match=max"),
+    train_set: list[str] = typer.Option([], "--train-set", help="any other TrainConfig field KEY=VALUE"),
+    resume: bool = typer.Option(True, help="continue RUN_DIR's last checkpoint if there is one"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Train HEAD on CACHE's items (in-batch + hard negatives); the best head by validation goes to OUT."""
+    setup_logging(verbose)
+    from ..heads.losses import parse_losses
+    from ..heads.train import TrainConfig, train_head
+    from .common import progress_bar
+
+    try:
+        cfg = TrainConfig(steps=steps, batch_size=batch_size, losses=parse_losses(loss), n_hard=n_hard,
+                          hard_kinds=tuple(k for k in hard_kinds.split(",") if k), lr=lr, val_fraction=val_fraction,
+                          eval_every=eval_every, patience=patience, seed=seed, device=device, amp=amp)
+        if train_set:
+            cfg = TrainConfig.from_dict({**cfg.to_dict(), **_options(train_set, "--train-set")})
+        head_cfg = _options(set_, "--set")
+    except (KeyError, ValueError, TypeError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+
+    with progress_bar() as bar:
+        task = bar.add_task(f"train {head}", total=steps, rate="")
+        shown = {"val": ""}
+
+        def progress(e: dict[str, Any]) -> None:
+            if "val" in e:
+                shown["val"] = f"val {e['val']['acc']:.1f} (best {e['best']:.1f} @ {e['best_step']})"
+                bar.update(task, completed=e["step"], rate=f"{shown['val']}")
+                return
+            bar.update(task, completed=e["step"], rate=f"loss {e['loss']:.3f} · acc {e['acc']:.1f} · "
+                                                        f"{e['pairs_s']:.0f} pairs/s · {shown['val']}")
+
+        try:
+            res = train_head(head, cache, out, cfg, head_config=head_cfg, progress=progress, resume=resume)
+        except (KeyError, ValueError, RuntimeError) as e:
+            console.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(2) from None
+    how = "stopped early" if res.stopped_early else "done"
+    console.print(f"{how} after {res.steps} steps in {res.seconds:.0f}s; kept step {res.best_step}: "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in res.best.items() if isinstance(v, float)))
+    print(f"wrote {res.run_dir} (score it: compalign-heads score --checkpoint {res.run_dir} --bench ... --cache ...)")
 
 
 def print_table(table: Table) -> None:

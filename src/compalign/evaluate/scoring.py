@@ -9,19 +9,29 @@ from __future__ import annotations
 import numpy as np
 
 from ..cache.reader import CacheReader
-from ..heads.base import Head
+from ..heads.base import TOKEN_FIELDS, Head
 
 
-def _gather(reader: CacheReader, kind: str, fields: tuple[str, ...], rows: np.ndarray) -> dict[str, np.ndarray]:
-    batch = {f: reader.read(kind, f, rows) for f in fields}  # type: ignore[arg-type]
+def _gather(reader: CacheReader, kind: str, fields: tuple[str, ...], rows: np.ndarray, layer: int = -1) -> dict[str, np.ndarray]:
+    """The head's fields for `rows`; token fields come from the head's layer, the rest from the top."""
+    batch = {f: reader.read(kind, f, rows, layer if f in TOKEN_FIELDS else -1) for f in fields}  # type: ignore[arg-type]
     if kind == "texts" and "tokens" in fields:
         batch["lengths"] = reader.read("texts", "lengths", rows)
     return batch
 
 
+def gather_images(reader: CacheReader, head: Head, rows: np.ndarray) -> dict[str, np.ndarray]:
+    return _gather(reader, "images", head.needs_images, rows, head.layer)
+
+
+def gather_texts(reader: CacheReader, head: Head, rows: np.ndarray) -> dict[str, np.ndarray]:
+    return _gather(reader, "texts", head.needs_texts, rows, head.layer)
+
+
 def score_pairs(reader: CacheReader, head: Head, image_keys: np.ndarray, text_keys: np.ndarray,
                 batch_size: int = 8192) -> np.ndarray:
     """(n,) scores; NaN where the image or the caption failed to extract."""
+    head.attach(reader)
     irows, trows = reader.rows("images", image_keys), reader.rows("texts", text_keys)
     valid = reader.ok("images")[irows] & reader.ok("texts")[trows]
     out = np.full(len(irows), np.nan, dtype=np.float32)
@@ -29,17 +39,18 @@ def score_pairs(reader: CacheReader, head: Head, image_keys: np.ndarray, text_ke
         sl = slice(b, b + batch_size)
         ui, ii = np.unique(irows[sl], return_inverse=True)
         ut, ti = np.unique(trows[sl], return_inverse=True)
-        im = head.embed_images(_gather(reader, "images", head.needs_images, ui))
-        tx = head.embed_texts(_gather(reader, "texts", head.needs_texts, ut))
+        im = head.embed_images(gather_images(reader, head, ui))
+        tx = head.embed_texts(gather_texts(reader, head, ut))
         out[sl] = head.score_pairs(_take(im, ii), _take(tx, ti))
     out[~valid] = np.nan
     return out
 
 
 def score_text_pairs(reader: CacheReader, head: Head, a_keys: np.ndarray, b_keys: np.ndarray) -> np.ndarray:
+    head.attach(reader)
     ar, br = reader.rows("texts", a_keys), reader.rows("texts", b_keys)
-    a = head.embed_texts(_gather(reader, "texts", head.needs_texts, ar))
-    b = head.embed_texts(_gather(reader, "texts", head.needs_texts, br))
+    a = head.embed_texts(gather_texts(reader, head, ar))
+    b = head.embed_texts(gather_texts(reader, head, br))
     out = np.asarray(head.score_text_pairs(a, b), dtype=np.float32)
     ok = reader.ok("texts")
     out[~(ok[ar] & ok[br])] = np.nan

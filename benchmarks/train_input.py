@@ -1,0 +1,98 @@
+"""Is tflocal training ever input-bound? The cache reader's batch rate vs the training step's rate.
+
+Both run in this process on the same cache, head and batch plan: first the reader alone produces N
+training batches (images, captions and hard negatives gathered from the store through a fresh reader, so
+shard decodes are included), then the training step alone consumes N pre-read batches (forward, loss,
+backward, AdamW). Target: input rate >= 5x the step rate. Prints the ratio.
+
+    .venv/bin/python benchmarks/train_input.py [--cache TRAIN.zarr] [--head tflocal] [--batch-size 64] [--steps 20]
+
+Without --cache it makes a 1,000-scene shapes world and extracts it with the `tiny` backbone (cached).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from common import log
+
+from compalign.cache.reader import CacheReader
+from compalign.heads import create_head
+from compalign.heads.data import Planner, gather_batch, load_pairs
+from compalign.heads.losses import get_loss
+from compalign.heads.train import TrainConfig, _param_groups, batch_scores
+
+
+def default_cache(work: Path) -> Path:
+    from compalign.extract.runner import ExtractConfig, extract
+    from compalign.shapes import WorldConfig, write_world
+
+    store = work / "train.zarr"
+    if not (store / "zarr.json").exists():
+        log("making a 1,000-scene world and extracting it with tiny (once)")
+        world = write_world(WorldConfig(n_train=1000, n_test_id=10, n_test_ood=10), work / "world").path
+        extract(ExtractConfig(model="tiny", data="pairs", root=str(world / "train"), out=str(store), workers=0))
+    return store
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cache", type=Path)
+    ap.add_argument("--head", default="tflocal")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--n-hard", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/compalign-train-input"))
+    args = ap.parse_args()
+    cache = args.cache or default_cache(args.work)
+    cfg = TrainConfig(batch_size=args.batch_size, n_hard=args.n_hard)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)  # what training uses
+    reader = CacheReader(cache, cache_bytes=cfg.reader_cache_mb * 2**20)
+    head = create_head(args.head)
+    head.attach(reader)
+    pairs = load_pairs(reader)
+    plan = Planner(pairs, args.batch_size, args.n_hard, seed=0, shard_rows=reader.layout.shard_rows)
+    steps = range(args.steps)
+
+    t0 = time.perf_counter()
+    batches = [gather_batch(reader, head, pairs, plan.plan(s).items, plan.plan(s).negs) for s in steps]
+    t_input = time.perf_counter() - t0  # cold: every shard decoded for the first time
+    t0 = time.perf_counter()
+    for s in steps:
+        gather_batch(reader, head, pairs, plan.plan(s).items, plan.plan(s).negs)
+    t_warm = time.perf_counter() - t0  # steady state: decoded shards in the reader's LRU
+
+    needs = frozenset().union(*(get_loss(n)[1] for n in cfg.losses))
+    opt = torch.optim.AdamW(_param_groups(head, cfg.weight_decay), lr=cfg.lr)
+    dev = torch.device("cpu")
+    head.train()
+
+    def step(b) -> None:
+        sc = batch_scores(head, b, needs, dev)
+        loss = sum(w * get_loss(n)[0](sc) for n, w in cfg.losses.items())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step(batches[0])  # warm-up
+    t0 = time.perf_counter()
+    for b in batches:
+        step(b)
+    t_step = time.perf_counter() - t0
+
+    n = len(batches)
+    log(f"cache {cache}: {len(pairs)} pairs, head {args.head}, batch {args.batch_size} + {args.n_hard} hard negatives each, "
+        f"{torch.get_num_threads()} torch threads")
+    log(f"reader: {n / t_input:8.1f} batches/s ({t_input / n * 1e3:.1f} ms per batch, cold: shard decodes included)")
+    log(f"reader: {n / t_warm:8.1f} batches/s ({t_warm / n * 1e3:.1f} ms per batch, warm: shards in the LRU)")
+    log(f"step:   {n / t_step:8.1f} batches/s ({t_step / n * 1e3:.1f} ms per step, forward + backward + AdamW)")
+    print(f"train_input ratio (reader rate / step rate): {t_step / t_input:.1f}x cold, {t_step / t_warm:.1f}x warm "
+          f"(target >= 5x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,348 @@
+"""Train a head from a cache alone: in-batch + hard negatives, a loss mix, AdamW + cosine, early stopping.
+
+    RUN_DIR/head.safetensors + head.json   the best head by validation accuracy (what `score --checkpoint` loads)
+    RUN_DIR/last.safetensors + last.json   the resume state: head, optimizer, step, early-stopping state
+    RUN_DIR/log.jsonl                      one row per evaluation
+
+Validation holds out a seeded fraction of the *images* (no image on both sides) and measures, per
+negative kind, how often s(I, caption) > s(I, negative) over every negative the data has: the number
+the benchmarks ask for, on the training distribution. Early stopping keeps the best of those.
+
+Determinism: the batch plan is a function of (seed, step) (`data.Planner`), the head's init a function of
+its config, and on CPU the kernels are deterministic, so the same cache + configs give the same weights
+and a resumed run equals an uninterrupted one. On CUDA, `amp` runs the step under bf16 autocast.
+Under `torchrun` every rank takes a slice of each batch and gradients are averaged (all-reduce) before
+the optimizer step; in-batch negatives are per rank. Rank 0 alone writes the run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from ..cache.reader import CacheReader
+from .base import Head, TorchHead, create_head, make_config
+from .checkpoint import save_head, write_json, write_tensors
+from .data import Pairs, Planner, TrainBatch, gather_batch, load_pairs, prefetch, split_by_image
+from .losses import Scores, get_loss
+
+log = logging.getLogger(__name__)
+Progress = Callable[[dict[str, Any]], None]  # gets {"step", "steps", "loss", "acc", "pairs_s", "lr"[, "val"]}
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1500  # optimisation steps at most (early stopping may end sooner)
+    batch_size: int = 64  # distinct images per step; each has B - 1 in-batch negatives
+    losses: dict[str, float] = field(default_factory=lambda: {"infonce": 1.0, "hardneg": 1.0})  # name -> weight
+    n_hard: int = 2  # hard negatives drawn per pair from the kinds it has (0: in-batch only)
+    hard_kinds: tuple[str, ...] = ()  # restrict hard negatives to these kinds (empty: every kind in the data)
+    lr: float = 1e-3  # peak AdamW learning rate, after `warmup` steps, then cosine decay
+    min_lr: float = 0.0  # learning rate at the end of the cosine
+    warmup: int = 100  # linear warmup steps
+    weight_decay: float = 0.05  # on matrices only (not norms, biases, positions, scales)
+    grad_clip: float = 1.0  # global gradient L2 norm (0: off)
+    val_fraction: float = 0.1  # fraction of images held out for validation (0: no validation, keep the last)
+    eval_every: int = 100  # steps between validations
+    patience: int = 5  # validations without improvement before stopping (0: never stop early)
+    seed: int = 0  # batch plan and split; the head's init follows its own config
+    device: str = "auto"  # auto | cpu | cuda[:n]
+    amp: bool = True  # bf16 autocast on CUDA (CPU runs fp32)
+    prefetch: int = 4  # batches read ahead in a background thread (0: read in the loop)
+    buffer_shards: int = 16  # image shards shuffled together (bounds memory on big stores)
+    reader_cache_mb: int = 1024  # decoded shards kept by the reader for scattered text reads
+    save_every: int = 200  # steps between resume checkpoints
+    threads: int = 1  # torch CPU threads while training (0: torch's default). 1 by default: the head's matrices
+    # are small, and on a busy 2-core machine 2 threads were measured 5x slower per step than 1
+
+    def __post_init__(self) -> None:
+        self.hard_kinds = tuple(self.hard_kinds)
+        self.losses = {str(k): float(v) for k, v in dict(self.losses).items()}
+        for name in self.losses:
+            get_loss(name)
+        if self.batch_size < 2 or self.steps < 1 or self.n_hard < 0 or not 0 <= self.val_fraction < 1:
+            raise ValueError(f"TrainConfig: need batch_size >= 2, steps >= 1, n_hard >= 0, 0 <= val_fraction < 1 ({self})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        return make_config(cls, "train", d)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int  # steps done
+    best_step: int
+    best: dict[str, float]  # validation metrics of the kept head
+    stopped_early: bool
+    seconds: float
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and "LOCAL_RANK" in os.environ and name == "cuda":
+        name = f"cuda:{os.environ['LOCAL_RANK']}"
+    return torch.device(name)
+
+
+def _to(batch: dict[str, np.ndarray], dev: torch.device) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in batch.items():
+        t = torch.from_numpy(np.ascontiguousarray(v))
+        out[k] = t.to(dev, torch.float32 if t.is_floating_point() else torch.long, non_blocking=True)
+    return out
+
+
+def _index(rep: Any, idx: torch.Tensor) -> Any:
+    return {k: v[idx] for k, v in rep.items()} if isinstance(rep, dict) else rep[idx]
+
+
+def batch_scores(head: TorchHead, b: TrainBatch, needs: frozenset[str], dev: torch.device) -> Scores:
+    """Every score the losses need, from one encoding of each image and each distinct caption."""
+    im = head.encode_images(_to(b.images, dev))
+    tx = head.encode_texts(_to(b.texts, dev))
+    cap = torch.from_numpy(b.cap).to(dev)
+    caps = _index(tx, cap)
+    out = Scores(pos=head.pair_logits(im, caps))
+    if "matrix" in needs:
+        out.matrix = head.matrix_logits(im, caps)
+    if b.neg.shape[1] and needs & {"hard", "text_hard"}:
+        B, K = b.neg.shape
+        negs = _index(tx, torch.from_numpy(b.neg.reshape(-1)).to(dev))
+        out.hard_mask = torch.from_numpy(b.neg_mask).to(dev)
+        if "hard" in needs:
+            rep_i = _index(im, torch.arange(B, device=dev).repeat_interleave(K))
+            out.hard = head.pair_logits(rep_i, negs).view(B, K)
+        if "text_hard" in needs:
+            out.text_hard = head.text_logits(_index(caps, torch.arange(B, device=dev).repeat_interleave(K)), negs).view(B, K)
+    elif needs & {"hard", "text_hard"}:  # no hard negatives configured: those losses see an empty set
+        B = len(b.cap)
+        out.hard = out.pos.new_zeros(B, 0)
+        out.text_hard = out.pos.new_zeros(B, 0)
+        out.hard_mask = torch.zeros(B, 0, dtype=torch.bool, device=dev)
+    return out
+
+
+@torch.no_grad()
+def validate(head: TorchHead, reader: CacheReader, val: Pairs, dev: torch.device, batch: int = 512) -> dict[str, float]:
+    """Per-kind accuracy s(I, caption) > s(I, negative) over every negative of the validation items; `acc` = their mean."""
+    head.eval()
+    wins, total = np.zeros(len(val.kinds)), np.zeros(len(val.kinds))
+    for s in range(0, len(val), batch):
+        items = np.arange(s, min(len(val), s + batch))
+        b = gather_batch(reader, head, val, items, val.negs[items])
+        sc = batch_scores(head, b, frozenset({"hard"}), dev)
+        if sc.hard is None:
+            continue
+        win = (sc.pos[:, None] > sc.hard).cpu().numpy() & b.neg_mask
+        wins += win.sum(0)
+        total += b.neg_mask.sum(0)
+    head.train()
+    per = {k: 100.0 * c / n for k, c, n in zip(val.kinds, wins, total) if n}
+    return {"acc": float(np.mean(list(per.values()))) if per else float("nan"), **{f"acc_{k}": float(v) for k, v in per.items()}}
+
+
+def _param_groups(head: torch.nn.Module, wd: float) -> list[dict[str, Any]]:
+    decay, rest = [], []
+    for name, p in head.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 and "pos" not in name else rest).append(p)
+    return [{"params": decay, "weight_decay": wd}, {"params": rest, "weight_decay": 0.0}]
+
+
+def _opt_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = opt.state_dict()
+    tensors = {f"opt.{i}.{k}": v for i, st in sd["state"].items() for k, v in st.items() if torch.is_tensor(v)}
+    return tensors, {"param_groups": sd["param_groups"], "state_keys": {str(i): sorted(st) for i, st in sd["state"].items()}}
+
+
+def _load_opt(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    state = {int(i): {k: tensors[f"opt.{i}.{k}"] for k in keys} for i, keys in meta["state_keys"].items()}
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def _dist() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world
+
+
+def train_head(head: str | Head, cache: str | Path, out: str | Path, cfg: TrainConfig | None = None,
+               head_config: dict[str, Any] | None = None, progress: Progress | None = None,
+               resume: bool = True) -> TrainResult:
+    """Train `head` (a registry name, or an unbuilt head) on the items of `cache`; write RUN_DIR `out`."""
+    cfg = cfg or TrainConfig()
+    run = Path(out)
+    t0 = time.perf_counter()
+    rank, world = _dist()
+    reader = CacheReader(cache, cache_bytes=cfg.reader_cache_mb * 2**20)
+    model = create_head(head, **(head_config or {})) if isinstance(head, str) else head
+    if not isinstance(model, TorchHead) or not model.trainable:
+        raise ValueError(f"head {model.name!r} has nothing to train; trainable heads: "
+                         f"{', '.join(h for h in _trainable())}")
+    model.attach(reader)  # builds the modules for this cache's widths (seeded by the head config)
+    needs = frozenset().union(*(get_loss(n)[1] for n in cfg.losses))
+    if "text_hard" in needs and not model.text_text:
+        raise ValueError(f"loss 'tgc' needs a text-text score, which head {model.name!r} does not have")
+    if needs & {"hard", "text_hard"} and cfg.n_hard == 0:
+        raise ValueError(f"losses {sorted(cfg.losses)} need hard negatives; set n_hard >= 1")
+    dev = _device(cfg.device)
+    model.to(dev)
+    use_amp = cfg.amp and dev.type == "cuda"
+
+    pairs = load_pairs(reader, cfg.hard_kinds)
+    if cfg.n_hard and not pairs.kinds:
+        raise ValueError(f"{reader.path} has no negatives (no neg:* or negative_caption items column); use n_hard=0 "
+                         f"with losses that need none (infonce)")
+    train, val = split_by_image(pairs, cfg.val_fraction, cfg.seed) if cfg.val_fraction else (pairs, None)
+    planner = Planner(train, cfg.batch_size, cfg.n_hard, cfg.seed, reader.layout.shard_rows, cfg.buffer_shards)
+    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    trained_on = {"backbone": reader.backbone.get("name"), "backbone_id": reader.backbone_id,
+                  "fingerprint": reader.fingerprint, "cache": str(reader.path)}
+    ident = {"head": model.name, "head_config": model.config(), "fingerprint": reader.fingerprint,
+             "train": {k: v for k, v in cfg.to_dict().items() if k not in ("device", "prefetch", "save_every", "threads")}}
+
+    start, best, best_step, bad = 0, -math.inf, -1, 0
+    if resume and (run / "last.json").is_file():
+        meta = json.loads((run / "last.json").read_text())
+        if meta["ident"] != ident:
+            raise ValueError(f"{run} holds a run of another head, config or cache; pass another --out, or --no-resume "
+                             f"to start over")
+        tensors = load_file(str(run / "last.safetensors"), device=str(dev))
+        model.load_state_tensors({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        _load_opt(opt, {k: v for k, v in tensors.items() if k.startswith("opt.")}, meta["opt"])
+        start, best, best_step, bad = meta["step"], meta["best"], meta["best_step"], meta["bad"]
+        log.info("resuming %s at step %d", run, start)
+    run.mkdir(parents=True, exist_ok=True)
+
+    torch_det, torch_threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
+    if dev.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+    model.train()
+    stopped, done, last_loss = False, start, float("nan")
+    t_rate, n_rate = time.perf_counter(), 0
+
+    def make(s: int) -> TrainBatch:
+        p = planner.plan(s)
+        mine = slice(rank, None, world)  # this rank's share of the global batch
+        return gather_batch(reader, model, train, p.items[mine], p.negs[mine])
+
+    def save_last(s: int) -> None:
+        if rank:
+            return
+        opt_t, opt_meta = _opt_tensors(opt)
+        write_tensors(run / "last.safetensors", {**{f"model.{k}": v for k, v in model.state_tensors().items()}, **opt_t})
+        write_json(run / "last.json", {"ident": ident, "step": s, "best": best, "best_step": best_step, "bad": bad,
+                                       "opt": opt_meta, "train": cfg.to_dict()})
+
+    def evaluate(s: int) -> bool:
+        """Validate at step s, keep the best head; True when early stopping says stop."""
+        nonlocal best, best_step, bad
+        metrics = validate(model, reader, val, dev) if val is not None else {"acc": float("nan")}
+        row = {"step": s, "loss": last_loss, **metrics}
+        improved = val is None or metrics["acc"] > best
+        if improved:
+            best, best_step, bad = (metrics["acc"] if val is not None else best), s, 0
+            if not rank:
+                save_head(model, run, train=cfg.to_dict(), trained_on=trained_on, metrics={"step": s, **metrics})
+        else:
+            bad += 1
+        if not rank:
+            with (run / "log.jsonl").open("a") as f:
+                f.write(json.dumps(row) + "\n")
+        log.info("step %d: val acc %.2f (best %.2f at step %d)", s, metrics["acc"], best, best_step)
+        if progress:
+            progress({"step": s, "steps": cfg.steps, "val": metrics, "best": best, "best_step": best_step})
+        return bool(cfg.patience) and bad >= cfg.patience
+
+    try:
+        for step, batch in prefetch(make, range(start, cfg.steps), cfg.prefetch):
+            lr = lr_at(cfg, step)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                sc = batch_scores(model, batch, needs, dev)
+                loss = sum(w * get_loss(n)[0](sc) for n, w in cfg.losses.items())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if world > 1:
+                _all_reduce_grads(model, world)
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            done, last_loss = step + 1, float(loss.detach())
+            n_rate += len(batch.cap) * world
+            if progress:
+                progress({"step": done, "steps": cfg.steps, "loss": last_loss, "acc": _train_acc(sc), "lr": lr,
+                          "pairs_s": n_rate / max(1e-9, time.perf_counter() - t_rate)})
+            if done % cfg.eval_every == 0 or done == cfg.steps:
+                if evaluate(done):
+                    stopped = True
+                    break
+            if done % cfg.save_every == 0:
+                save_last(done)
+        save_last(done)
+        if best_step < 0:  # nothing validated yet (e.g. resumed at the end): make sure a head exists
+            evaluate(done)
+    finally:
+        if dev.type == "cpu":
+            torch.use_deterministic_algorithms(torch_det)
+            torch.set_num_threads(torch_threads)
+    meta = json.loads((run / "head.json").read_text()) if (run / "head.json").is_file() else {"metrics": {}}
+    return TrainResult(run, done, best_step, {k: v for k, v in meta["metrics"].items() if k != "step"}, stopped,
+                       time.perf_counter() - t0)
+
+
+def _train_acc(sc: Scores) -> float:
+    """In-batch image->caption top-1 when the matrix is computed, else positive-over-hard-negative accuracy."""
+    with torch.no_grad():
+        if sc.matrix is not None:
+            return float((sc.matrix.argmax(1) == torch.arange(len(sc.pos), device=sc.pos.device)).float().mean() * 100)
+        if sc.hard is not None and sc.hard_mask.any():
+            return float((sc.pos[:, None] > sc.hard).float()[sc.hard_mask].mean() * 100)
+    return float("nan")
+
+
+def _all_reduce_grads(model: torch.nn.Module, world: int) -> None:
+    import torch.distributed as dist
+
+    for p in model.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world
+
+
+def _trainable() -> list[str]:
+    from .base import list_heads
+
+    return [n for n in list_heads() if getattr(create_head(n), "trainable", False)]

@@ -1,0 +1,194 @@
+"""Training heads from a cache: data plan, losses, determinism, resume, checkpoints, refusals, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from compalign.cache.reader import CacheReader
+from compalign.heads import load_head
+from compalign.heads.data import Planner, load_pairs, split_by_image
+from compalign.heads.losses import Scores, get_loss, list_losses, parse_losses
+from compalign.heads.train import TrainConfig, lr_at, train_head
+
+
+@pytest.fixture(scope="module")
+def world_caches(tmp_path_factory):
+    """A 60-scene shapes world: its training pairs (with negatives) and its test-OOD SugarCrepe, extracted with tiny."""
+    from compalign.extract.runner import ExtractConfig, extract
+    from compalign.shapes import WorldConfig, write_world
+
+    root = tmp_path_factory.mktemp("world")
+    write_world(WorldConfig(n_train=60, n_test_id=10, n_test_ood=10), root / "world")
+    train, sc = root / "train.zarr", root / "sc.zarr"
+    extract(ExtractConfig(model="tiny", data="pairs", root=str(root / "world" / "train"), out=str(train), workers=0,
+                          shard_rows=64, layers=[-1, -2]))
+    extract(ExtractConfig(model="tiny", data="sugarcrepe", root=str(root / "world" / "test_ood" / "sugarcrepe"),
+                          out=str(sc), workers=0, shard_rows=64, layers=[-1, -2]))
+    return train, sc
+
+
+FAST = dict(steps=8, batch_size=16, eval_every=4, save_every=4, n_hard=2, prefetch=2, val_fraction=0.2, warmup=2)
+
+
+# ---- data ------------------------------------------------------------------------------------------
+def test_pairs_come_with_their_own_negatives_and_split_by_image(world_caches):
+    r = CacheReader(world_caches[0])
+    pairs = load_pairs(r)
+    assert {"swap_att", "replace_obj", "add_obj"} <= set(pairs.kinds)
+    items = r.items
+    strings = r.root["texts/strings"][:]
+    for i in range(0, len(pairs), 17):  # every negative is the item's own negative of that kind
+        row = np.flatnonzero(r.rows("texts", items["caption"]) == pairs.caption[i])[0]
+        for j, kind in enumerate(pairs.kinds):
+            key = items[f"neg:{kind}"][row]
+            assert (pairs.negs[i, j] < 0) == (key == "")
+            if key:
+                assert strings[pairs.negs[i, j]] == strings[r.rows("texts", [key])[0]]
+    train, val = split_by_image(pairs, 0.2, seed=0)
+    assert not set(train.image) & set(val.image) and len(train) + len(val) == len(pairs)
+    assert np.array_equal(split_by_image(pairs, 0.2, seed=0)[1].image, val.image)
+    with pytest.raises(ValueError, match="no negatives of kind"):
+        load_pairs(r, ["swap_colour"])
+
+
+def test_the_batch_plan_is_seeded_and_visits_every_image_once_per_epoch(world_caches):
+    pairs = load_pairs(CacheReader(world_caches[0]))
+    a, b = Planner(pairs, 8, 2, seed=3, shard_rows=16, buffer_shards=2), Planner(pairs, 8, 2, seed=3, shard_rows=16)
+    seen = []
+    for s in range(a.steps_per_epoch):
+        p = a.plan(s)
+        imgs = pairs.image[p.items]
+        assert len(set(imgs)) == len(imgs) == 8  # distinct images: no caption meets its own image as a negative
+        own = pairs.negs[p.items]
+        assert all(n < 0 or n in own[i] for i, row in enumerate(p.negs) for n in row)
+        seen += list(imgs)
+    assert len(seen) == len(set(seen)) >= len(np.unique(pairs.image)) - 8
+    again = Planner(pairs, 8, 2, seed=3, shard_rows=16, buffer_shards=2)
+    assert np.array_equal(again.plan(5).items, a.plan(5).items) and np.array_equal(again.plan(5).negs, a.plan(5).negs)
+    assert not np.array_equal(b.plan(a.steps_per_epoch).items, b.plan(0).items)  # a new epoch, a new order
+
+
+# ---- losses ----------------------------------------------------------------------------------------
+def test_losses_match_their_definitions():
+    assert set(list_losses()) >= {"infonce", "hardneg", "igc", "tgc"}
+    m = torch.tensor([[3.0, 1.0], [0.0, 2.0]])
+    hard = torch.tensor([[2.0, 5.0], [1.0, 0.0]])
+    mask = torch.tensor([[True, False], [True, True]])
+    th = torch.tensor([[1.0, 9.0], [0.5, -1.0]])
+    s = Scores(pos=m.diag(), matrix=m, hard=hard, hard_mask=mask, text_hard=th)
+    ce = torch.nn.functional.cross_entropy
+    want = 0.5 * (ce(m, torch.arange(2)) + ce(m.T, torch.arange(2)))
+    assert torch.allclose(get_loss("infonce")[0](s), want)
+    sp = torch.nn.functional.softplus
+    want = (sp(torch.tensor(2.0 - 3)) + sp(torch.tensor(1.0 - 2)) + sp(torch.tensor(0.0 - 2))) / 3  # masked pair left out
+    assert torch.allclose(get_loss("hardneg")[0](s), want)
+    t = torch.tensor
+    want = (ce(t([[3.0, 1.0, 2.0]]), t([0])) + ce(t([[0.0, 2.0, 1.0, 0.0]]), t([1]))) / 2
+    assert torch.allclose(get_loss("igc")[0](s), want)
+    want = (ce(torch.tensor([[3.0, 1.0]]), torch.tensor([0])) + ce(torch.tensor([[2.0, 0.5, -1.0]]), torch.tensor([0]))) / 2
+    assert torch.allclose(get_loss("tgc")[0](s), want)
+    assert parse_losses("infonce=1, hardneg=0.5") == {"infonce": 1.0, "hardneg": 0.5}
+    with pytest.raises(KeyError, match="available"):
+        parse_losses("clip")
+
+
+def test_learning_rate_warms_up_then_follows_a_cosine():
+    cfg = TrainConfig(steps=100, warmup=10, lr=1.0)
+    lrs = [lr_at(cfg, s) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0) and lrs[-1] < 0.01
+    assert all(x >= y for x, y in zip(lrs[9:], lrs[10:]))
+
+
+# ---- training --------------------------------------------------------------------------------------
+def _tensors(path):
+    return load_file(str(path))
+
+
+def test_training_is_deterministic_and_resumes_to_the_same_weights(world_caches, tmp_path):
+    cfg = TrainConfig(**FAST, losses={"infonce": 1, "hardneg": 1, "igc": 0.5, "tgc": 0.5})
+    a = train_head("tflocal_tiny", world_caches[0], tmp_path / "a", cfg)
+    train_head("tflocal_tiny", world_caches[0], tmp_path / "b", cfg)
+    ta, tb = _tensors(tmp_path / "a" / "last.safetensors"), _tensors(tmp_path / "b" / "last.safetensors")
+    assert a.steps == 8 and ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_6(e):
+        if e.get("step") == 6 and "loss" in e:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train_head("tflocal_tiny", world_caches[0], tmp_path / "c", cfg, progress=crash_at_6)
+    assert json.loads((tmp_path / "c" / "last.json").read_text())["step"] == 4
+    c = train_head("tflocal_tiny", world_caches[0], tmp_path / "c", cfg)
+    tc = _tensors(tmp_path / "c" / "last.safetensors")
+    assert c.steps == 8 and all(torch.equal(ta[k], tc[k]) for k in ta)  # the resumed run equals the uninterrupted one
+    log = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [4, 8] and all(0 <= r["acc"] <= 100 for r in log)
+    with pytest.raises(ValueError, match="another head, config or cache"):
+        train_head("tflocal_tiny", world_caches[0], tmp_path / "a", TrainConfig(**{**FAST, "lr": 0.5}))
+
+
+def test_a_trained_head_scores_benchmarks_and_refuses_another_backbone(world_caches, tmp_path):
+    from compalign.evaluate.benchmarks import create_benchmark
+
+    res = train_head("global_mlp_tiny", world_caches[0], tmp_path / "g", TrainConfig(**FAST))
+    assert (tmp_path / "g" / "head.json").is_file() and 0 <= res.best["acc"] <= 100
+    head = load_head(tmp_path / "g")
+    meta = json.loads((tmp_path / "g" / "head.json").read_text())
+    assert meta["trained_on"]["fingerprint"] == CacheReader(world_caches[0]).fingerprint and meta["train"]["steps"] == 8
+    out = create_benchmark("sugarcrepe").evaluate(CacheReader(world_caches[1]), head)
+    assert out.head == "global_mlp_tiny@g" and all(0 <= v <= 100 for v in out.metrics.values())
+
+    class OtherBackbone(CacheReader):
+        backbone_id = "0123456789abcdef"
+
+    with pytest.raises(ValueError, match=r"trained on caches of backbone 'tiny'.*0123456789abcdef"):
+        create_benchmark("sugarcrepe").evaluate(OtherBackbone(world_caches[1]), head)
+
+
+def test_training_refuses_what_it_cannot_do(world_caches, tmp_path):
+    with pytest.raises(ValueError, match="nothing to train"):
+        train_head("maxsim", world_caches[0], tmp_path / "m", TrainConfig(**FAST))
+    with pytest.raises(ValueError, match="n_hard"):
+        train_head("tflocal_tiny", world_caches[0], tmp_path / "t", TrainConfig(**{**FAST, "n_hard": 0}))
+    with pytest.raises(ValueError, match="layers"):
+        train_head("tflocal_tiny", world_caches[0], tmp_path / "t", TrainConfig(**FAST), head_config={"layer": -3})
+
+
+
+def test_rows_of_image_caption_negative_caption_train_too(world_caches, tmp_path):
+    """TROHN-Text / SugarCrepe-style items (image, caption, negative_caption): one negative kind, 'negative'."""
+    assert load_pairs(CacheReader(world_caches[1])).kinds == ("negative",)
+    res = train_head("tflocal_tiny", world_caches[1], tmp_path / "t", TrainConfig(**{**FAST, "steps": 2, "n_hard": 1}))
+    assert res.steps == 2 and (tmp_path / "t" / "head.safetensors").is_file()
+
+
+def test_cli_trains_then_scores_the_checkpoint(world_caches, tmp_path):
+    from compalign.cli.heads import app
+
+    run = tmp_path / "run"
+    res = CliRunner().invoke(app, ["train", "tflocal_tiny", "--cache", str(world_caches[0]), "--out", str(run),
+                                   "--steps", "6", "--batch-size", "16", "--eval-every", "3", "--set", "match=max",
+                                   "--loss", "infonce=1,hardneg=1", "--train-set", "warmup=2"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((run / "head.json").read_text())["head_config"]["match"] == "max"
+    out = tmp_path / "s.json"
+    res = CliRunner().invoke(app, ["score", "--bench", "sugarcrepe", "--cache", str(world_caches[1]),
+                                   "--checkpoint", str(run), "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text())["head"] == "tflocal_tiny@run"
+    for head in ("maxsim", "tflocal_tiny"):  # untrained heads score too (tflocal at its seeded init)
+        res = CliRunner().invoke(app, ["score", "--bench", "sugarcrepe", "--cache", str(world_caches[1]), "--head", head])
+        assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, ["train", "global", "--cache", str(world_caches[0]), "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "nothing to train" in res.output
+    res = CliRunner().invoke(app, ["list"])
+    assert res.exit_code == 0 and "tflocal_tiny" in res.output and "igc" in res.output
