@@ -20,8 +20,10 @@ from .common import StageProgress, console, progress_bar, setup_logging
 
 SPLITS = ("test_id", "test_ood")
 BENCHES = ("sugarcrepe", "bivlc")
-SHOWN = {"sugarcrepe": ("replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj", "add_att", "add_obj", "macro"),
-         "bivlc": ("I2T", "T2I", "Group")}
+SHOWN = {
+    "sugarcrepe": ("replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj", "add_att", "add_obj", "macro"),
+    "bivlc": ("I2T", "T2I", "Group"),
+}
 
 
 def _world(out: Path, n_train: int, n_test: int) -> Path:
@@ -43,10 +45,16 @@ def _extract(world: Path, out: Path, model: str) -> dict[tuple[str, str], Path]:
             root = world / split / bench
             store = out / "caches" / f"{model}-{split}-{bench}.zarr"
             with progress_bar() as bar:
-                s = extract(ExtractConfig(model=model, data=bench, root=str(root), out=str(store), batch_size=256,
-                                          workers=1, layers=[-1, -2]), StageProgress(bar))
-            console.print(f"{split}/{bench}: {s.images} images, {s.texts} captions, {s.items} items "
-                          f"({s.seconds:.1f}s, {s.shards_skipped} shards already done)")
+                s = extract(
+                    ExtractConfig(
+                        model=model, data=bench, root=str(root), out=str(store), batch_size=256, workers=1, layers=[-1, -2]
+                    ),
+                    StageProgress(bar),
+                )
+            console.print(
+                f"{split}/{bench}: {s.images} images, {s.texts} captions, {s.items} items "
+                f"({s.seconds:.1f}s, {s.shards_skipped} shards already done)"
+            )
             caches[split, bench] = store
     return caches
 
@@ -62,8 +70,12 @@ def _extract_train(world: Path, out: Path, model: str) -> Path:
 
     store = out / "caches" / f"{model}-train-pairs.zarr"
     with progress_bar() as bar:
-        s = extract(ExtractConfig(model=model, data="pairs", root=str(world / "train"), out=str(store), batch_size=256,
-                                  workers=1, layers=[-1, -2]), StageProgress(bar))
+        s = extract(
+            ExtractConfig(
+                model=model, data="pairs", root=str(world / "train"), out=str(store), batch_size=256, workers=1, layers=[-1, -2]
+            ),
+            StageProgress(bar),
+        )
     console.print(f"train: {s.images} images, {s.texts} captions, {s.items} pairs ({s.seconds:.1f}s)")
     return store
 
@@ -84,8 +96,10 @@ def _train(store: Path, out: Path, steps: int | None) -> dict[str, Path]:
 
             res = train_head(head, store, run, TrainConfig(**kw), progress=progress)
             bar.update(task, completed=res.steps)  # a finished run resumes at its end without progress events
-        console.print(f"{head}: {res.steps} steps, kept step {res.best_step} (val acc {res.best.get('acc', float('nan')):.1f}), "
-                      f"{res.seconds:.0f}s")
+        console.print(
+            f"{head}: {res.steps} steps, kept step {res.best_step} (val acc {res.best.get('acc', float('nan')):.1f}), "
+            f"{res.seconds:.0f}s"
+        )
         runs[head] = run
     return runs
 
@@ -150,13 +164,15 @@ def _chart(results: dict, heads: list[str], path: Path) -> None:
     plt.close(fig)
 
 
-def demo(out: Path = typer.Option(Path("demo"), help="where the world, caches, scores and chart go"),
-         model: str = typer.Option("tiny", help="backbone (the embedded tiny one by default)"),
-         n_train: int = typer.Option(5000, help="training scenes in the world"),
-         n_test: int = typer.Option(1000, help="scenes per test split"),
-         train: bool = typer.Option(True, help="train tflocal and global_mlp on the world's train split"),
-         train_steps: int | None = typer.Option(None, help="override the demo's training steps (tests use a few)"),
-         verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+def demo(
+    out: Path = typer.Option(Path("demo"), help="where the world, caches, scores and chart go"),
+    model: str = typer.Option("tiny", help="backbone (the embedded tiny one by default)"),
+    n_train: int = typer.Option(5000, help="training scenes in the world"),
+    n_test: int = typer.Option(1000, help="scenes per test split"),
+    train: bool = typer.Option(True, help="train tflocal and global_mlp on the world's train split"),
+    train_steps: int | None = typer.Option(None, help="override the demo's training steps (tests use a few)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
     """Run the whole pipeline on the synthetic world and print one table (+ demo/summary.png)."""
     setup_logging(verbose)
     t0 = time.perf_counter()
