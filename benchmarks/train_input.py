@@ -5,7 +5,7 @@ training batches (images, captions and hard negatives gathered from the store th
 shard decodes are included), then the training step alone consumes N pre-read batches (forward, loss,
 backward, AdamW). Target: input rate >= 5x the step rate. Prints the ratio.
 
-    .venv/bin/python benchmarks/train_input.py [--cache TRAIN.zarr] [--head tflocal] [--batch-size 64] [--steps 20]
+    .venv/bin/python benchmarks/train_input.py [--cache TRAIN.zarr] [--head tflocal] [--batch-size 64] [--steps 100]
 
 Without --cache it makes a 1,000-scene shapes world and extracts it with the `tiny` backbone (cached).
 """
@@ -44,7 +44,7 @@ def main() -> None:
     ap.add_argument("--head", default="tflocal")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--n-hard", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=100)  # > one pass over a 5,000-image store: every shard decoded once
     ap.add_argument("--work", type=Path, default=Path("/tmp/compalign-train-input"))
     args = ap.parse_args()
     cache = args.cache or default_cache(args.work)
