@@ -359,6 +359,20 @@ def test_config_round_trip_and_validation() -> None:
     assert WorldConfig.for_canvas(64) == WorldConfig()
 
 
+@pytest.mark.parametrize("grid", [1, 8])
+def test_position_grid_puts_every_box_on_the_grid(grid: int) -> None:
+    cfg = WorldConfig(position_grid=grid, **SMALL)
+    starts = set()
+    for i in range(200):
+        scene = sample_scene(cfg, derive_rng(0, 9, i), all_pairs(cfg))
+        for o in scene.objects:
+            assert o.box[0] % grid == 0 and o.box[1] % grid == 0, (grid, o.box)
+            starts.add(o.box[0] % 8)
+    assert len(starts) == (1 if grid == 8 else 8)  # grid 1 still reaches every phase of an 8-px patch
+    with pytest.raises(ValueError, match="position_grid"):
+        WorldConfig(position_grid=0)
+
+
 def test_write_world_caches_and_refuses_other_config(world: Path, cfg: WorldConfig) -> None:
     before = _files(world)
     assert write_world(cfg, world).status == "cached"

@@ -28,6 +28,9 @@ def make(
     size: int = typer.Option(64, "--size", help="Canvas side in px; object sizes scale with it (64 = defaults)."),
     n_train: int = typer.Option(5000, "--n-train", help="Training scenes."),
     n_test: int = typer.Option(1000, "--n-test", help="Scenes in each test split (test_id, test_ood)."),
+    position_grid: int = typer.Option(
+        None, "--position-grid", help="Boxes start on multiples of this many px (1: anywhere; default: WorldConfig's)."
+    ),
     leak_negatives: bool = typer.Option(
         False, "--leak-negatives", help="Let training negatives name held-out pairs (reproduces the OOD collapse)."
     ),
@@ -35,8 +38,9 @@ def make(
 ) -> None:
     """Generate train pairs and SugarCrepe/BiVLC-format test splits (in-distribution and held-out pairs)."""
     try:
+        extra = {} if position_grid is None else {"position_grid": position_grid}
         cfg = WorldConfig.for_canvas(
-            size, seed=seed, n_train=n_train, n_test_id=n_test, n_test_ood=n_test, leak_negatives=leak_negatives
+            size, seed=seed, n_train=n_train, n_test_id=n_test, n_test_ood=n_test, leak_negatives=leak_negatives, **extra
         )
     except ValueError as e:
         console.print(f"[red]error:[/red] {e}")

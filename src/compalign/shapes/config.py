@@ -44,6 +44,10 @@ class WorldConfig:
     large_size_range: tuple[int, int] = (26, 32)
     # inclusive range of the number of objects in a scene
     objects_per_scene: tuple[int, int] = (2, 4)
+    # object boxes start on multiples of this many px (1 = anywhere). Equal to the backbone's patch
+    # size, every object meets the patch grid the same way: measured to decide how fast a small
+    # ViT learns shape (see README, "The synthetic world")
+    position_grid: int = 1
     # minimum empty pixels between two object boxes (objects never touch)
     min_gap: int = 2
     # random positions tried per object before a placement attempt restarts
@@ -120,6 +124,8 @@ class WorldConfig:
             fail(f"need 1 <= small range < large range, got {self.small_size_range}, {self.large_size_range}")
         if l1 > self.canvas_size:
             fail(f"large objects ({l1} px) do not fit a {self.canvas_size} px canvas; use WorldConfig.for_canvas")
+        if not 1 <= self.position_grid <= self.canvas_size - l1 + 1:
+            fail(f"position_grid must be in 1..{self.canvas_size - l1 + 1} (the largest object must still fit)")
         o0, o1 = self.objects_per_scene
         if not 1 <= o0 <= o1:
             fail(f"objects_per_scene must be 1 <= lo <= hi, got {self.objects_per_scene}")
