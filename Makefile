@@ -32,9 +32,11 @@ extract: $(STAMP)
 	$(BIN)/compalign extract --model $(MODEL) --data $(DATA) --root $(ROOT) --out $(OUT) $(ARGS)
 
 # Pretrain the tiny backbone on the synthetic world (plain CLIP loss, CPU, seeded) and ship it.
+# THREADS=1 reproduces the shipped weights bit for bit (~21 min here); THREADS=2 is faster on a quiet machine.
+THREADS ?= 1
 backbone: $(STAMP)
-	$(BIN)/compalign shapes make --out caches/shapes-world
-	$(BIN)/compalign shapes backbone --world caches/shapes-world --out src/compalign/shapes/backbone
+	$(BIN)/compalign shapes make --out caches/shapes-world --n-train 20000
+	$(BIN)/compalign shapes backbone --world caches/shapes-world --out src/compalign/shapes/backbone --threads $(THREADS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -84,13 +84,16 @@ def backbone(
     batch_size: int = typer.Option(None, "--batch-size", help="Distinct images per batch."),
     seed: int = typer.Option(0, "--seed", help="Seed of the initialisation and the batch order."),
     fp16: bool = typer.Option(False, "--fp16", help="Store the weights in fp16 (half the file)."),
+    threads: int = typer.Option(
+        1, "--threads", help="CPU threads. 1 reproduces the shipped weights bit for bit; 2 is ~1.6x faster on a quiet machine."
+    ),
 ) -> None:
     """Pretrain the tiny backbone on the world's train split with the plain CLIP loss (CPU, seeded)."""
     import time
 
     from compalign.shapes.pretrain import PretrainConfig, pretrain_backbone
 
-    overrides = {"seed": seed, "save_dtype": "fp16" if fp16 else "fp32"}
+    overrides = {"seed": seed, "save_dtype": "fp16" if fp16 else "fp32", "threads": threads}
     if steps is not None:
         overrides["steps"] = steps
     if batch_size is not None:

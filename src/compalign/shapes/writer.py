@@ -129,9 +129,11 @@ def _scene(split: Split, index: int, cfg: WorldConfig, rules: _SplitRules) -> Sc
 # -- negative images (BiVLC) -------------------------------------------------------------------
 
 
-def _clamped_box(centre: tuple[float, float], side: int, canvas: int) -> tuple[int, int, int, int]:
+def _clamped_box(centre: tuple[float, float], side: int, canvas: int, grid: int = 1) -> tuple[int, int, int, int]:
+    """A ``side`` box near ``centre``, inside the canvas and on the world's position grid."""
     x0, y0, _, _ = box_around(centre, side)
-    x0, y0 = min(max(x0, 0), canvas - side), min(max(y0, 0), canvas - side)
+    hi = (canvas - side) // grid * grid
+    x0, y0 = (min(max(grid * round(v / grid), 0), hi) for v in (x0, y0))
     return (x0, y0, x0 + side, y0 + side)
 
 
@@ -195,7 +197,7 @@ def negative_scene(
         size = m.size or o.size
         box = o.box
         if size != o.size:
-            box = _clamped_box(o.centre, sample_side(size, cfg, rng), scene.canvas)
+            box = _clamped_box(o.centre, sample_side(size, cfg, rng), scene.canvas, cfg.position_grid)
             resized.append(witness[k])
         objs[witness[k]] = SceneObject(m.shape, m.colour or o.colour, size, box)
     for m in negative.mentions[len(positive.mentions) :]:  # add_obj: the new object, placed by _search
