@@ -307,7 +307,7 @@ def train_head(head: str | Head, cache: str | Path, out: str | Path, cfg: TrainC
                           "pairs_s": n_rate / max(1e-9, time.perf_counter() - t_rate)})
             if done % cfg.eval_every == 0 or done == cfg.steps:
                 if evaluate(done):
-                    stopped = True
+                    stopped = done < cfg.steps  # patience running out at the last step is not an early stop
                     break
             if done % cfg.save_every == 0:
                 save_last(done)
