@@ -32,7 +32,7 @@ extract: $(STAMP)
 	$(BIN)/compalign extract --model $(MODEL) --data $(DATA) --root $(ROOT) --out $(OUT) $(ARGS)
 
 # Pretrain the tiny backbone on the synthetic world (plain CLIP loss, CPU, seeded) and ship it.
-# THREADS=1 reproduces the shipped weights bit for bit (~21 min here); THREADS=2 is faster on a quiet machine.
+# THREADS=1 is deterministic (~21 min here); THREADS=2 is faster on a quiet machine, with slightly different weights.
 THREADS ?= 1
 backbone: $(STAMP)
 	$(BIN)/compalign shapes make --out caches/shapes-world --n-train 20000

@@ -85,7 +85,7 @@ def backbone(
     seed: int = typer.Option(0, "--seed", help="Seed of the initialisation and the batch order."),
     fp16: bool = typer.Option(False, "--fp16", help="Store the weights in fp16 (half the file)."),
     threads: int = typer.Option(
-        1, "--threads", help="CPU threads. 1 reproduces the shipped weights bit for bit; 2 is ~1.6x faster on a quiet machine."
+        1, "--threads", help="CPU threads. 1 is deterministic; 2 is ~1.6x faster on a quiet machine (other float rounding)."
     ),
 ) -> None:
     """Pretrain the tiny backbone on the world's train split with the plain CLIP loss (CPU, seeded)."""
