@@ -396,3 +396,38 @@ def test_cli_make(tmp_path: Path) -> None:
     res = runner.invoke(app, [*args[:-1], "4", "--force", "--leak-negatives"])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "w" / "world.json").read_text())["config"]["leak_negatives"] is True
+
+
+def test_swapped_words_names_the_exchanged_word_class(cfg: WorldConfig) -> None:
+    from compalign.shapes.breakdown import swapped_words
+
+    assert swapped_words("a red circle and a blue square", "a blue circle and a red square", cfg) == "colour"
+    assert swapped_words("a small red circle and a large star", "a large red circle and a small star", cfg) == "size"
+    assert swapped_words("a red circle and a blue square", "a red square and a blue circle", cfg) == "shape"
+    assert swapped_words("a red circle", "a circle and a star", cfg) == "other"  # word counts differ
+
+
+def test_breakdown_splits_a_score_file_by_swapped_words(world: Path, cfg: WorldConfig, tmp_path: Path) -> None:
+    from compalign.cli.shapes import app as shapes_app
+    from compalign.shapes.breakdown import breakdown, swapped_words
+
+    root = world / "test_id" / "sugarcrepe"
+    rows = json.loads((root / "swap_att.json").read_text())
+    kinds = {k: swapped_words(r["caption"], r["negative_caption"], cfg) for k, r in rows.items()}
+    assert {"colour", "size"} <= set(kinds.values())
+    # a fake head that gets exactly the colour swaps right, plus one invalid item that must not count
+    items = [{"id": f"swap_att/{k}", "subset": "swap_att", "correct": kind == "colour", "valid": True} for k, kind in kinds.items()]
+    items.append({"id": "swap_att/0", "subset": "swap_att", "correct": True, "valid": False})
+    items.append({"id": "add_att/0", "subset": "add_att", "correct": True, "valid": True})  # not a swap: ignored
+    scores = {"head": "fake", "items": items}
+    out = breakdown(scores, root, cfg)["swap_att"]
+    assert out["colour"] == [sum(v == "colour" for v in kinds.values())] * 2
+    assert out["size"] == [0, sum(v == "size" for v in kinds.values())]
+    assert sum(n for _, n in out.values()) == len(kinds)
+    path = tmp_path / "fake.json"
+    path.write_text(json.dumps(scores))
+    res = CliRunner().invoke(shapes_app, ["breakdown", "--world", str(world), str(path)])
+    assert res.exit_code == 0, res.output
+    assert "100.0" in res.output and "0.0" in res.output
+    bad = CliRunner().invoke(shapes_app, ["breakdown", "--world", str(world), "--split", "nowhere", str(path)])
+    assert bad.exit_code == 2 and "missing" in bad.output

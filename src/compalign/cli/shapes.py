@@ -185,3 +185,38 @@ def probe(
             f"text→image R@1 over {int(recall['n'])} images: {100 * recall['r1']:.1f}% "
             f"(caption true of the top image: {100 * recall['r1_valid']:.1f}%)"
         )
+
+
+@app.command()
+def breakdown(
+    scores: list[Path] = typer.Argument(..., help="`compalign-heads score --json` files of one SugarCrepe split."),
+    world: Path = typer.Option(..., "--world", help="World folder the scored split belongs to."),
+    split: str = typer.Option("test_id", "--split", help="Which split was scored (test_id or test_ood)."),
+) -> None:
+    """Split swap_att / swap_obj accuracy by what the negative swaps (colour, size, shape)."""
+    import json
+
+    from compalign.shapes.breakdown import breakdown as split_scores
+    from compalign.shapes.writer import load_world_config
+
+    try:
+        cfg = load_world_config(world)
+        rows = {}
+        for path in scores:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            rows[f"{data.get('head', path.stem)}"] = split_scores(data, world / split / "sugarcrepe", cfg)
+    except (FileNotFoundError, ValueError, KeyError, json.JSONDecodeError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from e
+    columns = sorted({(s, k) for r in rows.values() for s, d in r.items() for k in d})
+    table = Table(title=f"swap accuracy % by swapped words · {split}")
+    table.add_column("head")
+    for s, k in columns:
+        table.add_column(f"{s}\n{k}", justify="right")
+    for head, r in rows.items():
+        cells = []
+        for s, k in columns:
+            c, n = r.get(s, {}).get(k, [0, 0])
+            cells.append(f"{100 * c / n:.1f} (n={n})" if n else "—")
+        table.add_row(head, *cells)
+    console.print(table)
