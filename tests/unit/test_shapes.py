@@ -416,7 +416,9 @@ def test_breakdown_splits_a_score_file_by_swapped_words(world: Path, cfg: WorldC
     kinds = {k: swapped_words(r["caption"], r["negative_caption"], cfg) for k, r in rows.items()}
     assert {"colour", "size"} <= set(kinds.values())
     # a fake head that gets exactly the colour swaps right, plus one invalid item that must not count
-    items = [{"id": f"swap_att/{k}", "subset": "swap_att", "correct": kind == "colour", "valid": True} for k, kind in kinds.items()]
+    items = [
+        {"id": f"swap_att/{k}", "subset": "swap_att", "correct": kind == "colour", "valid": True} for k, kind in kinds.items()
+    ]
     items.append({"id": "swap_att/0", "subset": "swap_att", "correct": True, "valid": False})
     items.append({"id": "add_att/0", "subset": "add_att", "correct": True, "valid": True})  # not a swap: ignored
     scores = {"head": "fake", "items": items}
