@@ -36,21 +36,22 @@ def _world(out: Path, n_train: int, n_test: int) -> Path:
     return result.path
 
 
-def _extract(world: Path, out: Path, model: str) -> dict[tuple[str, str], Path]:
+def _extract_one(model: str, data: str, root: Path, store: Path):
+    """One extraction with the demo's settings (the two layers tflocal's variants read), with a progress bar."""
     from ..extract.runner import ExtractConfig, extract
 
+    cfg = ExtractConfig(model=model, data=data, root=str(root), out=str(store), batch_size=256, workers=1, layers=[-1, -2])
+    with progress_bar() as bar:
+        return extract(cfg, StageProgress(bar))
+
+
+def _extract(world: Path, out: Path, model: str) -> dict[tuple[str, str], Path]:
     caches = {}
     for split in SPLITS:
         for bench in BENCHES:
             root = world / split / bench
             store = out / "caches" / f"{model}-{split}-{bench}.zarr"
-            with progress_bar() as bar:
-                s = extract(
-                    ExtractConfig(
-                        model=model, data=bench, root=str(root), out=str(store), batch_size=256, workers=1, layers=[-1, -2]
-                    ),
-                    StageProgress(bar),
-                )
+            s = _extract_one(model, bench, root, store)
             console.print(
                 f"{split}/{bench}: {s.images} images, {s.texts} captions, {s.items} items "
                 f"({s.seconds:.1f}s, {s.shards_skipped} shards already done)"
@@ -66,16 +67,8 @@ DEMO_TRAIN = {"global_mlp": dict(steps=1000), "tflocal": dict(steps=1000)}
 
 
 def _extract_train(world: Path, out: Path, model: str) -> Path:
-    from ..extract.runner import ExtractConfig, extract
-
     store = out / "caches" / f"{model}-train-pairs.zarr"
-    with progress_bar() as bar:
-        s = extract(
-            ExtractConfig(
-                model=model, data="pairs", root=str(world / "train"), out=str(store), batch_size=256, workers=1, layers=[-1, -2]
-            ),
-            StageProgress(bar),
-        )
+    s = _extract_one(model, "pairs", world / "train", store)
     console.print(f"train: {s.images} images, {s.texts} captions, {s.items} pairs ({s.seconds:.1f}s)")
     return store
 

@@ -135,11 +135,16 @@ def sample_side(size: str, cfg: WorldConfig, rng: np.random.Generator) -> int:
     return int(rng.integers(lo, hi + 1))
 
 
+def n_starts(side: int, cfg: WorldConfig) -> int:
+    """How many grid positions a ``side``-px box can start at along one axis (multiples of ``position_grid``)."""
+    return (cfg.canvas_size - side) // cfg.position_grid + 1
+
+
 def random_box(side: int, cfg: WorldConfig, rng: np.random.Generator) -> tuple[int, int, int, int]:
     """Uniform position on the canvas, on multiples of ``position_grid`` px (1: anywhere)."""
     g = cfg.position_grid
-    x0 = g * int(rng.integers(0, (cfg.canvas_size - side) // g + 1))
-    y0 = g * int(rng.integers(0, (cfg.canvas_size - side) // g + 1))
+    x0 = g * int(rng.integers(0, n_starts(side, cfg)))
+    y0 = g * int(rng.integers(0, n_starts(side, cfg)))
     return (x0, y0, x0 + side, y0 + side)
 
 
@@ -160,8 +165,7 @@ def place(
     for side in sides:
         # All candidate positions at once, then the first that clears every placed box: the same
         # rejection sampling as a loop of random_box + boxes_clear, ~100x fewer Python calls.
-        grid = cfg.position_grid
-        xy = grid * rng.integers(0, (cfg.canvas_size - side) // grid + 1, size=(cfg.placement_tries, 2))  # (T, 2)
+        xy = cfg.position_grid * rng.integers(0, n_starts(side, cfg), size=(cfg.placement_tries, 2))  # (T, 2)
         ok = np.ones(len(xy), dtype=bool)
         for ox0, oy0, ox1, oy1 in boxes:
             x0, y0 = xy[:, 0], xy[:, 1]
