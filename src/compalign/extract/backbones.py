@@ -64,6 +64,11 @@ class Backbone:
     text_depth: int
     meta: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are; encode_* move their inputs there."""
+        return next(self.model.parameters()).device
+
     # ---- layers -------------------------------------------------------------------------
     def image_layers(self, layers: list[int]) -> list[int]:
         return [_absolute(i, self.image_depth) for i in layers]
@@ -85,6 +90,7 @@ class Backbone:
         """ids (B, L): L may be shorter than the context for causal towers (see DESIGN.md)."""
         take = self.text_layers(layers)
         m = self.model
+        ids = ids.to(self.device)  # token ids come from the CPU tokenizer whatever the model's device
         L = ids.shape[1]
         if hasattr(m, "text"):  # CustomTextCLIP (PE, SigLIP2): a TextTransformer
             tower = m.text
@@ -113,7 +119,7 @@ class Backbone:
     def encode_images(self, pixels: torch.Tensor, layers: list[int]) -> ImageOut:
         take = self.image_layers(layers)
         out = self.model.visual.forward_intermediates(
-            pixels,
+            pixels.to(self.device),
             indices=take,
             normalize_intermediates=True,
             output_fmt="NLC",
@@ -129,19 +135,19 @@ class Backbone:
 
     # ---- linear maps to the joint space -------------------------------------------------
     def projections(self) -> dict[str, torch.Tensor]:
-        """Token -> joint-space matrices where the tower pools then applies a plain linear map."""
+        """Token -> joint-space matrices where the tower pools then applies a plain linear map (on the CPU)."""
         out: dict[str, torch.Tensor] = {}
         visual = self.model.visual
         if isinstance(getattr(visual, "proj", None), torch.Tensor) and getattr(visual, "attn_pool", None) is None:
-            out["image_proj"] = visual.proj.detach().float()  # (W, E)
+            out["image_proj"] = visual.proj.detach().float().cpu()  # (W, E)
         text = getattr(self.model, "text", self.model)
         proj = getattr(text, "text_projection", None)
         if isinstance(proj, nn.Linear):
-            out["text_proj"] = proj.weight.detach().float().T  # (W, E)
+            out["text_proj"] = proj.weight.detach().float().T.cpu()  # (W, E)
             if proj.bias is not None:
-                out["text_proj_bias"] = proj.bias.detach().float()
+                out["text_proj_bias"] = proj.bias.detach().float().cpu()
         elif isinstance(proj, torch.Tensor):
-            out["text_proj"] = proj.detach().float()
+            out["text_proj"] = proj.detach().float().cpu()
         return out
 
 
