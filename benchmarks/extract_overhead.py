@@ -6,6 +6,10 @@ writing float16 tokens and done-markers, which should hide behind the forward pa
 ratio >= 0.90. Also prints bytes on disk per image / caption against raw float16 bytes.
 
     .venv/bin/python benchmarks/extract_overhead.py [--n 256] [--batch-size 32] [--workers 1]
+        [--device cuda] [--precision bf16]
+
+On a GPU the bare loop times the same forward on the device under the same autocast as extraction
+(pixels already there, synchronised at the end), so the ratio shows what decoding and writing cost.
 """
 
 from __future__ import annotations
@@ -38,10 +42,15 @@ def make_data(root: Path, n: int) -> Path:
     return root
 
 
-def bare_loop(bb, pixels: torch.Tensor, batch_size: int) -> float:
+def bare_loop(bb, pixels: torch.Tensor, batch_size: int, precision: str) -> float:
+    dev = pixels.device
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     t0 = time.perf_counter()
-    for b in range(0, len(pixels), batch_size):
-        bb.encode_images(pixels[b:b + batch_size], [-1])
+    with torch.no_grad(), torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        for b in range(0, len(pixels), batch_size):
+            bb.encode_images(pixels[b:b + batch_size], [-1])
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
     return time.perf_counter() - t0
 
 
@@ -52,12 +61,14 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--work", type=Path, default=Path("/tmp/compalign-extract-overhead"))
+    ap.add_argument("--device", default="cpu", help="cpu | cuda")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast dtype, as extract's")
     args = ap.parse_args()
     root = make_data(args.work / "data", args.n)
-    bb = load_backbone(args.model, "none")
+    bb = load_backbone(args.model, "none", device=args.device)
     log("pre-decoding", args.n, "images for the bare loop")
-    pixels = torch.stack([bb.preprocess(Image.open(root / "img" / f"{i:05d}.jpg")) for i in range(args.n)])
-    bare_loop(bb, pixels[: args.batch_size], args.batch_size)  # warm-up
+    pixels = torch.stack([bb.preprocess(Image.open(root / "img" / f"{i:05d}.jpg")) for i in range(args.n)]).to(args.device)
+    bare_loop(bb, pixels[: args.batch_size], args.batch_size, args.precision)  # warm-up
 
     # image stage time, read off the runner's progress callback
     marks: dict[str, list[float]] = {}
@@ -67,13 +78,14 @@ def main() -> None:
 
     runs = []
     for rep in range(2):  # bare, extract, bare, extract: drift on a shared machine hits both
-        t_bare = bare_loop(bb, pixels, args.batch_size)
+        t_bare = bare_loop(bb, pixels, args.batch_size, args.precision)
         store = args.work / "store.zarr"
         shutil.rmtree(store, ignore_errors=True)
         marks.clear()
         t0 = time.perf_counter()
         extract(ExtractConfig(model=args.model, pretrained="none", data="pairs", root=str(root), out=str(store),
-                              batch_size=args.batch_size, workers=args.workers, device="cpu"), progress)
+                              batch_size=args.batch_size, workers=args.workers, device=args.device,
+                              precision=args.precision), progress)
         t_total = time.perf_counter() - t0
         t_img = marks["images"][-1] - marks["images"][0]
         runs.append((t_bare, t_img, t_total))
@@ -82,7 +94,7 @@ def main() -> None:
     t_bare = float(np.mean([r[0] for r in runs]))
     t_img = float(np.mean([r[1] for r in runs]))
     print(f"backbone {args.model} (random init), {args.n} images, batch {args.batch_size}, workers {args.workers}, "
-          f"torch threads {torch.get_num_threads()}")
+          f"torch threads {torch.get_num_threads()}, device {args.device}, precision {args.precision}")
     print(f"bare forward loop: {args.n / t_bare:.2f} img/s")
     print(f"extraction:        {args.n / t_img:.2f} img/s")
     print(f"ratio extraction / bare: {t_bare / t_img:.3f} (target >= 0.90)")

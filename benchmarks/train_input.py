@@ -6,6 +6,10 @@ shard decodes are included), then the training step alone consumes N pre-read ba
 backward, AdamW). Target: input rate >= 5x the step rate. Prints the ratio.
 
     .venv/bin/python benchmarks/train_input.py [--cache TRAIN.zarr] [--head tflocal] [--batch-size 64] [--steps 100]
+        [--device cuda [--no-amp]]
+
+On a GPU the step is timed on the device (bf16 autocast unless --no-amp, as training runs it); the reader
+always runs on the CPU, so this is where training can become input-bound.
 
 Without --cache it makes a 1,000-scene shapes world and extracts it with the `tiny` backbone (cached).
 """
@@ -46,12 +50,16 @@ def main() -> None:
     ap.add_argument("--n-hard", type=int, default=2)
     ap.add_argument("--steps", type=int, default=100)  # > one pass over a 5,000-image store: every shard decoded once
     ap.add_argument("--work", type=Path, default=Path("/tmp/compalign-train-input"))
+    ap.add_argument("--device", default="cpu", help="where the step runs: cpu | cuda")
+    ap.add_argument("--no-amp", action="store_true", help="fp32 step on CUDA (default: bf16 autocast, as training)")
     args = ap.parse_args()
     cache = args.cache or default_cache(args.work)
     cfg = TrainConfig(batch_size=args.batch_size, n_hard=args.n_hard)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)  # what training uses
     reader = CacheReader(cache, cache_bytes=cfg.reader_cache_mb * 2**20)
+    dev = torch.device(args.device)
+    use_amp = dev.type == "cuda" and not args.no_amp
     head = create_head(args.head)
     head.attach(reader)
     pairs = load_pairs(reader)
@@ -67,26 +75,33 @@ def main() -> None:
     t_warm = time.perf_counter() - t0  # steady state: decoded shards in the reader's LRU
 
     needs = frozenset().union(*(get_loss(n)[1] for n in cfg.losses))
+    head.to(dev).train()
     opt = torch.optim.AdamW(_param_groups(head, cfg.weight_decay), lr=cfg.lr)
-    dev = torch.device("cpu")
-    head.train()
 
     def step(b) -> None:
-        sc = batch_scores(head, b, needs, dev)
-        loss = sum(w * get_loss(n)[0](sc) for n, w in cfg.losses.items())
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+            sc = batch_scores(head, b, needs, dev)
+            loss = sum(w * get_loss(n)[0](sc) for n, w in cfg.losses.items())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    step(batches[0])  # warm-up
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    for b in batches[:3]:  # warm-up (CUDA: kernels, allocator)
+        step(b)
+    sync()
     t0 = time.perf_counter()
     for b in batches:
         step(b)
+    sync()
     t_step = time.perf_counter() - t0
 
     n = len(batches)
     log(f"cache {cache}: {len(pairs)} pairs, head {args.head}, batch {args.batch_size} + {args.n_hard} hard negatives each, "
-        f"{torch.get_num_threads()} torch threads")
+        f"{torch.get_num_threads()} torch threads, step on {dev}{' (bf16 autocast)' if use_amp else ''}")
     log(f"reader: {n / t_input:8.1f} batches/s ({t_input / n * 1e3:.1f} ms per batch, cold: shard decodes included)")
     log(f"reader: {n / t_warm:8.1f} batches/s ({t_warm / n * 1e3:.1f} ms per batch, warm: shards in the LRU)")
     log(f"step:   {n / t_step:8.1f} batches/s ({t_step / n * 1e3:.1f} ms per step, forward + backward + AdamW)")

@@ -82,6 +82,17 @@ def test_training_lowers_the_loss_and_is_deterministic(world: Path) -> None:
     assert any(not torch.equal(state_a[k], state_c[k]) for k in state_a)
 
 
+def test_device_is_validated_and_cuda_without_a_gpu_is_refused(world: Path) -> None:
+    with pytest.raises(ValueError, match="device must be cpu, cuda"):
+        PretrainConfig(device="tpu")
+    assert PretrainConfig().device == "cpu"  # the shipped backbone's path stays the deterministic one
+    if torch.cuda.is_available():
+        pytest.skip("this check is about machines without CUDA")
+    model, pre, tok = build_model(SMALL_MODEL, 0)
+    with pytest.raises(RuntimeError, match="no CUDA device is visible"):
+        train(model, load_train_data(world, pre, tok), PretrainConfig(steps=1, batch_size=8, device="cuda"))
+
+
 def test_batches_hold_distinct_images(world: Path) -> None:
     from compalign.shapes.pretrain import _batches
 

@@ -87,13 +87,16 @@ def backbone(
     threads: int = typer.Option(
         1, "--threads", help="CPU threads. 1 is deterministic; 2 is ~1.6x faster on a quiet machine (other float rounding)."
     ),
+    device: str = typer.Option(
+        "cpu", "--device", help="cpu (deterministic; how the shipped backbone is made) | cuda | auto: a GPU sweeps knobs fast."
+    ),
 ) -> None:
-    """Pretrain the tiny backbone on the world's train split with the plain CLIP loss (CPU, seeded)."""
+    """Pretrain the tiny backbone on the world's train split with the plain CLIP loss (CPU by default, seeded)."""
     import time
 
     from compalign.shapes.pretrain import PretrainConfig, pretrain_backbone
 
-    overrides = {"seed": seed, "save_dtype": "fp16" if fp16 else "fp32", "threads": threads}
+    overrides = {"seed": seed, "save_dtype": "fp16" if fp16 else "fp32", "threads": threads, "device": device}
     if steps is not None:
         overrides["steps"] = steps
     if batch_size is not None:
