@@ -188,6 +188,36 @@ def probe(
             f"text→image R@1 over {int(recall['n'])} images: {100 * recall['r1']:.1f}% "
             f"(caption true of the top image: {100 * recall['r1_valid']:.1f}%)"
         )
+    _print_text_probe(reader, world, seed)
+
+
+def _print_text_probe(reader, world: Path, seed: int) -> None:
+    """The text side: does each shape word's token carry its own colour / size (not just the caption's)?"""
+    from compalign.shapes.probe import ProbeConfig
+    from compalign.shapes.text_probe import ATTRS, probe_text_binding
+
+    try:
+        res = probe_text_binding(reader, world, ProbeConfig(seed=seed))
+    except ValueError as e:  # another tokenizer, or no world captions: the image table stands alone
+        console.print(f"[yellow]text probe skipped:[/yellow] {e}")
+        return
+    table = Table(
+        title="text binding probe · held-out accuracy % (chance)",
+        caption=f"token at each shape word of {res.n_captions} captions; contrast = the caption names another object "
+        "with a different value (a bag of words is right at most half the time there)",
+    )
+    table.add_column("layer")
+    for a in ATTRS:
+        table.add_column(f"{a} (all)", justify="right")
+        table.add_column(f"{a} (contrast)", justify="right")
+    for layer in sorted({k[0] for k in res.accuracy}, reverse=True):
+        cells = []
+        for a in ATTRS:
+            for subset in ("all", "contrast"):
+                acc, chance, _ = res.accuracy.get((layer, a, subset), (float("nan"), float("nan"), 0))
+                cells.append(f"{100 * acc:.1f} ({100 * chance:.0f})")
+        table.add_row(str(layer), *cells)
+    console.print(table)
 
 
 @app.command()
