@@ -91,6 +91,8 @@ def test_device_is_validated_and_cuda_without_a_gpu_is_refused(world: Path) -> N
     model, pre, tok = build_model(SMALL_MODEL, 0)
     with pytest.raises(RuntimeError, match="no CUDA device is visible"):
         train(model, load_train_data(world, pre, tok), PretrainConfig(steps=1, batch_size=8, device="cuda"))
+    res = CliRunner().invoke(app, ["backbone", "--world", str(world), "--out", str(world.parent / "no-gpu"), "--device", "cuda"])
+    assert res.exit_code == 2 and "no CUDA device is visible" in res.output
 
 
 def test_batches_hold_distinct_images(world: Path) -> None:

@@ -123,7 +123,11 @@ def backbone(
         def progress(step: int, total: int, loss: float) -> None:
             bar.update(task, description="training", completed=step, loss=f"{loss:.3f}")
 
-        result = pretrain_backbone(world, out, cfg, progress=progress)
+        try:
+            result = pretrain_backbone(world, out, cfg, progress=progress)
+        except RuntimeError as e:  # e.g. --device cuda on a machine without one
+            console.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(2) from e
     losses = result.losses
     head, tail = losses[: min(50, len(losses))], losses[-min(50, len(losses)) :]
     table = Table(title=f"tiny backbone written to {out}")

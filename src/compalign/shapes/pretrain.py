@@ -289,6 +289,7 @@ def pretrain_backbone(
     progress: ProgressFn | None = None,
 ) -> PretrainResult:
     """Train the tiny backbone on ``world``'s train split and save it to ``out`` (local-dir layout)."""
+    _device(cfg.device)  # refuse a missing GPU before loading the world
     model_cfg = model_cfg if model_cfg is not None else default_model_cfg()
     model, preprocess, tokenizer = build_model(model_cfg, cfg.seed)
     data = load_train_data(world, preprocess, tokenizer)
