@@ -27,7 +27,7 @@ from PIL import Image
 
 from compalign.cache import open_cache
 from compalign.extract.backbones import load_backbone
-from compalign.extract.runner import ExtractConfig, extract
+from compalign.extract.runner import ExtractConfig, _autocast, extract
 
 
 def make_data(root: Path, n: int) -> Path:
@@ -44,9 +44,8 @@ def make_data(root: Path, n: int) -> Path:
 
 def bare_loop(bb, pixels: torch.Tensor, batch_size: int, precision: str) -> float:
     dev = pixels.device
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     t0 = time.perf_counter()
-    with torch.no_grad(), torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+    with torch.no_grad(), _autocast(dev.type, precision):  # the autocast extraction runs under
         for b in range(0, len(pixels), batch_size):
             bb.encode_images(pixels[b:b + batch_size], [-1])
     if dev.type == "cuda":

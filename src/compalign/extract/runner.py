@@ -76,7 +76,7 @@ class ExtractSummary:
 def _device(d: str) -> str:
     if d == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if d == "cuda" and not torch.cuda.is_available():
+    if d.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for but no CUDA device is visible; use --device cpu")
     return d
 

@@ -34,6 +34,7 @@ from safetensors.torch import save_file
 
 from compalign.extract.decode import decode_image
 from compalign.extract.presets import CONFIG_DIR
+from compalign.extract.runner import _device
 
 logger = logging.getLogger(__name__)
 
@@ -214,18 +215,10 @@ def train(model: torch.nn.Module, data: TrainData, cfg: PretrainConfig, progress
         torch.set_num_threads(threads)
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("PretrainConfig.device is cuda but no CUDA device is visible; use --device cpu")
-    return torch.device(name)
-
-
 def _train(model: torch.nn.Module, data: TrainData, cfg: PretrainConfig, progress: ProgressFn | None) -> list[float]:
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)  # batch order is drawn on the CPU whatever the device
-    dev = _device(cfg.device)
+    dev = torch.device(_device(cfg.device))
     model.to(dev)
     pixels, tokens = data.pixels.to(dev), data.tokens.to(dev)  # the whole world fits (20k images = 1 GB)
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
