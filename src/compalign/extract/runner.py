@@ -198,6 +198,10 @@ def _open_or_create(cfg: ExtractConfig, bb: Backbone, plan: Plan, order: np.ndar
         if have["source"]["fingerprint"] != plan.fingerprint:
             raise CacheError(f"{out} holds another version of the data (source fingerprint "
                              f"{have['source']['fingerprint']} vs {plan.fingerprint}); pass --overwrite or a new --out")
+        # A run killed mid-write leaves zarr's temporary '*.partial' chunk files behind; the chunk they
+        # were meant to become is rewritten by this run, so they are garbage (one writer per store).
+        for stale in out.rglob("*.partial"):
+            stale.unlink()
         return root, True
     if out.exists():
         shutil.rmtree(out)
