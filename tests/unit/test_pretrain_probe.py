@@ -82,6 +82,44 @@ def test_training_lowers_the_loss_and_is_deterministic(world: Path) -> None:
     assert any(not torch.equal(state_a[k], state_c[k]) for k in state_a)
 
 
+def test_trimmed_text_features_equal_open_clips(world: Path) -> None:
+    from compalign.shapes.pretrain import encode_text_trimmed
+
+    model, pre, tok = build_model(SMALL_MODEL, 0)
+    data = load_train_data(world, pre, tok)
+    tokens = data.tokens[:16]
+    assert int(tokens.argmax(-1).max()) + 1 < tokens.shape[1]  # there is padding to trim
+    with torch.no_grad():
+        assert torch.allclose(encode_text_trimmed(model, tokens), model.encode_text(tokens, normalize=True), atol=1e-6)
+
+
+def test_compact_vocabulary_trains_the_same_weights(world: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import compalign.shapes.pretrain as pretrain
+
+    init = build_model(SMALL_MODEL, 0)[0].token_embedding.weight.detach().clone()
+    compact, _ = _train(world, seed=0, steps=8)
+
+    class FullVocab:  # the plain path: the whole (49408, W) embedding in the optimiser
+        def __init__(self, model: torch.nn.Module, tokens: torch.Tensor) -> None:
+            pass
+
+        def remap(self, tokens: torch.Tensor) -> torch.Tensor:
+            return tokens
+
+        def restore(self) -> None:
+            pass
+
+    monkeypatch.setattr(pretrain, "_CompactVocab", FullVocab)
+    full, _ = _train(world, seed=0, steps=8)
+    assert compact.keys() == full.keys()
+    for k in full:
+        assert torch.allclose(compact[k], full[k], atol=1e-6), k
+    emb = compact["token_embedding.weight"]
+    assert emb.shape == init.shape  # restored to the full vocabulary
+    moved = (emb != init).any(1)
+    assert 0 < int(moved.sum()) < 200  # only the rows of the world's words were trained
+
+
 def test_device_is_validated_and_cuda_without_a_gpu_is_refused(world: Path) -> None:
     with pytest.raises(ValueError, match="device must be cpu, cuda"):
         PretrainConfig(device="tpu")
