@@ -43,7 +43,7 @@ class WorldConfig:
     # inclusive range of a large object's box side; a clear gap above the small range
     large_size_range: tuple[int, int] = (26, 32)
     # inclusive range of the number of objects in a scene
-    objects_per_scene: tuple[int, int] = (2, 4)
+    objects_per_scene: tuple[int, int] = (3, 5)
     # object boxes start on multiples of this many px (1 = anywhere). At the tiny backbone's patch
     # size (8) every object meets the patch grid the same way, and the tiny ViT learns shape within
     # its training budget; anywhere, it learns colour only (measured: README, "The synthetic world")

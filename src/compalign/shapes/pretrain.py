@@ -49,7 +49,7 @@ class PretrainConfig:
     """How the tiny backbone is trained (travels inside the checkpoint)."""
 
     # optimisation steps (one batch each)
-    steps: int = 3000
+    steps: int = 4000
     # distinct images per batch; the contrastive task gets harder (and better) with more
     batch_size: int = 128
     # peak AdamW learning rate, reached after `warmup` steps, then cosine decay to 0
