@@ -230,11 +230,15 @@ class _CompactVocab:
     Exact: a row no caption uses gets a zero gradient at every step, and AdamW (embeddings carry no
     weight decay here) never moves such a row, so training the used rows alone gives the same
     weights. It spares a dense (49408, W) gradient, clip and AdamW update per step. Ids are remapped
-    in sorted order, so the end-of-text token stays the highest id and argmax pooling still finds it.
+    in sorted order, so the end-of-text token stays the highest id and argmax pooling still finds it;
+    a tower that pools at a fixed eos id would lose it, so any other pooling keeps the full vocabulary.
     """
 
     def __init__(self, model: torch.nn.Module, tokens: torch.Tensor) -> None:
         self.model, self.full = model, model.token_embedding
+        self.active = getattr(model, "text_pool_type", None) == "argmax"
+        if not self.active:
+            return
         self.used = torch.unique(tokens)  # sorted
         self.lut = torch.zeros(self.full.num_embeddings, dtype=torch.long)
         self.lut[self.used] = torch.arange(len(self.used))
@@ -244,9 +248,11 @@ class _CompactVocab:
         model.token_embedding = compact.to(self.full.weight.device)
 
     def remap(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.lut.to(tokens.device)[tokens]
+        return self.lut.to(tokens.device)[tokens] if self.active else tokens
 
     def restore(self) -> None:
+        if not self.active:
+            return
         compact = self.model.token_embedding
         with torch.no_grad():
             self.full.weight[self.used.to(self.full.weight.device)] = compact.weight.to(self.full.weight.device)
@@ -255,9 +261,9 @@ class _CompactVocab:
 
 def train(model: torch.nn.Module, data: TrainData, cfg: PretrainConfig, progress: ProgressFn | None = None) -> list[float]:
     """Train ``model`` in place; returns the loss of every step."""
+    vocab = _CompactVocab(model, data.tokens)
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
-    vocab = _CompactVocab(model, data.tokens)
     try:
         return _train(model, dataclasses.replace(data, tokens=vocab.remap(data.tokens)), cfg, progress)
     finally:
