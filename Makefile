@@ -36,7 +36,7 @@ extract: $(STAMP)
 # longer and gives slightly different weights (another summation order); use it on a busy machine.
 THREADS ?= 2
 backbone: $(STAMP)
-	$(BIN)/compalign shapes make --out caches/shapes-world --n-train 20000
+	$(BIN)/compalign shapes make --out caches/shapes-world --n-train 20000 --workers $(THREADS)
 	$(BIN)/compalign shapes backbone --world caches/shapes-world --out src/compalign/shapes/backbone --threads $(THREADS)
 
 lint: $(STAMP)

@@ -36,6 +36,7 @@ from compalign.shapes import (
     sample_caption,
     sample_scene,
     write_world,
+    writer,
 )
 from compalign.shapes.captions import LIST_TEMPLATES, REL_TEMPLATES
 from compalign.shapes.scene import all_pairs, derive_rng
@@ -93,6 +94,18 @@ def test_same_seed_gives_identical_bytes_other_seed_differs(world: Path, cfg: Wo
     ):
         assert a[name] != c[name], name
 
+
+
+def test_workers_write_the_same_bytes(
+    world: Path, cfg: WorldConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # small chunks so every split is cut across processes, and bivlc rows / sugarcrepe ids must be renumbered
+    monkeypatch.setattr(writer, "_CHUNK", 16)
+    par = tmp_path / "par"
+    write_world(cfg, par, workers=2)
+    a, b = _files(world), _files(par)
+    assert a.keys() == b.keys()
+    assert [k for k in a if a[k] != b[k]] == []
 
 def test_render_is_byte_stable_and_noise_is_seeded(cfg: WorldConfig) -> None:
     scene = sample_scene(cfg, derive_rng(3, 0), all_pairs(cfg))

@@ -35,6 +35,9 @@ def make(
         False, "--leak-negatives", help="Let training negatives name held-out pairs (reproduces the OOD collapse)."
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite a world built from a different config."),
+    workers: int = typer.Option(
+        1, "--workers", help="Processes rendering chunks of scenes (the files are the same bytes for any count)."
+    ),
 ) -> None:
     """Generate train pairs and SugarCrepe/BiVLC-format test splits (in-distribution and held-out pairs)."""
     try:
@@ -55,7 +58,7 @@ def make(
             bar.update(tasks[stage], completed=done)
 
         try:
-            result = write_world(cfg, out, force=force, progress=progress)
+            result = write_world(cfg, out, force=force, progress=progress, workers=workers)
         except WorldExistsError as e:
             console.print(f"[red]error:[/red] {e}")
             raise typer.Exit(1) from e

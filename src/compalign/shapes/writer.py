@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import shutil
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -236,12 +238,19 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     path.write_text("".join(_dump(r) + "\n" for r in rows), encoding="utf-8")
 
 
-def _write_train(cfg: WorldConfig, out: Path, held: frozenset[Pair], progress: ProgressFn | None) -> dict[str, int]:
+# -- splits, written in chunks of scenes -------------------------------------------------------
+# A chunk is a pure function of (config, split, index range): it writes its images and returns its rows.
+# Scenes use per-index seeded streams, so chunks can run in any order, in any process; merging their
+# rows in index order gives the same files as one pass (`workers` changes the speed, never a byte).
+
+_CHUNK = 250  # scenes per task: small enough to balance 16 workers on 5k scenes, large enough to amortise a task
+
+
+def _train_chunk(cfg: WorldConfig, out: Path, held: frozenset[Pair], start: int, stop: int) -> dict[str, list]:
     rules = _rules("train", cfg, held)
-    (out / "images").mkdir(parents=True)
     pairs: list[dict[str, Any]] = []
     scenes: list[dict[str, Any]] = []
-    for i in range(cfg.n_train):
+    for i in range(start, stop):
         scene = _scene("train", i, cfg, rules)
         name = f"images/{i:06d}.png"
         (out / name).write_bytes(render_png(scene, cfg))
@@ -264,27 +273,20 @@ def _write_train(cfg: WorldConfig, out: Path, held: frozenset[Pair], progress: P
                     "negatives": {k: caption_text(n) for k, n in negs.items() if n},
                 }
             )
-        if progress:
-            progress("train", i + 1, cfg.n_train)
-    _write_jsonl(out / "pairs.jsonl", pairs)
-    _write_jsonl(out / "scenes.jsonl", scenes)
-    return {"scenes": cfg.n_train, "pairs": len(pairs)}
+    return {"pairs": pairs, "scenes": scenes}
 
 
-def _write_test(
-    split: Split, n: int, cfg: WorldConfig, out: Path, held: frozenset[Pair], progress: ProgressFn | None
-) -> dict[str, Any]:
+def _test_chunk(split: Split, cfg: WorldConfig, out: Path, held: frozenset[Pair], start: int, stop: int) -> dict[str, list]:
+    """Rows of test scenes [start, stop): sugarcrepe (kind, item), bivlc rows, their negative scenes, scenes."""
     rules = _rules(split, cfg, held)
     image_dir = out / "sugarcrepe" / "val2017"
-    image_dir.mkdir(parents=True)
-    (out / "bivlc").mkdir()
-    sugarcrepe: dict[str, dict[str, dict[str, str]]] = {k: {} for k in NEGATIVE_KINDS}
+    sugarcrepe: list[tuple[str, dict[str, str]]] = []
     bivlc: list[dict[str, Any]] = []
-    neg_scenes: list[dict[str, Any]] = []
+    neg_scenes: list[dict[str, Any]] = []  # "row" indexes this chunk's bivlc rows; the merge offsets it
     scenes: list[dict[str, Any]] = []
     # In-distribution negative images must not render held-out pairs either.
     neg_allowed = None if split == "test_ood" else rules.allowed
-    for i in range(n):
+    for i in range(start, stop):
         scene = _scene(split, i, cfg, rules)
         name = f"{i:012d}.png"
         png = render_png(scene, cfg)
@@ -301,8 +303,7 @@ def _write_test(
             else:
                 continue
             pos_text, neg_text = caption_text(cap), caption_text(neg)
-            items = sugarcrepe[kind]
-            items[str(len(items))] = {"caption": pos_text, "filename": name, "negative_caption": neg_text}
+            sugarcrepe.append((kind, {"caption": pos_text, "filename": name, "negative_caption": neg_text}))
             if kind.startswith("add_"):
                 # An add negative entails its positive, so the positive stays true on the negative
                 # image and BiVLC's Ineg2T (s(C1,I1) > s(C0,I1)) would have no right answer.
@@ -325,8 +326,26 @@ def _write_test(
             neg_scenes.append(
                 {"row": len(bivlc) - 1, "kind": kind, "image": name, "negative_scene": neg_scene.to_json(neg_name)}
             )
-        if progress:
-            progress(split, i + 1, n)
+    return {"sugarcrepe": sugarcrepe, "bivlc": bivlc, "neg_scenes": neg_scenes, "scenes": scenes}
+
+
+def _finish_train(out: Path, chunks: list[dict[str, list]]) -> dict[str, int]:
+    pairs = [r for c in chunks for r in c["pairs"]]
+    scenes = [r for c in chunks for r in c["scenes"]]
+    _write_jsonl(out / "pairs.jsonl", pairs)
+    _write_jsonl(out / "scenes.jsonl", scenes)
+    return {"scenes": len(scenes), "pairs": len(pairs)}
+
+
+def _finish_test(out: Path, chunks: list[dict[str, list]]) -> dict[str, Any]:
+    sugarcrepe: dict[str, dict[str, dict[str, str]]] = {k: {} for k in NEGATIVE_KINDS}
+    bivlc: list[dict[str, Any]] = []
+    neg_scenes: list[dict[str, Any]] = []
+    for c in chunks:
+        for kind, item in c["sugarcrepe"]:
+            sugarcrepe[kind][str(len(sugarcrepe[kind]))] = item
+        neg_scenes += [{**r, "row": r["row"] + len(bivlc)} for r in c["neg_scenes"]]
+        bivlc += c["bivlc"]
     for kind, items in sugarcrepe.items():
         # Numeric id order like the real files (so no sort_keys at the top level).
         text = json.dumps({k: dict(sorted(v.items())) for k, v in items.items()}, ensure_ascii=True)
@@ -334,13 +353,57 @@ def _write_test(
     table = pa.Table.from_pylist(bivlc, schema=_BIVLC_SCHEMA)
     pq.write_table(table, out / "bivlc" / "test.parquet", compression="snappy")
     _write_jsonl(out / "bivlc" / "negative_scenes.jsonl", neg_scenes)
-    _write_jsonl(out / "scenes.jsonl", scenes)
+    _write_jsonl(out / "scenes.jsonl", [r for c in chunks for r in c["scenes"]])
     types = {t: sum(r["type"] == t for r in bivlc) for t in ("replace", "swap", "add")}
     return {
-        "scenes": n,
+        "scenes": sum(len(c["scenes"]) for c in chunks),
         "sugarcrepe": {k: len(v) for k, v in sugarcrepe.items()},
         "bivlc": {"rows": len(bivlc), **types},
     }
+
+
+def _chunk(task: tuple[Split, WorldConfig, Path, frozenset[Pair], int, int]) -> dict[str, list]:
+    split, cfg, out, held, start, stop = task
+    if split == "train":
+        return _train_chunk(cfg, out, held, start, stop)
+    return _test_chunk(split, cfg, out, held, start, stop)
+
+
+def _write_splits(
+    cfg: WorldConfig, out: Path, held: frozenset[Pair], workers: int, progress: ProgressFn | None
+) -> dict[str, Any]:
+    sizes: dict[Split, int] = {"train": cfg.n_train, "test_id": cfg.n_test_id, "test_ood": cfg.n_test_ood}
+    tasks = []
+    for split, n in sizes.items():
+        if split == "train":
+            (out / split / "images").mkdir(parents=True)
+        else:
+            (out / split / "sugarcrepe" / "val2017").mkdir(parents=True)
+            (out / split / "bivlc").mkdir()
+        tasks += [(split, cfg, out / split, held, s, min(n, s + _CHUNK)) for s in range(0, n, _CHUNK)]
+    done: dict[Split, int] = dict.fromkeys(sizes, 0)
+    results: dict[Split, list[dict[str, list]]] = {s: [] for s in sizes}
+
+    def collect(task: tuple, rows: dict[str, list]) -> None:
+        split = task[0]
+        results[split].append(rows)
+        done[split] += task[5] - task[4]
+        if progress:
+            progress(split, done[split], sizes[split])
+
+    if workers <= 1:
+        for t in tasks:
+            collect(t, _chunk(t))
+    else:
+        # spawn, not fork: the caller may hold threads (torch, a progress bar) that fork would copy mid-state
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            for t, rows in zip(tasks, pool.map(_chunk, tasks)):  # map yields in task order: rows merge in index order
+                collect(t, rows)
+    counts: dict[str, Any] = {"train": _finish_train(out / "train", results["train"])}
+    for split in ("test_id", "test_ood"):
+        counts[split] = _finish_test(out / split, results[split])
+    return counts
 
 
 def _version() -> str:
@@ -362,9 +425,16 @@ def _same_config(meta: dict[str, Any], cfg: WorldConfig) -> bool:
 
 
 def write_world(
-    cfg: WorldConfig, out_dir: str | Path, *, force: bool = False, progress: ProgressFn | None = None
+    cfg: WorldConfig,
+    out_dir: str | Path,
+    *,
+    force: bool = False,
+    progress: ProgressFn | None = None,
+    workers: int = 1,
 ) -> WorldResult:
     """Generate the world for ``cfg`` into ``out_dir``; reuse it if ``world.json`` matches.
+
+    ``workers`` > 1 renders chunks of scenes in that many processes; the files are the same bytes.
 
     ``world.json`` is written last, so its presence means the folder is complete. A folder
     holding a world from another config raises WorldExistsError unless ``force``.
@@ -393,10 +463,8 @@ def write_world(
     out.mkdir(parents=True, exist_ok=True)
 
     held = choose_held_out(cfg)
-    logger.info("writing shapes world to %s (%d held-out pairs)", out, len(held))
-    counts: dict[str, Any] = {"train": _write_train(cfg, out / "train", held, progress)}
-    counts["test_id"] = _write_test("test_id", cfg.n_test_id, cfg, out / "test_id", held, progress)
-    counts["test_ood"] = _write_test("test_ood", cfg.n_test_ood, cfg, out / "test_ood", held, progress)
+    logger.info("writing shapes world to %s (%d held-out pairs, %d workers)", out, len(held), workers)
+    counts = _write_splits(cfg, out, held, workers, progress)
     meta = {
         "schema": SCHEMA,
         "version": _version(),
