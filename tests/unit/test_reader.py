@@ -7,6 +7,7 @@ import pytest
 
 from compalign.cache import CacheError, open_cache
 from compalign.cache.info import cache_info
+from compalign.cache.reader import CacheReader
 from compalign.extract.runner import ExtractConfig, extract
 
 
@@ -103,3 +104,16 @@ def test_scattered_reads_keep_memory_bounded(store):
     for rows in ([0, 5, 9], [11, 1], [4, 8, 0, 3]):
         np.testing.assert_array_equal(r.read("images", "patches", np.array(rows)), full[rows])
         assert r._lru_bytes <= r.cache_bytes and len(r._lru) <= 2
+
+
+def test_resident_arrays_read_the_same_rows_within_their_budget(store):
+    patches, tokens = open_cache(store).root["images/patches"][:], open_cache(store).root["texts/tokens"][:]
+    # room for the image patches, not for the text tokens as well: those go through the shard LRU
+    r = CacheReader(store, cache_bytes=2**20, resident_bytes=patches.nbytes + tokens.nbytes - 1)
+    rows = np.array([5, 0, 5, 11, 2])
+    np.testing.assert_array_equal(r.read("images", "patches", rows), patches[rows])
+    np.testing.assert_array_equal(r.read("texts", "tokens", rows % len(tokens)), tokens[rows % len(tokens)])
+    assert r._whole_bytes == patches.nbytes <= r.resident_bytes
+    assert r._whole["images/patches"] is not None and r._whole["texts/tokens"] is None
+    assert r._lru and all(path == "texts/tokens" for path, _ in r._lru)
+    assert r.read("images", "patches", np.array([], dtype=np.int64)).shape == (0, *patches.shape[1:])

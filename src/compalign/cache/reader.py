@@ -1,7 +1,10 @@
-"""Read a cache: rows by key, gathered reads, shuffled batches. Never loads a whole token array.
+"""Read a cache: rows by key, gathered reads, shuffled batches.
 
 Random row reads through Zarr cost a chunk decode each; `read` therefore decodes whole shards,
 keeps the most recent ones in a byte-bounded LRU and gathers rows from them in the caller's order.
+A reader given a `resident_bytes` budget instead loads each array it reads whole while the budget
+lasts (training: a batch's captions and negatives are scattered over every text shard, and an LRU
+smaller than the text tokens decodes a shard per row); arrays beyond the budget use the LRU.
 """
 
 from __future__ import annotations
@@ -24,11 +27,15 @@ Kind = Literal["images", "texts"]
 
 
 class CacheReader:
-    def __init__(self, path: str | Path, cache_bytes: int = 512 * 2**20):
+    def __init__(self, path: str | Path, cache_bytes: int = 512 * 2**20, resident_bytes: int = 0):
         self.path = Path(path)
         self.cache_bytes = cache_bytes  # decoded shards kept for scattered reads (bounded memory)
+        self.resident_bytes = resident_bytes  # whole decoded arrays kept once read (0: none)
         self._lru: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
         self._lru_bytes = 0
+        self._whole: dict[str, np.ndarray | None] = {}  # array path -> whole decoded array (None: over budget)
+        self._whole_bytes = 0
+        self._arrays: dict[str, Any] = {}
         # A Zarr store, or its single-file HDF5 export (same interface, read-only).
         self.root: Any = open_hdf5(self.path) if self.path.suffix in (".h5", ".hdf5") else open_store(self.path, "r")
         self.attrs: dict[str, Any] = dict(self.root.attrs)
@@ -105,10 +112,12 @@ class CacheReader:
     # ---- features --------------------------------------------------------------------------
     def array(self, kind: Kind, field: str, layer: int = -1) -> zarr.Array:
         name = f"{kind}/{field}" if layer == -1 else f"{kind}/layers/{layer}/{field}"
-        if name not in self.root:
-            have = self.layout.layers if kind == "images" else self.layout.layers_text
-            raise KeyError(f"{name} is not in {self.path} ({kind} layers extracted: {have}); re-extract with --layers")
-        return self.root[name]
+        if name not in self._arrays:  # opening a Zarr array reads its metadata (~1 ms): once per reader
+            if name not in self.root:
+                have = self.layout.layers if kind == "images" else self.layout.layers_text
+                raise KeyError(f"{name} is not in {self.path} ({kind} layers extracted: {have}); re-extract with --layers")
+            self._arrays[name] = self.root[name]
+        return self._arrays[name]
 
     def read(self, kind: Kind, field: str, rows: np.ndarray, layer: int = -1) -> np.ndarray:
         """Rows in the caller's order (repeats allowed).
@@ -118,6 +127,9 @@ class CacheReader:
         """
         arr = self.array(kind, field, layer)
         rows = np.asarray(rows, dtype=np.int64)
+        whole = self._resident(arr)
+        if whole is not None:
+            return whole[rows]
         out = np.empty((len(rows), *arr.shape[1:]), dtype=arr.dtype)
         if not len(rows):
             return out
@@ -127,6 +139,15 @@ class CacheReader:
             at = np.flatnonzero(shard_of == s)
             out[at] = self._shard(arr, int(s))[rows[at] - s * step]
         return out
+
+    def _resident(self, arr: zarr.Array) -> np.ndarray | None:
+        """The whole decoded array if it is (or now fits) in the resident budget, else None."""
+        if arr.path not in self._whole:
+            size = int(np.prod(arr.shape)) * arr.dtype.itemsize
+            fits = self._whole_bytes + size <= self.resident_bytes
+            self._whole[arr.path] = arr[...] if fits else None
+            self._whole_bytes += size if fits else 0
+        return self._whole[arr.path]
 
     def _shard(self, arr: zarr.Array, s: int) -> np.ndarray:
         key = (arr.path, s)

@@ -63,6 +63,9 @@ class TrainConfig:
     prefetch: int = 4  # batches read ahead in a background thread (0: read in the loop)
     buffer_shards: int = 16  # image shards shuffled together (bounds memory on big stores)
     reader_cache_mb: int = 1024  # decoded shards kept by the reader for scattered text reads
+    reader_resident_mb: int = 4096  # arrays the head reads are loaded whole while they fit in this (0: shards only).
+    # A batch's texts hit ~150 text shards: on a 60k-scene store (1.4 GB of text tokens per layer) the 1 GB LRU
+    # alone fed tflocal_coloc 1.5x its CPU step rate; whole arrays make a read a numpy gather
     save_every: int = 200  # steps between resume checkpoints
     threads: int = 1  # torch CPU threads while training (0: torch's default). 1 by default: the head's matrices
     # are small, and on a busy 2-core machine 2 threads were measured 5x slower per step than 1
@@ -91,6 +94,10 @@ class TrainResult:
     best: dict[str, float]  # validation metrics of the kept head
     stopped_early: bool
     seconds: float
+
+
+# Fields that change how fast a run goes, never what it computes: a resumed run may change them.
+_NOT_IDENT = ("device", "prefetch", "save_every", "threads", "reader_cache_mb", "reader_resident_mb")
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -203,7 +210,7 @@ def train_head(head: str | Head, cache: str | Path, out: str | Path, cfg: TrainC
     run = Path(out)
     t0 = time.perf_counter()
     rank, world = _dist()
-    reader = CacheReader(cache, cache_bytes=cfg.reader_cache_mb * 2**20)
+    reader = CacheReader(cache, cache_bytes=cfg.reader_cache_mb * 2**20, resident_bytes=cfg.reader_resident_mb * 2**20)
     model = create_head(head, **(head_config or {})) if isinstance(head, str) else head
     if not isinstance(model, TorchHead) or not model.trainable:
         raise ValueError(f"head {model.name!r} has nothing to train; trainable heads: "
@@ -228,7 +235,7 @@ def train_head(head: str | Head, cache: str | Path, out: str | Path, cfg: TrainC
     trained_on = {"backbone": reader.backbone.get("name"), "backbone_id": reader.backbone_id,
                   "fingerprint": reader.fingerprint, "cache": str(reader.path)}
     ident = {"head": model.name, "head_config": model.config(), "fingerprint": reader.fingerprint,
-             "train": {k: v for k, v in cfg.to_dict().items() if k not in ("device", "prefetch", "save_every", "threads")}}
+             "train": {k: v for k, v in cfg.to_dict().items() if k not in _NOT_IDENT}}
 
     start, best, best_step, bad = 0, -math.inf, -1, 0
     if resume and (run / "last.json").is_file():
