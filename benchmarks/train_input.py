@@ -6,9 +6,9 @@ shard decodes are included), then the training step alone consumes N pre-read ba
 backward, AdamW). Target: input rate >= 5x the step rate. Prints the ratio.
 
     .venv/bin/python benchmarks/train_input.py [--cache TRAIN.zarr] [--head tflocal] [--batch-size 64] [--steps 100]
-        [--device cuda [--no-amp]]
+        [--device cuda [--amp]]
 
-On a GPU the step is timed on the device (bf16 autocast unless --no-amp, as training runs it); the reader
+On a GPU the step is timed on the device (fp32 as training runs it; --amp: bf16 autocast); the reader
 always runs on the CPU, so this is where training can become input-bound.
 
 Without --cache it makes a 1,000-scene shapes world and extracts it with the `tiny` backbone (cached).
@@ -51,14 +51,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100)  # > one pass over a 5,000-image store: every shard decoded once
     ap.add_argument("--work", type=Path, default=Path("/tmp/compalign-train-input"))
     ap.add_argument("--device", default="cpu", help="where the step runs: cpu | cuda")
-    ap.add_argument("--no-amp", action="store_true", help="fp32 step on CUDA (default: bf16 autocast, as training)")
+    ap.add_argument("--amp", action="store_true", help="bf16 autocast step on CUDA (training's default is fp32)")
     args = ap.parse_args()
     cache = args.cache or default_cache(args.work)
     cfg = TrainConfig(batch_size=args.batch_size, n_hard=args.n_hard)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)  # what training uses
     dev = torch.device(args.device)
-    use_amp = dev.type == "cuda" and not args.no_amp
+    use_amp = dev.type == "cuda" and args.amp
     head = create_head(args.head)
     steps = range(args.steps)
 
