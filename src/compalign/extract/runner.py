@@ -124,6 +124,7 @@ class _Writer:
 
     def __init__(self, root: Any, path: Path):
         self.root, self.path = root, path
+        self.opened: dict[str, Any] = {}  # Zarr arrays, opened once by the writer thread
         self.q: queue.Queue = queue.Queue(maxsize=2)
         self.error: BaseException | None = None
         self.t = threading.Thread(target=self._run, daemon=True)
@@ -133,7 +134,7 @@ class _Writer:
         while (job := self.q.get()) is not None:
             if self.error is None:
                 try:
-                    write_shard(self.root, self.path, *job)
+                    write_shard(self.root, self.path, *job, opened=self.opened)
                 except BaseException as e:  # surfaced in the main thread by put/close
                     self.error = e
 
