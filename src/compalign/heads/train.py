@@ -98,8 +98,9 @@ class TrainResult:
     seconds: float
 
 
-# Fields that change how fast a run goes, never what it computes: a resumed run may change them.
-_NOT_IDENT = ("device", "prefetch", "save_every", "threads", "reader_cache_mb", "reader_resident_mb")
+# Fields that change where and how fast a run goes, not the experiment (device and amp change rounding, as a
+# cpu -> cuda resume does): a resumed run may change them.
+_NOT_IDENT = ("device", "amp", "prefetch", "save_every", "threads", "reader_cache_mb", "reader_resident_mb")
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -242,7 +243,8 @@ def train_head(head: str | Head, cache: str | Path, out: str | Path, cfg: TrainC
     start, best, best_step, bad = 0, -math.inf, -1, 0
     if resume and (run / "last.json").is_file():
         meta = json.loads((run / "last.json").read_text())
-        if meta["ident"] != ident:
+        stored = {**meta["ident"], "train": {k: v for k, v in meta["ident"]["train"].items() if k not in _NOT_IDENT}}
+        if stored != ident:  # (a run written before a field joined _NOT_IDENT still resumes)
             raise ValueError(f"{run} holds a run of another head, config or cache; pass another --out, or --no-resume "
                              f"to start over")
         tensors = load_file(str(run / "last.safetensors"), device=str(dev))
