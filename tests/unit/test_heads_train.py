@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from compalign.cache.reader import CacheReader
 from compalign.heads import load_head
-from compalign.heads.data import Planner, load_pairs, split_by_image
+from compalign.heads.data import Planner, load_pairs, split_by_image, subset_images
 from compalign.heads.losses import Scores, get_loss, list_losses, parse_losses
 from compalign.heads.train import TrainConfig, lr_at, train_head
 
@@ -54,6 +54,9 @@ def test_pairs_come_with_their_own_negatives_and_split_by_image(world_caches):
     train, val = split_by_image(pairs, 0.2, seed=0)
     assert not set(train.image) & set(val.image) and len(train) + len(val) == len(pairs)
     assert np.array_equal(split_by_image(pairs, 0.2, seed=0)[1].image, val.image)
+    few = subset_images(val, 5, seed=0)  # validation on a capped, seeded subset: every item of each kept image
+    assert len(np.unique(few.image)) == 5 and np.array_equal(subset_images(val, 5, seed=0).image, few.image)
+    assert len(few) == np.isin(val.image, few.image).sum() and subset_images(val, 10**6, seed=0) is val
     with pytest.raises(ValueError, match="no negatives of kind"):
         load_pairs(r, ["swap_colour"])
 

@@ -93,6 +93,15 @@ def split_by_image(pairs: Pairs, val_fraction: float, seed: int) -> tuple[Pairs,
     return pairs.take(np.flatnonzero(~is_val)), pairs.take(np.flatnonzero(is_val))
 
 
+def subset_images(pairs: Pairs, n_images: int, seed: int) -> Pairs:
+    """The items of a seeded subset of at most `n_images` of the images (all items of each kept image)."""
+    imgs = np.unique(pairs.image)
+    if len(imgs) <= n_images:
+        return pairs
+    keep = np.random.default_rng([seed, 0x5A2]).permutation(imgs)[:n_images]
+    return pairs.take(np.flatnonzero(np.isin(pairs.image, keep)))
+
+
 @dataclass
 class StepPlan:
     items: np.ndarray  # (B,) indices into Pairs, distinct images
