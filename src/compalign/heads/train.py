@@ -248,8 +248,9 @@ def train_head(head: str | Head, cache: str | Path, out: str | Path, cfg: TrainC
     start, best, best_step, bad = 0, -math.inf, -1, 0
     if resume and (run / "last.json").is_file():
         meta = json.loads((run / "last.json").read_text())
-        # A run stored before a field existed ran with its default; one stored before a field joined _NOT_IDENT
-        # still resumes.
+        # A run stored before a field existed resumes if the field is at its default (from then on the default
+        # applies: val_images caps the validation of a run begun before it), as does one stored before a field
+        # joined _NOT_IDENT.
         defaults = {k: v for k, v in TrainConfig().to_dict().items() if k not in _NOT_IDENT}
         stored_train = {**defaults, **{k: v for k, v in meta["ident"]["train"].items() if k not in _NOT_IDENT}}
         if {**meta["ident"], "train": stored_train} != ident:
