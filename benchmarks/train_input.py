@@ -62,8 +62,8 @@ def main() -> None:
     head = create_head(args.head)
     steps = range(args.steps)
 
-    def read_rates(resident_mb: int) -> tuple[float, float, list]:
-        """(cold, warm) seconds to gather every batch through a fresh reader, and the batches."""
+    def read_rates(resident_mb: int) -> tuple[float, float, list, int]:
+        """(cold, warm) seconds to gather every batch through a fresh reader, the batches, the number of pairs."""
         reader = CacheReader(cache, cache_bytes=cfg.reader_cache_mb * 2**20, resident_bytes=resident_mb * 2**20)
         head.attach(reader)
         pairs = load_pairs(reader)
@@ -74,12 +74,11 @@ def main() -> None:
         t0 = time.perf_counter()
         for s in steps:
             gather_batch(reader, head, pairs, plan.plan(s).items, plan.plan(s).negs)
-        return cold, time.perf_counter() - t0, batches
+        return cold, time.perf_counter() - t0, batches, len(pairs)
 
     # reference: shards through the LRU alone; then what training uses (whole arrays while they fit)
-    lru_cold, lru_warm, _ = read_rates(0)
-    t_input, t_warm, batches = read_rates(cfg.reader_resident_mb)
-    pairs = load_pairs(CacheReader(cache))
+    lru_cold, lru_warm, _, _ = read_rates(0)
+    t_input, t_warm, batches, n_pairs = read_rates(cfg.reader_resident_mb)
 
     needs = frozenset().union(*(get_loss(n)[1] for n in cfg.losses))
     head.to(dev).train()
@@ -107,7 +106,7 @@ def main() -> None:
     t_step = time.perf_counter() - t0
 
     n = len(batches)
-    log(f"cache {cache}: {len(pairs)} pairs, head {args.head}, batch {args.batch_size} + {args.n_hard} hard negatives each, "
+    log(f"cache {cache}: {n_pairs} pairs, head {args.head}, batch {args.batch_size} + {args.n_hard} hard negatives each, "
         f"{torch.get_num_threads()} torch threads, step on {dev}{' (bf16 autocast)' if use_amp else ''}")
     log(f"reader, shard LRU only ({cfg.reader_cache_mb} MB): {n / lru_cold:8.1f} batches/s cold, {n / lru_warm:8.1f} warm "
         f"({lru_cold / n * 1e3:.1f} / {lru_warm / n * 1e3:.1f} ms per batch)")
