@@ -144,6 +144,47 @@ def test_batches_hold_distinct_images(world: Path) -> None:
         assert torch.equal(data.caption_image[cap], img)  # each caption belongs to its image
 
 
+def test_augmentations_repaint_only_the_background_and_grey_drops_colour_words(world: Path) -> None:
+    from compalign.shapes.pretrain import augment_batch
+
+    model, pre, tok = build_model(SMALL_MODEL, 0)
+    data = load_train_data(world, pre, tok, augment=True)
+    assert data.background is not None and data.tokens_grey is not None and data.mean_std is not None
+    mean, std = data.mean_std
+    img = torch.arange(16)
+    cap = torch.tensor([int(torch.nonzero(data.caption_image == i)[0]) for i in img])
+    to_rgb = lambda x: ((x * std + mean) * 255).round()  # noqa: E731
+
+    x, t = augment_batch(data.pixels, data.tokens, img, cap, data, PretrainConfig(p_background=1.0), torch.Generator())
+    bg = data.background[img].expand_as(x)
+    assert torch.equal(x[~bg], data.pixels[img][~bg])  # objects untouched
+    rgb = to_rgb(x)
+    for i in range(16):  # one grey per image, the same in the three channels
+        assert len(torch.unique(rgb[i][bg[i]])) == 1
+    assert len(torch.unique(rgb[:, 0, 0, 0])) > 4 and torch.equal(t, data.tokens[cap])
+
+    x, t = augment_batch(data.pixels, data.tokens, img, cap, data, PretrainConfig(p_grey=1.0), torch.Generator())
+    rgb = to_rgb(x)
+    assert torch.allclose(rgb[:, 0], rgb[:, 1], atol=1) and torch.allclose(rgb[:, 1], rgb[:, 2], atol=1)
+    colours = set(json.loads((world / "world.json").read_text())["config"]["colours"])
+    texts = [tok.decode(row.tolist()) for row in t]
+    assert not any(c in text.split() for text in texts for c in colours)
+    named = [tok.decode(data.tokens[c].tolist()) for c in cap.tolist()]
+    assert any(c in text.split() for text in named for c in colours)  # there were colour words to drop
+
+    # Augmented training runs, is seeded, and keeps the batch order (its draws have their own stream).
+    cfg = PretrainConfig(steps=4, batch_size=8, warmup=1, p_background=0.5, p_grey=0.5)
+    runs = []
+    for _ in range(2):
+        model, pre, tok = build_model(SMALL_MODEL, 0)
+        runs.append(train(model, load_train_data(world, pre, tok, augment=True), cfg))
+    assert runs[0] == runs[1]
+    with pytest.raises(ValueError, match="probabilities"):
+        PretrainConfig(p_grey=1.5)
+    with pytest.raises(ValueError, match="augment=True"):
+        train(build_model(SMALL_MODEL, 0)[0], load_train_data(world, pre, tok), cfg)
+
+
 def test_checkpoint_round_trips_through_load_backbone(world: Path, tmp_path: Path) -> None:
     cfg = PretrainConfig(steps=3, batch_size=8, warmup=1, save_dtype="fp32")
     result = pretrain_backbone(world, tmp_path / "ckpt", cfg, model_cfg=SMALL_MODEL)
@@ -287,6 +328,45 @@ def test_probe_cache_reports_each_layer_against_the_scene_boxes(world: Path) -> 
     assert {r.n_test for r in result.rows} == {result.rows[0].n_test} and result.rows[0].n_test > 0
 
 
+def test_transfer_probe_tells_a_factorised_code_from_a_pair_code(world: Path) -> None:
+    """Fitted on familiar pairs (test_id): shape reads on held-out pairs only if it is coded apart from colour."""
+    from compalign.shapes import load_held_out, load_scenes, load_world_config
+    from compalign.shapes.probe import transfer_probe
+
+    wcfg = load_world_config(world)
+    colours, shapes = sorted(wcfg.colours), list(wcfg.shapes)
+    rng = np.random.default_rng(0)
+    colour_code, shape_code = rng.normal(size=(len(colours), 64)), rng.normal(size=(len(shapes), 64))
+    pair_code = rng.normal(size=(len(colours), len(shapes), 64))  # one unrelated vector per (colour, shape)
+
+    def reader(split: str) -> _FakeReader:
+        scenes = load_scenes(world / split / "scenes.jsonl")
+        names = sorted(scenes)
+        factorised = rng.normal(scale=0.1, size=(len(names), 64, 64)).astype(np.float32)
+        paired = factorised.copy()
+        for i, n in enumerate(names):
+            for o in scenes[n].objects:
+                cells, _ = box_cells(o.box, scenes[n].canvas, 8)
+                c, k = colours.index(o.colour), shapes.index(o.shape)
+                factorised[i, cells] += colour_code[c] + shape_code[k]
+                paired[i, cells] += pair_code[c, k]
+        return _FakeReader({-1: factorised, -2: paired}, [f"val2017/{n}" for n in names])
+
+    held = load_held_out(world)
+    ood = load_scenes(world / "test_ood" / "scenes.jsonl")
+    assert any((o.colour, o.shape) in held for s in ood.values() for o in s.objects)
+    res = transfer_probe(reader("test_id"), reader("test_ood"), world)
+    assert set(res) == {-1, -2}
+    held_acc, familiar_acc, n_held, n_familiar = res[-1]["shape"]
+    assert n_held > 0 and n_familiar > 0
+    assert held_acc > 0.9 and familiar_acc > 0.9  # factorised: unseen pairs read like familiar ones
+    held_acc, familiar_acc, _, _ = res[-2]["shape"]
+    assert familiar_acc > 0.9 and held_acc < 0.5  # a code per pair: the probe cannot read an unseen one
+    assert res[-1]["colour"][0] > 0.9
+    with pytest.raises(ValueError, match="held-out pair"):
+        transfer_probe(reader("test_id"), reader("test_id"), world, "test_id", "test_id")
+
+
 def test_probe_cli_on_an_extracted_cache(world: Path, tmp_path: Path) -> None:
     from compalign.extract.runner import ExtractConfig, extract
 
@@ -308,3 +388,21 @@ def test_probe_cli_on_an_extracted_cache(world: Path, tmp_path: Path) -> None:
     assert "colour" in res.output and "chance" in res.output and "R@1" in res.output
     bad = CliRunner().invoke(app, ["probe", "--cache", str(store), "--world", str(world), "--split", "nope"])
     assert bad.exit_code == 2 and "scenes.jsonl" in bad.output
+    ood = tmp_path / "test_ood.zarr"
+    extract(
+        ExtractConfig(
+            model=f"local-dir:{ckpt}",
+            data="sugarcrepe",
+            root=str(world / "test_ood" / "sugarcrepe"),
+            out=str(ood),
+            workers=0,
+            batch_size=64,
+            shard_rows=16,
+        )
+    )
+    args = ["probe", "--cache", str(ood), "--world", str(world), "--split", "test_ood", "--fit-on", str(store)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "transfer probe" in res.output and "held-out" in res.output
+    bad = CliRunner().invoke(app, ["probe", "--cache", str(store), "--world", str(world), "--fit-on", str(store)])
+    assert bad.exit_code == 2 and "held-out pair" in bad.output

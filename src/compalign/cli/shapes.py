@@ -93,6 +93,12 @@ def backbone(
     device: str = typer.Option(
         "cpu", "--device", help="cpu (deterministic; how the shipped backbone is made) | cuda | auto: a GPU sweeps knobs fast."
     ),
+    p_background: float = typer.Option(
+        None, "--p-background", help="Probability an image's background is repainted a random grey (augmentation)."
+    ),
+    p_grey: float = typer.Option(
+        None, "--p-grey", help="Probability an image is shown in greyscale with its caption's colour words dropped."
+    ),
 ) -> None:
     """Pretrain the tiny backbone on the world's train split with the plain CLIP loss (CPU by default, seeded)."""
     import time
@@ -104,6 +110,10 @@ def backbone(
         overrides["steps"] = steps
     if batch_size is not None:
         overrides["batch_size"] = batch_size
+    if p_background is not None:
+        overrides["p_background"] = p_background
+    if p_grey is not None:
+        overrides["p_grey"] = p_grey
     try:
         cfg = PretrainConfig(**overrides)
     except ValueError as e:
@@ -154,6 +164,10 @@ def probe(
     world: Path = typer.Option(..., "--world", help="World folder (its scenes.jsonl gives every object's box)."),
     split: str = typer.Option("test_id", "--split", help="Which split the cache was extracted from."),
     seed: int = typer.Option(0, "--seed", help="Seed of the train/test split of the images."),
+    fit_on: Path = typer.Option(
+        None, "--fit-on", help="Also fit probes on this cache (test_id) and score them on --cache (test_ood): unseen pairs."
+    ),
+    fit_split: str = typer.Option("test_id", "--fit-split", help="Which split the --fit-on cache was extracted from."),
 ) -> None:
     """Linear probes for colour, shape, size and the pair from the patch tokens at each object."""
     from compalign.cache import open_cache
@@ -196,6 +210,33 @@ def probe(
             f"(caption true of the top image: {100 * recall['r1_valid']:.1f}%)"
         )
     _print_text_probe(reader, world, seed)
+    if fit_on is not None:
+        _print_transfer_probe(fit_on, fit_split, reader, world, split, seed)
+
+
+def _print_transfer_probe(fit_on: Path, fit_split: str, reader, world: Path, split: str, seed: int) -> None:
+    """Fitted on familiar pairs, read on held-out ones: what a head trained on the train split meets."""
+    from compalign.cache import open_cache
+    from compalign.cache.store import CacheError
+    from compalign.shapes.probe import ProbeConfig, transfer_probe
+
+    try:
+        res = transfer_probe(open_cache(fit_on), reader, world, fit_split, split, ProbeConfig(seed=seed))
+    except (CacheError, FileNotFoundError, KeyError, ValueError) as e:
+        console.print(f"[red]error:[/red] transfer probe from {fit_on}: {e}")
+        raise typer.Exit(2) from e
+    n_held, n_fam = next(iter(next(iter(res.values())).values()))[2:]
+    table = Table(
+        title=f"transfer probe · fitted on {fit_split}, scored on {split} · accuracy % (held-out pairs / familiar)",
+        caption=f"box-pooled patches; {n_held} objects of a held-out (colour, shape) pair, {n_fam} of a familiar one. "
+        "A backbone that codes shape apart from colour reads both alike",
+    )
+    table.add_column("layer")
+    for t in ("colour", "shape", "size"):
+        table.add_column(t, justify="right")
+    for layer, row in res.items():
+        table.add_row(str(layer), *[f"{100 * row[t][0]:.1f} / {100 * row[t][1]:.1f}" for t in ("colour", "shape", "size")])
+    console.print(table)
 
 
 def _print_text_probe(reader, world: Path, seed: int) -> None:

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -72,6 +73,13 @@ class PretrainConfig:
     # where to train: cpu (the shipped backbone; seeded and deterministic) | cuda | auto. A GPU runs the
     # same recipe in seconds per thousand steps, for sweeping world knobs; its weights differ in float rounding
     device: str = "cpu"
+    # Augmentations that decorrelate colour from shape without ever drawing a held-out pair (README, "Unseen
+    # pairs"): trained on familiar pairs only, a plain model reads shape through colour and fails on a colour
+    # it never saw with that shape. Probability that an image's background is repainted one random grey
+    # (the edge contrast of a colour then varies, so a shape must be seen by its outline, not its colours):
+    p_background: float = 0.0
+    # probability that an image is shown in greyscale, its caption stripped of its colour words
+    p_grey: float = 0.0
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
@@ -80,6 +88,8 @@ class PretrainConfig:
             raise ValueError("PretrainConfig: steps must be >= 1 and batch_size >= 2 (the loss needs negatives)")
         if self.threads < 1:
             raise ValueError("PretrainConfig: threads must be >= 1")
+        if not (0.0 <= self.p_background <= 1.0 and 0.0 <= self.p_grey <= 1.0):
+            raise ValueError("PretrainConfig: p_background and p_grey are probabilities in [0, 1]")
         if self.lr <= 0 or self.warmup < 0 or self.weight_decay < 0:
             raise ValueError("PretrainConfig: lr must be > 0, warmup and weight_decay >= 0")
 
@@ -98,6 +108,10 @@ class TrainData:
     tokens: torch.Tensor  # (M, C) int64, tokenized captions
     caption_image: torch.Tensor  # (M,) int64, image row of each caption
     image_names: list[str]  # (N,) file names relative to the train split
+    # for the augmentations (None when off): which pixels are background, and each caption without colour words
+    background: torch.Tensor | None = None  # (N, 1, H, W) bool
+    tokens_grey: torch.Tensor | None = None  # (M, C) int64
+    mean_std: tuple[torch.Tensor, torch.Tensor] | None = None  # the preprocessing's (3, 1, 1) mean and std
 
     def captions_of(self) -> list[torch.Tensor]:
         """Caption rows of each image (image order)."""
@@ -144,8 +158,8 @@ def build_model(model_cfg: dict[str, Any], seed: int) -> tuple[torch.nn.Module, 
 # -- data ------------------------------------------------------------------------------------
 
 
-def load_train_data(world: str | Path, preprocess: Any, tokenizer: Any) -> TrainData:
-    """Every training image (preprocessed) and caption of a world's train split."""
+def load_train_data(world: str | Path, preprocess: Any, tokenizer: Any, augment: bool = False) -> TrainData:
+    """Every training image (preprocessed) and caption of a world's train split (+ what augmenting needs)."""
     split = Path(world) / "train"
     pairs_path = split / "pairs.jsonl"
     if not pairs_path.is_file():
@@ -157,7 +171,48 @@ def load_train_data(world: str | Path, preprocess: Any, tokenizer: Any) -> Train
     tokens = tokenizer([r["caption"] for r in rows]).long()  # (M, C)
     owner = torch.tensor([index[r["image"]] for r in rows], dtype=torch.long)
     logger.info("loaded %d images and %d captions from %s", len(names), len(rows), split)
-    return TrainData(pixels=pixels, tokens=tokens, caption_image=owner, image_names=names)
+    data = TrainData(pixels=pixels, tokens=tokens, caption_image=owner, image_names=names)
+    if augment:
+        data = _augment_data(data, Path(world), preprocess, tokenizer, [r["caption"] for r in rows])
+    return data
+
+
+def _augment_data(data: TrainData, world: Path, preprocess: Any, tokenizer: Any, captions: list[str]) -> TrainData:
+    from compalign.shapes.writer import load_world_config  # the world's background and colour words
+
+    wcfg = load_world_config(world)
+    norm = preprocess.transforms[-1]  # torchvision Normalize, the last step of open_clip's eval transform
+    mean, std = torch.tensor(norm.mean).view(3, 1, 1), torch.tensor(norm.std).view(3, 1, 1)
+    bg = (torch.tensor(wcfg.background, dtype=torch.float32).view(3, 1, 1) / 255 - mean) / std
+    background = ((data.pixels - bg).abs() < 1e-3).all(dim=1, keepdim=True)  # (N, 1, H, W)
+    colour = re.compile(r"\b(" + "|".join(map(re.escape, sorted(wcfg.colours))) + r")\b ?")
+    grey = tokenizer([colour.sub("", c) for c in captions]).long()
+    return dataclasses.replace(data, background=background, tokens_grey=grey, mean_std=(mean, std))
+
+
+def augment_batch(
+    pixels: torch.Tensor, tokens: torch.Tensor, img: torch.Tensor, cap: torch.Tensor, data: TrainData, cfg: PretrainConfig,
+    gen: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pixels (B, 3, H, W), tokens (B, C)) of a batch with p_background / p_grey applied; draws from ``gen``."""
+    assert data.background is not None and data.tokens_grey is not None and data.mean_std is not None
+    dev = pixels.device
+    x, t = pixels[img.to(dev)], tokens[cap.to(dev)]
+    mean, std = (m.to(dev) for m in data.mean_std)
+    b = len(img)
+    repaint = torch.rand(b, generator=gen) < cfg.p_background  # (B,)
+    level = torch.randint(30, 226, (b,), generator=gen).float() / 255  # one grey per image, mid grey included
+    go_grey = torch.rand(b, generator=gen) < cfg.p_grey  # (B,)
+    if repaint.any():
+        fill = (level.to(dev).view(b, 1, 1, 1) - mean) / std  # (B, 3, 1, 1)
+        mask = data.background[img].to(dev) & repaint.to(dev).view(b, 1, 1, 1)
+        x = torch.where(mask, fill.expand_as(x), x)
+    if go_grey.any():
+        raw = x * std + mean
+        lum = (0.299 * raw[:, 0] + 0.587 * raw[:, 1] + 0.114 * raw[:, 2]).unsqueeze(1)  # (B, 1, H, W), ITU-R 601
+        x = torch.where(go_grey.to(dev).view(b, 1, 1, 1), (lum - mean) / std, x)
+        t = torch.where(go_grey.to(dev).view(b, 1), data.tokens_grey.to(dev)[cap.to(dev)], t)
+    return x, t
 
 
 def _batches(data: TrainData, batch_size: int, steps: int, gen: torch.Generator):
@@ -265,7 +320,10 @@ def train(model: torch.nn.Module, data: TrainData, cfg: PretrainConfig, progress
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        return _train(model, dataclasses.replace(data, tokens=vocab.remap(data.tokens)), cfg, progress)
+        remapped = dataclasses.replace(data, tokens=vocab.remap(data.tokens))
+        if data.tokens_grey is not None:  # its words are a subset of the captions': no new rows
+            remapped.tokens_grey = vocab.remap(data.tokens_grey)
+        return _train(model, remapped, cfg, progress)
     finally:
         vocab.restore()
         torch.set_num_threads(threads)
@@ -278,13 +336,21 @@ def _train(model: torch.nn.Module, data: TrainData, cfg: PretrainConfig, progres
     model.to(dev)
     pixels, tokens = data.pixels.to(dev), data.tokens.to(dev)  # the whole world fits (20k images = 1 GB)
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    augment = cfg.p_background > 0 or cfg.p_grey > 0
+    if augment and data.tokens_grey is None:
+        raise ValueError("p_background / p_grey need the data loaded with load_train_data(..., augment=True)")
+    aug_gen = torch.Generator().manual_seed(cfg.seed + 1)  # its own stream: the batch order stays the same
     model.train()
     losses: list[float] = []
     for step, (img, cap) in enumerate(_batches(data, cfg.batch_size, cfg.steps, gen)):
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg)
-        image_features = model.encode_image(pixels[img.to(dev)], normalize=True)  # (B, E)
-        text_features = encode_text_trimmed(model, tokens[cap.to(dev)])  # (B, E)
+        if augment:
+            x, t = augment_batch(pixels, tokens, img, cap, data, cfg, aug_gen)
+        else:
+            x, t = pixels[img.to(dev)], tokens[cap.to(dev)]
+        image_features = model.encode_image(x, normalize=True)  # (B, E)
+        text_features = encode_text_trimmed(model, t)  # (B, E)
         loss = clip_loss(image_features, text_features, model.logit_scale.exp())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -341,7 +407,7 @@ def pretrain_backbone(
     _device(cfg.device)  # refuse a missing GPU before loading the world
     model_cfg = model_cfg if model_cfg is not None else default_model_cfg()
     model, preprocess, tokenizer = build_model(model_cfg, cfg.seed)
-    data = load_train_data(world, preprocess, tokenizer)
+    data = load_train_data(world, preprocess, tokenizer, augment=cfg.p_background > 0 or cfg.p_grey > 0)
     t0 = time.perf_counter()
     losses = train(model, data, cfg, progress)
     seconds = time.perf_counter() - t0

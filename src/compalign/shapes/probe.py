@@ -26,7 +26,7 @@ from compalign.cache.reader import CacheReader
 from compalign.shapes.captions import caption_is_true, parse_caption
 from compalign.shapes.config import WorldConfig
 from compalign.shapes.scene import Scene
-from compalign.shapes.writer import load_scenes, load_world_config
+from compalign.shapes.writer import load_held_out, load_scenes, load_world_config
 
 logger = logging.getLogger(__name__)
 
@@ -203,34 +203,15 @@ def probe_cache(
     layers: list[int] | None = None,
 ) -> ProbeResult:
     """Fit and score the probes for every (cached layer, pool, target) on ``world``'s ``split``."""
-    world = Path(world)
     wcfg = load_world_config(world)
-    scenes_path = world / split / "scenes.jsonl"
-    if not scenes_path.is_file():
-        raise FileNotFoundError(f"{scenes_path} is missing: is {world} a shapes world and {split!r} one of its splits?")
-    scenes = load_scenes(scenes_path)
-    rows_of = image_rows(reader)
-    names = sorted(n for n in scenes if Path(n).name in rows_of)
-    if len(names) < 10:
-        raise ValueError(
-            f"only {len(names)} images of {scenes_path} are in the cache {reader.path}: "
-            f"extract the same split (e.g. --data sugarcrepe --root {world / split / 'sugarcrepe'})"
-        )
+    objs = _split_objects(reader, world, split)
+    names, objects = objs.names, objs.objects
     perm = np.random.default_rng(cfg.seed).permutation(len(names))
     n_train = int(round(len(names) * cfg.train_fraction))
     part = np.zeros(len(names), dtype=bool)
     part[perm[:n_train]] = True  # True = train part
-    objects: list[tuple[int, tuple[int, int, int, int]]] = []
-    attrs: list[dict[str, Any]] = []
-    in_train: list[bool] = []
-    cache_rows = np.array([rows_of[Path(n).name] for n in names])
-    for k, name in enumerate(names):
-        scene: Scene = scenes[name]
-        for o in scene.objects:
-            objects.append((k, o.box))
-            attrs.append({"colour": o.colour, "shape": o.shape, "size": o.size})
-            in_train.append(bool(part[k]))
-    train_mask = np.array(in_train)
+    train_mask = np.array([bool(part[k]) for k, _ in objects])
+    attrs, cache_rows = objs.attrs, objs.cache_rows
     # Order the train part for the validation slice by the seeded image order, not by name.
     rank = np.empty(len(names), dtype=np.int64)
     rank[perm] = np.arange(len(names))
@@ -238,7 +219,7 @@ def probe_cache(
     tr = np.flatnonzero(train_mask)[np.argsort(obj_rank[train_mask], kind="stable")]
     te = np.flatnonzero(~train_mask)
     labels = _labels(attrs, wcfg)
-    canvas = scenes[names[0]].canvas
+    canvas = objs.canvas
     out: list[ProbeRow] = []
     grid = 0
     for layer in layers if layers is not None else cached_layers(reader):
@@ -253,6 +234,74 @@ def probe_cache(
                 out.append(ProbeRow(layer, pool, target, acc, chance, ridge, len(tr), len(te)))
                 logger.info("probe layer %d %s %s: %.3f (chance %.3f)", layer, pool, target, acc, chance)
     return ProbeResult(out, len(names), len(objects), grid)
+
+
+@dataclass
+class _Objects:
+    names: list[str]  # scene names of the split that are in the cache, sorted
+    cache_rows: np.ndarray  # (N,) cache row of each image
+    objects: list[tuple[int, tuple[int, int, int, int]]]  # (index into names, box) per object
+    attrs: list[dict[str, Any]]  # colour / shape / size per object
+    canvas: int
+
+
+def _split_objects(reader: CacheReader, world: str | Path, split: str) -> _Objects:
+    """Every object of ``split``'s scenes whose image is in the cache."""
+    world = Path(world)
+    scenes_path = world / split / "scenes.jsonl"
+    if not scenes_path.is_file():
+        raise FileNotFoundError(f"{scenes_path} is missing: is {world} a shapes world and {split!r} one of its splits?")
+    scenes = load_scenes(scenes_path)
+    rows_of = image_rows(reader)
+    names = sorted(n for n in scenes if Path(n).name in rows_of)
+    if len(names) < 10:
+        raise ValueError(
+            f"only {len(names)} images of {scenes_path} are in the cache {reader.path}: "
+            f"extract the same split (e.g. --data sugarcrepe --root {world / split / 'sugarcrepe'})"
+        )
+    objects, attrs = [], []
+    for k, name in enumerate(names):
+        scene: Scene = scenes[name]
+        for o in scene.objects:
+            objects.append((k, o.box))
+            attrs.append({"colour": o.colour, "shape": o.shape, "size": o.size})
+    rows = np.array([rows_of[Path(n).name] for n in names])
+    return _Objects(names, rows, objects, attrs, scenes[names[0]].canvas)
+
+
+def transfer_probe(
+    fit_reader: CacheReader,
+    reader: CacheReader,
+    world: str | Path,
+    fit_split: str = "test_id",
+    split: str = "test_ood",
+    cfg: ProbeConfig = ProbeConfig(),
+) -> dict[int, dict[str, tuple[float, float, int, int]]]:
+    """Probes fitted on ``fit_split``'s objects, scored on ``split``'s: {layer: {target: (held, familiar, n, n)}}.
+
+    The question a head trained on familiar pairs meets: fitted where every (colour, shape) pair is a
+    familiar one (test_id), does the probe read an object of a held-out pair (test_ood) as well as a
+    familiar one? A backbone that codes shape apart from colour does; one that codes the pair does not
+    (accuracy on held-out pairs near chance while familiar ones stay high). Box-pooled patches.
+    """
+    wcfg = load_world_config(world)
+    held = load_held_out(world)
+    fit, test = _split_objects(fit_reader, world, fit_split), _split_objects(reader, world, split)
+    is_held = np.array([(a["colour"], a["shape"]) in held for a in test.attrs])
+    if not is_held.any():
+        raise ValueError(f"no object of {split} is of a held-out pair: score the transfer on test_ood")
+    y_fit, y_test = _labels(fit.attrs, wcfg), _labels(test.attrs, wcfg)
+    out: dict[int, dict[str, tuple[float, float, int, int]]] = {}
+    for layer in cached_layers(fit_reader):
+        x_fit = pool_objects(fit_reader.read("images", "patches", fit.cache_rows, layer=layer), fit.objects, fit.canvas)["box"]
+        x = pool_objects(reader.read("images", "patches", test.cache_rows, layer=layer), test.objects, test.canvas)["box"]
+        row = {}
+        for target in ("colour", "shape", "size"):
+            acc_held = linear_probe(x_fit, y_fit[target], x[is_held], y_test[target][is_held], cfg)[0]
+            acc_fam = linear_probe(x_fit, y_fit[target], x[~is_held], y_test[target][~is_held], cfg)[0]
+            row[target] = (acc_held, acc_fam, int(is_held.sum()), int((~is_held).sum()))
+        out[layer] = row
+    return out
 
 
 def text_to_image_recall(reader: CacheReader, world: str | Path, split: str = "test_id", limit: int = 1000) -> dict[str, float]:
@@ -307,4 +356,5 @@ __all__ = [
     "pool_objects",
     "probe_cache",
     "text_to_image_recall",
+    "transfer_probe",
 ]
