@@ -371,35 +371,20 @@ def test_probe_cli_on_an_extracted_cache(world: Path, tmp_path: Path) -> None:
     from compalign.extract.runner import ExtractConfig, extract
 
     ckpt = pretrain_backbone(world, tmp_path / "ckpt", PretrainConfig(steps=2, batch_size=8, warmup=1), SMALL_MODEL).out
-    store = tmp_path / "test_id.zarr"
-    extract(
-        ExtractConfig(
-            model=f"local-dir:{ckpt}",
-            data="sugarcrepe",
-            root=str(world / "test_id" / "sugarcrepe"),
-            out=str(store),
-            workers=0,
-            batch_size=64,
-            shard_rows=16,
-        )
-    )
+
+    def extract_split(split: str) -> Path:
+        store = tmp_path / f"{split}.zarr"
+        root = str(world / split / "sugarcrepe")
+        extract(ExtractConfig(f"local-dir:{ckpt}", "sugarcrepe", root, str(store), workers=0, batch_size=64, shard_rows=16))
+        return store
+
+    store = extract_split("test_id")
     res = CliRunner().invoke(app, ["probe", "--cache", str(store), "--world", str(world)])
     assert res.exit_code == 0, res.output
     assert "colour" in res.output and "chance" in res.output and "R@1" in res.output
     bad = CliRunner().invoke(app, ["probe", "--cache", str(store), "--world", str(world), "--split", "nope"])
     assert bad.exit_code == 2 and "scenes.jsonl" in bad.output
-    ood = tmp_path / "test_ood.zarr"
-    extract(
-        ExtractConfig(
-            model=f"local-dir:{ckpt}",
-            data="sugarcrepe",
-            root=str(world / "test_ood" / "sugarcrepe"),
-            out=str(ood),
-            workers=0,
-            batch_size=64,
-            shard_rows=16,
-        )
-    )
+    ood = extract_split("test_ood")
     args = ["probe", "--cache", str(ood), "--world", str(world), "--split", "test_ood", "--fit-on", str(store)]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output

@@ -73,10 +73,11 @@ class PretrainConfig:
     # where to train: cpu (the shipped backbone; seeded and deterministic) | cuda | auto. A GPU runs the
     # same recipe in seconds per thousand steps, for sweeping world knobs; its weights differ in float rounding
     device: str = "cpu"
-    # Augmentations that decorrelate colour from shape without ever drawing a held-out pair (README, "Unseen
-    # pairs"): trained on familiar pairs only, a plain model reads shape through colour and fails on a colour
-    # it never saw with that shape. Probability that an image's background is repainted one random grey
-    # (the edge contrast of a colour then varies, so a shape must be seen by its outline, not its colours):
+    # Augmentations that try to take colour out of shape without ever drawing a held-out pair: trained on
+    # familiar pairs only, the tiny ViT codes the (colour, shape) pair and cannot read the shape of an unseen
+    # one. Measured (README, "Unseen pairs"): greyscale sharpens shape, but neither makes it transfer; off by
+    # default. Probability that an image's background is repainted one random grey (a colour's edge contrast
+    # then varies):
     p_background: float = 0.0
     # probability that an image is shown in greyscale, its caption stripped of its colour words
     p_grey: float = 0.0
