@@ -206,13 +206,13 @@ def augment_batch(
     go_grey = torch.rand(b, generator=gen) < cfg.p_grey  # (B,)
     if repaint.any():
         fill = (level.to(dev).view(b, 1, 1, 1) - mean) / std  # (B, 3, 1, 1)
-        mask = data.background[img].to(dev) & repaint.to(dev).view(b, 1, 1, 1)
+        mask = data.background[img].to(dev) & repaint.to(dev).view(b, 1, 1, 1)  # slice on the CPU, then move
         x = torch.where(mask, fill.expand_as(x), x)
     if go_grey.any():
         raw = x * std + mean
         lum = (0.299 * raw[:, 0] + 0.587 * raw[:, 1] + 0.114 * raw[:, 2]).unsqueeze(1)  # (B, 1, H, W), ITU-R 601
         x = torch.where(go_grey.to(dev).view(b, 1, 1, 1), (lum - mean) / std, x)
-        t = torch.where(go_grey.to(dev).view(b, 1), data.tokens_grey.to(dev)[cap.to(dev)], t)
+        t = torch.where(go_grey.to(dev).view(b, 1), data.tokens_grey[cap].to(dev), t)
     return x, t
 
 
