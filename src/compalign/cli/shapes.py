@@ -225,7 +225,7 @@ def _print_transfer_probe(fit_on: Path, fit_split: str, reader, world: Path, spl
     except (CacheError, FileNotFoundError, KeyError, ValueError) as e:
         console.print(f"[red]error:[/red] transfer probe from {fit_on}: {e}")
         raise typer.Exit(2) from e
-    n_held, n_fam = next(iter(next(iter(res.values())).values()))[2:]
+    n_held, n_fam = res[next(iter(res))]["shape"][2:]  # the same objects in every row
     table = Table(
         title=f"transfer probe · fitted on {fit_split}, scored on {split} · accuracy % (held-out pairs / familiar)",
         caption=f"box-pooled patches; {n_held} objects of a held-out (colour, shape) pair, {n_fam} of a familiar one. "

@@ -94,6 +94,10 @@ class PretrainConfig:
         if self.lr <= 0 or self.warmup < 0 or self.weight_decay < 0:
             raise ValueError("PretrainConfig: lr must be > 0, warmup and weight_decay >= 0")
 
+    @property
+    def augments(self) -> bool:
+        return self.p_background > 0 or self.p_grey > 0
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PretrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
@@ -337,8 +341,7 @@ def _train(model: torch.nn.Module, data: TrainData, cfg: PretrainConfig, progres
     model.to(dev)
     pixels, tokens = data.pixels.to(dev), data.tokens.to(dev)  # the whole world fits (20k images = 1 GB)
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
-    augment = cfg.p_background > 0 or cfg.p_grey > 0
-    if augment and data.tokens_grey is None:
+    if cfg.augments and data.tokens_grey is None:
         raise ValueError("p_background / p_grey need the data loaded with load_train_data(..., augment=True)")
     aug_gen = torch.Generator().manual_seed(cfg.seed + 1)  # its own stream: the batch order stays the same
     model.train()
@@ -346,7 +349,7 @@ def _train(model: torch.nn.Module, data: TrainData, cfg: PretrainConfig, progres
     for step, (img, cap) in enumerate(_batches(data, cfg.batch_size, cfg.steps, gen)):
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg)
-        if augment:
+        if cfg.augments:
             x, t = augment_batch(pixels, tokens, img, cap, data, cfg, aug_gen)
         else:
             x, t = pixels[img.to(dev)], tokens[cap.to(dev)]
@@ -408,7 +411,7 @@ def pretrain_backbone(
     _device(cfg.device)  # refuse a missing GPU before loading the world
     model_cfg = model_cfg if model_cfg is not None else default_model_cfg()
     model, preprocess, tokenizer = build_model(model_cfg, cfg.seed)
-    data = load_train_data(world, preprocess, tokenizer, augment=cfg.p_background > 0 or cfg.p_grey > 0)
+    data = load_train_data(world, preprocess, tokenizer, augment=cfg.augments)
     t0 = time.perf_counter()
     losses = train(model, data, cfg, progress)
     seconds = time.perf_counter() - t0

@@ -16,6 +16,7 @@ scene graph makes the caption true -- the world's captions are often true of sev
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -147,18 +148,16 @@ def _predict(x: np.ndarray, model: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     return np.argmax(x.astype(np.float64) @ w + b, axis=1)
 
 
-def linear_probe(
-    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, cfg: ProbeConfig
-) -> tuple[float, float, float]:
-    """(held-out accuracy, chance, chosen ridge); the ridge is picked on a slice of the train part.
+def fit_linear_probe(
+    x_train: np.ndarray, y_train: np.ndarray, cfg: ProbeConfig
+) -> tuple[Callable[[np.ndarray], np.ndarray], float, Any]:
+    """(predict: features -> labels, chosen ridge, most frequent training label); labels of any kind.
 
-    Labels may be any integers; a test class never seen in training counts as an error.
+    Features are standardised on the train part; the ridge is picked on a slice of it.
     """
     classes, y_tr = np.unique(y_train, return_inverse=True)
-    lookup = {c: i for i, c in enumerate(classes.tolist())}
-    y_te = np.array([lookup.get(c, -1) for c in y_test.tolist()], dtype=np.int64)
     mu, sd = x_train.mean(0), x_train.std(0) + 1e-6
-    x_tr, x_te = (x_train - mu) / sd, (x_test - mu) / sd
+    x_tr = (x_train - mu) / sd
     n_val = max(1, int(round(len(x_tr) * cfg.val_fraction)))
     fit_part, val_part = slice(0, len(x_tr) - n_val), slice(len(x_tr) - n_val, None)
     best, best_acc = cfg.ridges[0], -1.0
@@ -168,8 +167,19 @@ def linear_probe(
         if acc > best_acc:
             best, best_acc = ridge, acc
     model = fit_ridge(x_tr, y_tr, len(classes), best)
-    accuracy = float(np.mean(_predict(x_te, model) == y_te))
-    chance = float(np.mean(y_te == np.bincount(y_tr).argmax()))
+    return (lambda x: classes[_predict((x - mu) / sd, model)]), best, classes[np.bincount(y_tr).argmax()]
+
+
+def linear_probe(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, cfg: ProbeConfig
+) -> tuple[float, float, float]:
+    """(held-out accuracy, chance, chosen ridge); the ridge is picked on a slice of the train part.
+
+    Labels may be any integers; a test class never seen in training counts as an error.
+    """
+    predict, best, majority = fit_linear_probe(x_train, y_train, cfg)
+    accuracy = float(np.mean(predict(x_test) == y_test))
+    chance = float(np.mean(y_test == majority))
     return accuracy, chance, best
 
 
@@ -297,9 +307,8 @@ def transfer_probe(
         x = pool_objects(reader.read("images", "patches", test.cache_rows, layer=layer), test.objects, test.canvas)["box"]
         row = {}
         for target in ("colour", "shape", "size"):
-            acc_held = linear_probe(x_fit, y_fit[target], x[is_held], y_test[target][is_held], cfg)[0]
-            acc_fam = linear_probe(x_fit, y_fit[target], x[~is_held], y_test[target][~is_held], cfg)[0]
-            row[target] = (acc_held, acc_fam, int(is_held.sum()), int((~is_held).sum()))
+            right = fit_linear_probe(x_fit, y_fit[target], cfg)[0](x) == y_test[target]  # (n_objects,)
+            row[target] = (float(right[is_held].mean()), float(right[~is_held].mean()), int(is_held.sum()), int((~is_held).sum()))
         out[layer] = row
     return out
 
@@ -350,6 +359,7 @@ __all__ = [
     "ProbeRow",
     "box_cells",
     "cached_layers",
+    "fit_linear_probe",
     "fit_ridge",
     "image_rows",
     "linear_probe",
