@@ -185,6 +185,56 @@ def test_augmentations_repaint_only_the_background_and_grey_drops_colour_words(w
         train(build_model(SMALL_MODEL, 0)[0], load_train_data(world, pre, tok), cfg)
 
 
+def test_recolour_paints_each_named_colour_one_random_rgb_that_never_reads_as_a_held_out_pair(world: Path) -> None:
+    from compalign.shapes import load_scenes
+    from compalign.shapes.augment import recolour_draw
+    from compalign.shapes.pretrain import augment_batch
+    from compalign.shapes.writer import load_held_out, load_world_config
+
+    model, pre, tok = build_model(SMALL_MODEL, 0)
+    data = load_train_data(world, pre, tok, augment=True)
+    assert data.colour_map is not None and data.forbid is not None and data.mean_std is not None
+    mean, std = data.mean_std
+    wcfg, held = load_world_config(world), load_held_out(world)
+    names = sorted(wcfg.colours)
+    palette = torch.tensor([wcfg.colours[n] for n in names], dtype=torch.float32)  # (K, 3)
+    scenes = load_scenes(world / "train" / "scenes.jsonl")
+    img = torch.arange(len(data.image_names))
+    cap = torch.tensor([int(torch.nonzero(data.caption_image == i)[0]) for i in img])
+    cfg = PretrainConfig(p_recolour=1.0)
+    x, t = augment_batch(data.pixels, data.tokens, img, cap, data, cfg, torch.Generator().manual_seed(0))
+    rgb = ((x * std + mean) * 255).round()  # (N, 3, H, W)
+    assert torch.equal(x[data.background.expand_as(x)], data.pixels[data.background.expand_as(x)])  # background kept
+    changed = 0
+    for i, name in enumerate(data.image_names):
+        colours = {o.colour for o in scenes[name].objects}
+        assert {names[k] for k in data.colour_map[i].unique().tolist() if k != 255} == colours
+        for c in colours:
+            new = rgb[i][:, data.colour_map[i] == names.index(c)]  # (3, P): all of one named colour's pixels
+            assert (new == new[:, :1]).all()  # one new RGB per named colour
+            nearest = names[int(((palette - new[:, 0]) ** 2).sum(1).argmin())]
+            shapes = {o.shape for o in scenes[name].objects if o.colour == c}
+            assert not any((nearest, s) in held for s in shapes), (name, c, nearest, shapes)
+            changed += int(not torch.equal(new[:, 0], palette[names.index(c)]))
+    assert changed > 0.9 * sum(len({o.colour for o in scenes[n].objects}) for n in data.image_names)
+    assert torch.equal(t, data.tokens_grey[cap])  # colour words dropped with the colours
+
+    # The rule itself: with every name but one forbidden, a draw reads as that one or, when none of its tries
+    # was allowed, keeps its colour; unchosen images keep theirs.
+    b, k = 64, len(names)
+    forbid = torch.ones(b, k, k, dtype=torch.bool)
+    forbid[..., 2] = False
+    chosen = torch.arange(b) % 2 == 0
+    new = recolour_draw(forbid, palette / 255, torch.tensor(wcfg.background) / 255, chosen, torch.Generator())
+    drawn = new[chosen]  # (B/2, K, 3)
+    kept = (drawn == palette / 255).all(-1)  # (B/2, K)
+    reads_as = torch.cdist(drawn.reshape(-1, 3), palette / 255).argmin(-1).view(b // 2, k)
+    assert ((reads_as == 2) | kept).all() and (~kept).float().mean() > 0.8
+    assert torch.equal(new[~chosen], (palette / 255).expand(b // 2, k, 3))
+    with pytest.raises(ValueError, match="probabilities"):
+        PretrainConfig(p_recolour=-0.1)
+
+
 def test_checkpoint_round_trips_through_load_backbone(world: Path, tmp_path: Path) -> None:
     cfg = PretrainConfig(steps=3, batch_size=8, warmup=1, save_dtype="fp32")
     result = pretrain_backbone(world, tmp_path / "ckpt", cfg, model_cfg=SMALL_MODEL)

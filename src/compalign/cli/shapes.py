@@ -99,6 +99,9 @@ def backbone(
     p_grey: float = typer.Option(
         None, "--p-grey", help="Probability an image is shown in greyscale with its caption's colour words dropped."
     ),
+    p_recolour: float = typer.Option(
+        None, "--p-recolour", help="Probability an image's colours become random RGBs (never reading as a held-out pair)."
+    ),
 ) -> None:
     """Pretrain the tiny backbone on the world's train split with the plain CLIP loss (CPU by default, seeded)."""
     import time
@@ -114,6 +117,8 @@ def backbone(
         overrides["p_background"] = p_background
     if p_grey is not None:
         overrides["p_grey"] = p_grey
+    if p_recolour is not None:
+        overrides["p_recolour"] = p_recolour
     try:
         cfg = PretrainConfig(**overrides)
     except ValueError as e:

@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import math
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from safetensors.torch import save_file
 from compalign.extract.decode import decode_image
 from compalign.extract.presets import CONFIG_DIR
 from compalign.extract.runner import _device
+from compalign.shapes.augment import augment_batch, augment_data
 
 logger = logging.getLogger(__name__)
 
@@ -73,14 +73,16 @@ class PretrainConfig:
     # where to train: cpu (the shipped backbone; seeded and deterministic) | cuda | auto. A GPU runs the
     # same recipe in seconds per thousand steps, for sweeping world knobs; its weights differ in float rounding
     device: str = "cpu"
-    # Augmentations that try to take colour out of shape without ever drawing a held-out pair: trained on
-    # familiar pairs only, the tiny ViT codes the (colour, shape) pair and cannot read the shape of an unseen
-    # one. Measured (README, "Unseen pairs"): greyscale sharpens shape, but neither makes it transfer; off by
-    # default. Probability that an image's background is repainted one random grey (a colour's edge contrast
-    # then varies):
+    # Augmentations that try to take colour out of shape without ever drawing a held-out pair (augment.py):
+    # trained on familiar pairs only, the tiny ViT codes the (colour, shape) pair and cannot read the shape
+    # of an unseen one. Measured in the README, "Unseen pairs". Probability that an image's background is
+    # repainted one random grey (a colour's edge contrast then varies):
     p_background: float = 0.0
     # probability that an image is shown in greyscale, its caption stripped of its colour words
     p_grey: float = 0.0
+    # probability that an image's named colours become random RGBs, its caption stripped of its colour
+    # words (a draw that would read as a held-out pair is redrawn)
+    p_recolour: float = 0.0
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
@@ -89,14 +91,14 @@ class PretrainConfig:
             raise ValueError("PretrainConfig: steps must be >= 1 and batch_size >= 2 (the loss needs negatives)")
         if self.threads < 1:
             raise ValueError("PretrainConfig: threads must be >= 1")
-        if not (0.0 <= self.p_background <= 1.0 and 0.0 <= self.p_grey <= 1.0):
-            raise ValueError("PretrainConfig: p_background and p_grey are probabilities in [0, 1]")
+        if not all(0.0 <= p <= 1.0 for p in (self.p_background, self.p_grey, self.p_recolour)):
+            raise ValueError("PretrainConfig: p_background, p_grey and p_recolour are probabilities in [0, 1]")
         if self.lr <= 0 or self.warmup < 0 or self.weight_decay < 0:
             raise ValueError("PretrainConfig: lr must be > 0, warmup and weight_decay >= 0")
 
     @property
     def augments(self) -> bool:
-        return self.p_background > 0 or self.p_grey > 0
+        return self.p_background > 0 or self.p_grey > 0 or self.p_recolour > 0
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PretrainConfig:
@@ -113,10 +115,15 @@ class TrainData:
     tokens: torch.Tensor  # (M, C) int64, tokenized captions
     caption_image: torch.Tensor  # (M,) int64, image row of each caption
     image_names: list[str]  # (N,) file names relative to the train split
-    # for the augmentations (None when off): which pixels are background, and each caption without colour words
+    # for the augmentations (None when off; augment.py): which pixels are background / which named colour,
+    # each caption without colour words, and which recolourings would show a held-out pair
     background: torch.Tensor | None = None  # (N, 1, H, W) bool
     tokens_grey: torch.Tensor | None = None  # (M, C) int64
     mean_std: tuple[torch.Tensor, torch.Tensor] | None = None  # the preprocessing's (3, 1, 1) mean and std
+    colour_map: torch.Tensor | None = None  # (N, H, W) uint8: index of the named colour (sorted names), 255 = none
+    forbid: torch.Tensor | None = None  # (N, K, K) bool: colour c of image i must not read as colour c2
+    colour_rgb: torch.Tensor | None = None  # (K, 3) float, 0..1
+    background_rgb: torch.Tensor | None = None  # (3,) float, 0..1
 
     def captions_of(self) -> list[torch.Tensor]:
         """Caption rows of each image (image order)."""
@@ -178,46 +185,8 @@ def load_train_data(world: str | Path, preprocess: Any, tokenizer: Any, augment:
     logger.info("loaded %d images and %d captions from %s", len(names), len(rows), split)
     data = TrainData(pixels=pixels, tokens=tokens, caption_image=owner, image_names=names)
     if augment:
-        data = _augment_data(data, Path(world), preprocess, tokenizer, [r["caption"] for r in rows])
+        data = augment_data(data, Path(world), preprocess, tokenizer, [r["caption"] for r in rows])
     return data
-
-
-def _augment_data(data: TrainData, world: Path, preprocess: Any, tokenizer: Any, captions: list[str]) -> TrainData:
-    from compalign.shapes.writer import load_world_config  # the world's background and colour words
-
-    wcfg = load_world_config(world)
-    norm = preprocess.transforms[-1]  # torchvision Normalize, the last step of open_clip's eval transform
-    mean, std = torch.tensor(norm.mean).view(3, 1, 1), torch.tensor(norm.std).view(3, 1, 1)
-    bg = (torch.tensor(wcfg.background, dtype=torch.float32).view(3, 1, 1) / 255 - mean) / std
-    background = ((data.pixels - bg).abs() < 1e-3).all(dim=1, keepdim=True)  # (N, 1, H, W)
-    colour = re.compile(r"\b(" + "|".join(map(re.escape, sorted(wcfg.colours))) + r")\b ?")
-    grey = tokenizer([colour.sub("", c) for c in captions]).long()
-    return dataclasses.replace(data, background=background, tokens_grey=grey, mean_std=(mean, std))
-
-
-def augment_batch(
-    pixels: torch.Tensor, tokens: torch.Tensor, img: torch.Tensor, cap: torch.Tensor, data: TrainData, cfg: PretrainConfig,
-    gen: torch.Generator,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(pixels (B, 3, H, W), tokens (B, C)) of a batch with p_background / p_grey applied; draws from ``gen``."""
-    assert data.background is not None and data.tokens_grey is not None and data.mean_std is not None
-    dev = pixels.device
-    x, t = pixels[img.to(dev)], tokens[cap.to(dev)]
-    mean, std = (m.to(dev) for m in data.mean_std)
-    b = len(img)
-    repaint = torch.rand(b, generator=gen) < cfg.p_background  # (B,)
-    level = torch.randint(30, 226, (b,), generator=gen).float() / 255  # one grey per image, mid grey included
-    go_grey = torch.rand(b, generator=gen) < cfg.p_grey  # (B,)
-    if repaint.any():
-        fill = (level.to(dev).view(b, 1, 1, 1) - mean) / std  # (B, 3, 1, 1)
-        mask = data.background[img].to(dev) & repaint.to(dev).view(b, 1, 1, 1)  # slice on the CPU, then move
-        x = torch.where(mask, fill.expand_as(x), x)
-    if go_grey.any():
-        raw = x * std + mean
-        lum = (0.299 * raw[:, 0] + 0.587 * raw[:, 1] + 0.114 * raw[:, 2]).unsqueeze(1)  # (B, 1, H, W), ITU-R 601
-        x = torch.where(go_grey.to(dev).view(b, 1, 1, 1), (lum - mean) / std, x)
-        t = torch.where(go_grey.to(dev).view(b, 1), data.tokens_grey[cap].to(dev), t)
-    return x, t
 
 
 def _batches(data: TrainData, batch_size: int, steps: int, gen: torch.Generator):
@@ -342,7 +311,7 @@ def _train(model: torch.nn.Module, data: TrainData, cfg: PretrainConfig, progres
     pixels, tokens = data.pixels.to(dev), data.tokens.to(dev)  # the whole world fits (20k images = 1 GB)
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
     if cfg.augments and data.tokens_grey is None:
-        raise ValueError("p_background / p_grey need the data loaded with load_train_data(..., augment=True)")
+        raise ValueError("p_background / p_grey / p_recolour need the data loaded with load_train_data(..., augment=True)")
     aug_gen = torch.Generator().manual_seed(cfg.seed + 1)  # its own stream: the batch order stays the same
     model.train()
     losses: list[float] = []
