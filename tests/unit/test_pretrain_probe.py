@@ -235,6 +235,13 @@ def test_recolour_paints_each_named_colour_one_random_rgb_that_never_reads_as_a_
         PretrainConfig(p_recolour=-0.1)
 
 
+def test_augmentations_refuse_a_noisy_world(tmp_path: Path) -> None:
+    write_world(WorldConfig(n_train=4, n_test_id=2, n_test_ood=2, noise_std=4.0), tmp_path)
+    model, pre, tok = build_model(SMALL_MODEL, 0)
+    with pytest.raises(ValueError, match=r"noise_std 4\.0"):
+        load_train_data(tmp_path, pre, tok, augment=True)
+
+
 def test_checkpoint_round_trips_through_load_backbone(world: Path, tmp_path: Path) -> None:
     cfg = PretrainConfig(steps=3, batch_size=8, warmup=1, save_dtype="fp32")
     result = pretrain_backbone(world, tmp_path / "ckpt", cfg, model_cfg=SMALL_MODEL)

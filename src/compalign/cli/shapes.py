@@ -143,7 +143,7 @@ def backbone(
 
         try:
             result = pretrain_backbone(world, out, cfg, progress=progress)
-        except RuntimeError as e:  # e.g. --device cuda on a machine without one
+        except (RuntimeError, ValueError) as e:  # --device cuda without a GPU; augmenting a noisy world
             console.print(f"[red]error:[/red] {e}")
             raise typer.Exit(2) from e
     losses = result.losses
