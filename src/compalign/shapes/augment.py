@@ -115,7 +115,6 @@ def augment_batch(
         fill = new_rgb[torch.arange(b).view(b, 1, 1), cmap.clamp(max=len(data.colour_rgb) - 1)]  # (B, H, W, 3)
         fill = (fill.permute(0, 3, 1, 2).to(dev) - mean) / std  # (B, 3, H, W)
         x = torch.where(named.unsqueeze(1).to(dev), fill, x)
-        t = torch.where(recolour.to(dev).view(b, 1), data.tokens_grey[cap].to(dev), t)
     if repaint.any():
         fill = (level.to(dev).view(b, 1, 1, 1) - mean) / std  # (B, 3, 1, 1)
         mask = data.background[img].to(dev) & repaint.to(dev).view(b, 1, 1, 1)  # slice on the CPU, then move
@@ -124,5 +123,7 @@ def augment_batch(
         raw = x * std + mean
         lum = (0.299 * raw[:, 0] + 0.587 * raw[:, 1] + 0.114 * raw[:, 2]).unsqueeze(1)  # (B, 1, H, W), ITU-R 601
         x = torch.where(go_grey.to(dev).view(b, 1, 1, 1), (lum - mean) / std, x)
-        t = torch.where(go_grey.to(dev).view(b, 1), data.tokens_grey[cap].to(dev), t)
+    drop_colour = recolour | go_grey  # (B,): the caption's colour words no longer match the image
+    if drop_colour.any():
+        t = torch.where(drop_colour.to(dev).view(b, 1), data.tokens_grey[cap].to(dev), t)
     return x, t
