@@ -35,12 +35,14 @@ from typing import Any, Literal
 import numpy as np
 import zarr
 
+from ..core import CompalignError
+
 SCHEMA = "compalign.cache/1"
 PENDING, OK, FAILED = 0, 1, 2
 Kind = Literal["images", "texts"]
 
 
-class CacheError(RuntimeError):
+class CacheError(CompalignError, RuntimeError):
     """A store that is missing, incompatible or from another schema; the message names the fix."""
 
 

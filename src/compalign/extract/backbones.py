@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 from open_clip.transformer import text_global_pool
 
+from ..core import CompalignError
 from .presets import get_preset, register_model_configs
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 Precision = Literal["fp32", "bf16", "fp16"]
 
 
-class BackboneError(RuntimeError):
+class BackboneError(CompalignError, RuntimeError):
     """Raised when a backbone cannot be loaded; the message says how to fix it."""
 
 

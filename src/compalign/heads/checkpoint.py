@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..core import CompalignError
 from .base import CacheSpec, Head, TorchHead, create_head, list_heads
 
 SCHEMA = "compalign.head/1"
@@ -26,7 +27,7 @@ WEIGHTS, META = "head.safetensors", "head.json"
 _SPEC = "spec."  # prefix of the cache projections stored beside the head's own tensors
 
 
-class CheckpointError(ValueError):
+class CheckpointError(CompalignError, ValueError):
     """A run directory that is missing, incomplete or from another schema; the message names the fix."""
 
 

@@ -14,8 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ...core import CompalignError
 
-class SourceError(ValueError):
+
+class SourceError(CompalignError, ValueError):
     """The input cannot be read at all; the message names the file, the row and the fix."""
 
 
