@@ -194,9 +194,13 @@ def test_cli_trains_then_scores_the_checkpoint(world_caches, tmp_path):
                                    "--checkpoint", str(run), "--json", str(out)])
     assert res.exit_code == 0, res.output
     assert json.loads(out.read_text())["head"] == "tflocal_tiny@run"
-    for head in ("maxsim", "tflocal_tiny"):  # untrained heads score too (tflocal at its seeded init)
-        res = CliRunner().invoke(app, ["score", "--bench", "sugarcrepe", "--cache", str(world_caches[1]), "--head", head])
-        assert res.exit_code == 0, res.output
+    score = ["score", "--bench", "sugarcrepe", "--cache", str(world_caches[1]), "--head"]
+    res = CliRunner().invoke(app, [*score, "maxsim"])  # training-free: scores as it is
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, [*score, "tflocal_tiny"])  # trainable, no weights: refused, both ways out named
+    assert res.exit_code == 2 and "--checkpoint" in res.output and "--untrained" in res.output
+    res = CliRunner().invoke(app, [*score, "tflocal_tiny", "--untrained"])  # its seeded init, asked for explicitly
+    assert res.exit_code == 0, res.output
     res = CliRunner().invoke(app, ["train", "global", "--cache", str(world_caches[0]), "--out", str(tmp_path / "x")])
     assert res.exit_code == 2 and "nothing to train" in res.output
     res = CliRunner().invoke(app, ["list"])

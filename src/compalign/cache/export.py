@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 import zarr
 
-from .store import SCHEMA, CacheError, open_store
+from .store import SCHEMA, CacheError, damaged_shards, open_store, resume_command
 
 
 def _walk(g: zarr.Group, prefix: str = "") -> Iterator[tuple[str, zarr.Array]]:
@@ -30,6 +30,17 @@ def _walk(g: zarr.Group, prefix: str = "") -> Iterator[tuple[str, zarr.Array]]:
 def export_hdf5(store: str | Path, out: str | Path) -> Path:
     store, out = Path(store), Path(out)
     root = open_store(store, "r")
+    from .reader import CacheReader  # local: the reader imports this module
+
+    CacheReader(store).require_complete()  # an export is complete by construction
+    if damaged := damaged_shards(store, checksums=False):
+        (kind, s), problems = next(iter(damaged.items()))
+        raise CacheError(f"{store}: {kind} shard {s} is damaged ({'; '.join(problems)}); "
+                         f"rewrite it with `{resume_command(dict(root.attrs), store)}` before exporting")
+    if not out.parent.is_dir():
+        raise CacheError(f"{out.parent} does not exist; create it (mkdir -p {out.parent}) or pass another output file")
+    if out.is_dir():
+        raise CacheError(f"{out} is a folder; pass the path of the .h5 file to write")
     attrs = dict(root.attrs)
     step = int(attrs["layout"]["shard_rows"])
     tmp = out.with_name(out.name + ".partial")
@@ -56,6 +67,10 @@ class H5Array:
         self.d, self.path, self.shape = d, d.name, d.shape
         self._text = h5py.check_string_dtype(d.dtype) is not None
         self.dtype = np.dtypes.StringDType() if self._text else d.dtype
+
+    @property
+    def stored_bytes(self) -> int:
+        return self.d.id.get_storage_size()
 
     def __getitem__(self, key: Any) -> np.ndarray:
         if self._text:

@@ -6,24 +6,25 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import zarr
-
 from .reader import CacheReader
-from .store import done_shards, n_shards
+from .store import CacheError, damaged_shards, resume_command
 
 
 def _bytes(p: Path) -> int:
+    if p.is_file():
+        return p.stat().st_size
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.exists() else 0
 
 
-def cache_info(path: str | Path) -> dict[str, Any]:
+def cache_info(path: str | Path, verify: bool = False) -> dict[str, Any]:
+    """Everything `compalign cache info` shows; `verify` adds `damaged` ({"kind shard": problems}) and `resume`."""
     r = CacheReader(path)
     arrays = []
 
-    def walk(g: zarr.Group, prefix: str) -> None:
+    def walk(g: Any, prefix: str) -> None:
         for name, a in sorted(g.arrays()):
-            arrays.append({"name": prefix + name, "shape": list(a.shape), "dtype": str(a.dtype),
-                           "bytes": _bytes(r.path / (prefix + name))})
+            size = _bytes(r.path / (prefix + name)) if r.is_zarr else a.stored_bytes
+            arrays.append({"name": prefix + name, "shape": list(a.shape), "dtype": str(a.dtype), "bytes": size})
         for name, sub in sorted(g.groups()):
             walk(sub, prefix + name + "/")
 
@@ -31,8 +32,18 @@ def cache_info(path: str | Path) -> dict[str, Any]:
         warnings.simplefilter("ignore")
         walk(r.root, "")
     lay = r.layout
-    ok_i, ok_t = int(r.ok("images").sum()), int(r.ok("texts").sum())
-    return {
+    done = r.shards_done()
+    out: dict[str, Any] = {}
+    if verify and r.is_zarr:
+        out["damaged"] = {f"{k} shard {s}": p for (k, s), p in damaged_shards(r.path).items()}
+        out["resume"] = resume_command(r.attrs, r.path)
+    elif verify:
+        out["damaged"] = {}  # an HDF5 export has no shard markers; h5py checks its own chunk index
+    try:
+        ok_i, ok_t = int(r.ok("images").sum()), int(r.ok("texts").sum())
+    except CacheError:  # a status chunk is gone: info still shows the rest (and --verify names the shard)
+        ok_i = ok_t = -1
+    return out | {
         "path": str(r.path),
         "schema": r.attrs["schema"],
         "backbone": r.backbone,
@@ -41,10 +52,9 @@ def cache_info(path: str | Path) -> dict[str, Any]:
         "problems": r.attrs["source"].get("problems", []),
         "counts": {"images": lay.n_images, "images_ok": ok_i, "texts": lay.n_texts, "texts_ok": ok_t,
                    "items": r.attrs["source"]["n_items"],
-                   "image_shards_done": len(done_shards(r.path, "images")),
-                   "image_shards": n_shards(lay.n_images, lay.shard_rows),
-                   "text_shards_done": len(done_shards(r.path, "texts")), "text_shards": n_shards(lay.n_texts, lay.shard_rows)},
+                   "image_shards_done": done["images"][0], "image_shards": done["images"][1],
+                   "text_shards_done": done["texts"][0], "text_shards": done["texts"][1]},
         "arrays": arrays,
         "bytes_on_disk": _bytes(r.path),
-        "failures": {"images": r.failures("images"), "texts": r.failures("texts")},
+        "failures": {"images": r.failures("images"), "texts": r.failures("texts")} if ok_i >= 0 else {"images": [], "texts": []},
     }

@@ -5,6 +5,10 @@ keeps the most recent ones in a byte-bounded LRU and gathers rows from them in t
 A reader given a `resident_bytes` budget instead loads each array it reads whole while the budget
 lasts (training: a batch's captions and negatives are scattered over every text shard, and an LRU
 smaller than the text tokens decodes a shard per row); arrays beyond the budget use the LRU.
+
+Zarr reads an absent chunk file as zeros. Every read of a row array therefore first checks that the
+chunk files of the shards it touches exist (one stat per shard and array, remembered), and refuses
+with the shard named and the command that rewrites it; `require_complete` refuses an unfinished store.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from typing import Any, Literal
 import numpy as np
 import zarr
 
-from .export import open_hdf5
-from .store import FAILED, OK, Layout, open_store
+from ..core import NotFoundError
+from .export import H5Group, open_hdf5
+from .store import COMPLETE_CHUNKS, FAILED, OK, CacheError, Layout, chunk_file, done_shards, n_shards, open_store, resume_command
 
 Kind = Literal["images", "texts"]
 
@@ -40,6 +45,49 @@ class CacheReader:
         self.root: Any = open_hdf5(self.path) if self.path.suffix in (".h5", ".hdf5") else open_store(self.path, "r")
         self.attrs: dict[str, Any] = dict(self.root.attrs)
         self.layout = Layout(**self.attrs["layout"])
+        self.is_zarr = not isinstance(self.root, H5Group)
+        self._present: set[tuple[str, int]] = set()  # (array, shard) whose chunk file was seen
+
+    # ---- completeness ----------------------------------------------------------------------
+    def shards_done(self) -> dict[str, tuple[int, int]]:
+        """kind -> (shards done, shards in all); an HDF5 export is complete by construction."""
+        lay = self.layout
+        total = {"images": n_shards(lay.n_images, lay.shard_rows), "texts": n_shards(lay.n_texts, lay.shard_rows)}
+        if not self.is_zarr:
+            return {k: (n, n) for k, n in total.items()}
+        return {k: (len(done_shards(self.path, k)), n) for k, n in total.items()}  # type: ignore[arg-type]
+
+    def require_complete(self) -> None:
+        """Refuse a store whose extraction has not finished (its pending rows would read as zeros)."""
+        left = {k: (d, n) for k, (d, n) in self.shards_done().items() if d < n}
+        if left:
+            what = ", ".join(f"{k} {d}/{n} shards done" for k, (d, n) in left.items())
+            raise CacheError(f"{self.path} is unfinished ({what}): its extraction was stopped before the end. "
+                             f"Finish it with `{resume_command(self.attrs, self.path)}` (it resumes where it stopped).")
+
+    def _check_chunks(self, arr: Any, lo: int, hi: int) -> None:
+        """Refuse to read rows lo..hi of `arr` if a chunk file they live in is absent (Zarr would give zeros)."""
+        if not self.is_zarr or not self.attrs.get(COMPLETE_CHUNKS) or not arr.path.startswith(("images/", "texts/")):
+            return
+        step = self.layout.shard_rows
+        for s in range(lo // step, (hi - 1) // step + 1 if hi > lo else lo // step):
+            if (arr.path, s) in self._present:
+                continue
+            f = chunk_file(self.path, arr.path, arr.shape, s)
+            if f is not None and not f.is_file():
+                kind = arr.path.split("/")[0]
+                done = s in done_shards(self.path, kind)  # type: ignore[arg-type]
+                why = "is marked done but its chunk file is gone" if done else "has not been extracted yet"
+                raise CacheError(f"{self.path}: {kind} shard {s} {why} ({f.relative_to(self.path)} is missing). "
+                                 f"Rewrite it with `{resume_command(self.attrs, self.path)}`"
+                                 + (" (resume verifies every done shard and rewrites the damaged ones)." if done else "."))
+            self._present.add((arr.path, s))
+
+    def column(self, name: str) -> np.ndarray:
+        """A whole row array by path (`texts/strings`), its chunk files checked first."""
+        arr = self.root[name]
+        self._check_chunks(arr, 0, arr.shape[0])
+        return arr[:]
 
     # ---- identity ------------------------------------------------------------------------
     @property
@@ -63,11 +111,11 @@ class CacheReader:
     # ---- keys and status -----------------------------------------------------------------
     @cached_property
     def image_keys(self) -> np.ndarray:
-        return self.root["images/keys"][:]
+        return self.column("images/keys")
 
     @cached_property
     def text_keys(self) -> np.ndarray:
-        return self.root["texts/keys"][:]
+        return self.column("texts/keys")
 
     @cached_property
     def _index(self) -> dict[str, dict[str, int]]:
@@ -82,10 +130,10 @@ class CacheReader:
         try:
             return np.fromiter((index[k] for k in keys), dtype=np.int64)
         except KeyError as e:
-            raise KeyError(f"{kind} key {e.args[0]!r} is not in the cache {self.path}") from None
+            raise NotFoundError(f"{kind} key {e.args[0]!r} is not in the cache {self.path}") from None
 
     def status(self, kind: Kind) -> np.ndarray:
-        return self.root[f"{kind}/status"][:]
+        return self.column(f"{kind}/status")
 
     def ok(self, kind: Kind) -> np.ndarray:
         return self.status(kind) == OK
@@ -96,8 +144,8 @@ class CacheReader:
         bad = np.flatnonzero(st == FAILED)
         if not len(bad):
             return []
-        err = self.root[f"{kind}/error"][:]
-        origin = self.root["images/origin" if kind == "images" else "texts/strings"][:]
+        err = self.column(f"{kind}/error")
+        origin = self.column("images/origin" if kind == "images" else "texts/strings")
         return [(int(i), str(origin[i]), str(err[i])) for i in bad]
 
     @cached_property
@@ -115,7 +163,7 @@ class CacheReader:
         if name not in self._arrays:  # opening a Zarr array reads its metadata (~1 ms): once per reader
             if name not in self.root:
                 have = self.layout.layers if kind == "images" else self.layout.layers_text
-                raise KeyError(f"{name} is not in {self.path} ({kind} layers extracted: {have}); re-extract with --layers")
+                raise NotFoundError(f"{name} is not in {self.path} ({kind} layers extracted: {have}); re-extract with --layers")
             self._arrays[name] = self.root[name]
         return self._arrays[name]
 
@@ -145,6 +193,8 @@ class CacheReader:
         if arr.path not in self._whole:
             size = int(np.prod(arr.shape)) * arr.dtype.itemsize
             fits = self._whole_bytes + size <= self.resident_bytes
+            if fits:
+                self._check_chunks(arr, 0, arr.shape[0])
             self._whole[arr.path] = arr[...] if fits else None
             self._whole_bytes += size if fits else 0
         return self._whole[arr.path]
@@ -154,6 +204,7 @@ class CacheReader:
         hit = self._lru.pop(key, None)
         if hit is None:
             step = self.layout.shard_rows
+            self._check_chunks(arr, s * step, min(arr.shape[0], (s + 1) * step))
             hit = arr[s * step:min(arr.shape[0], (s + 1) * step)]
             self._lru_bytes += hit.nbytes
             while self._lru and self._lru_bytes > self.cache_bytes:
@@ -177,6 +228,8 @@ class CacheReader:
         for g in range(0, len(order), buffer_shards):
             group = order[g:g + buffer_shards]
             rows = np.concatenate([np.arange(s * step, min(n, (s + 1) * step)) for s in group])
+            for s in group:
+                self._check_chunks(arr, s * step, min(n, (s + 1) * step))
             vals = np.concatenate([arr[s * step:min(n, (s + 1) * step)] for s in group])
             perm = rng.permutation(len(rows)) if shuffle else np.arange(len(rows))
             for b in range(0, len(perm), batch_size):

@@ -16,18 +16,22 @@ Layout (N images, M texts, E joint width, P patches, K prefix tokens, W tower wi
     texts/layers/<l>/tokens
     proj/{image,text,text_bias}  linear token -> joint maps, where the tower has them
     items/<column>   (n_items,) str, the source's items referencing rows by key
-    .done/{images,texts}/<shard>  marker files: a shard is done only after its data is durable
+    .done/{images,texts}/<shard>  marker files: a shard is done only after its data is durable;
+                               each lists its chunk files with their size and sha256 (`verify_shard`)
 
 A shard is a block of `shard_rows` consecutive rows, stored as one Zarr shard per array and
 written by exactly one writer (Zarr loses data when two writers touch one shard).
+
+Every chunk is written, even one equal to the fill value (`write_empty_chunks`): Zarr reads an absent
+chunk as its fill value, so only a store where absence never means "zeros" can tell a deleted chunk
+file from a zero one. Readers refuse an absent chunk (`chunk_file`, `reader.CacheReader`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -35,9 +39,11 @@ from typing import Any, Literal
 import numpy as np
 import zarr
 
-from ..core import CompalignError
+from ..core import CompalignError, atomic_write, fsync_tree
 
 SCHEMA = "compalign.cache/1"
+COMPLETE_CHUNKS = "complete_chunks"  # root attr: every chunk of a written shard exists (absent = damaged)
+EVERY_CHUNK = {"write_empty_chunks": True}
 PENDING, OK, FAILED = 0, 1, 2
 Kind = Literal["images", "texts"]
 
@@ -71,10 +77,11 @@ def _array(g: zarr.Group, name: str, shape: tuple[int, ...], dtype: Any, lay: La
     if big:  # token arrays: small inner chunks inside one shard per writer
         chunk = math.gcd(rows, lay.chunk_rows)  # inner chunks must tile the shard exactly
         rest = tuple(max(1, d) for d in shape[1:])  # towers without a class token have K = 0 prefix rows
-        g.create_array(name, shape=shape, dtype=dtype, chunks=(chunk, *rest), shards=(rows, *rest), fill_value=0)
+        g.create_array(name, shape=shape, dtype=dtype, chunks=(chunk, *rest), shards=(rows, *rest), fill_value=0,
+                       config=EVERY_CHUNK)
     else:
         fill = "" if dtype is str else 0
-        g.create_array(name, shape=shape, dtype=dtype, chunks=(rows, *shape[1:]), fill_value=fill)
+        g.create_array(name, shape=shape, dtype=dtype, chunks=(rows, *shape[1:]), fill_value=fill, config=EVERY_CHUNK)
 
 
 def create_store(path: Path, lay: Layout, attrs: dict[str, Any], items: dict[str, list[str]],
@@ -82,7 +89,7 @@ def create_store(path: Path, lay: Layout, attrs: dict[str, Any], items: dict[str
                  projections: dict[str, np.ndarray]) -> zarr.Group:
     """Preallocate every array; key/string columns and items are written now, features later by shard."""
     root = zarr.open_group(str(path), mode="w")
-    root.attrs.update({"schema": SCHEMA, **attrs, "layout": lay.__dict__})
+    root.attrs.update({"schema": SCHEMA, **attrs, "layout": lay.__dict__, COMPLETE_CHUNKS: True})
     N, M = lay.n_images, lay.n_texts
     im, tx = root.create_group("images"), root.create_group("texts")
     for g, n, keys, extra_name, extra in ((im, N, image_keys, "origin", image_origins), (tx, M, text_keys, "strings", texts)):
@@ -106,16 +113,17 @@ def create_store(path: Path, lay: Layout, attrs: dict[str, Any], items: dict[str
         _array(gt, "tokens", (M, lay.text_len, lay.text_width), "float16", lay, big=True)
     pg = root.create_group("proj")
     for name, mat in projections.items():
-        pg.create_array(name, data=np.asarray(mat, dtype="float32"))
+        pg.create_array(name, data=np.asarray(mat, dtype="float32"), config=EVERY_CHUNK)
     ig = root.create_group("items")
     n_items = len(next(iter(items.values()))) if items else 0
     for col, values in items.items():
-        a = ig.create_array(col, shape=(n_items,), dtype=str, chunks=(max(1, n_items),), fill_value="")
+        a = ig.create_array(col, shape=(n_items,), dtype=str, chunks=(max(1, n_items),), fill_value="",
+                            config=EVERY_CHUNK)
         if n_items:
             a[:] = np.asarray(values, dtype=str)
     for kind in ("images", "texts"):
         (path / ".done" / kind).mkdir(parents=True, exist_ok=True)
-    _fsync_tree(path)
+    fsync_tree(path)
     return root
 
 
@@ -128,55 +136,100 @@ def done_shards(path: Path, kind: Kind) -> set[int]:
     return {int(p.name) for p in folder.iterdir() if p.name.isdigit()} if folder.exists() else set()
 
 
+def chunk_file(path: Path, array: str, shape: tuple[int, ...], shard: int) -> Path | None:
+    """The file holding shard `shard` of a row array (None: an array with a zero dimension stores none)."""
+    if 0 in shape:
+        return None
+    return path.joinpath(array, "c", str(shard), *["0"] * (len(shape) - 1))
+
+
+def _digest(p: Path) -> str:
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _shard_files(path: Path, kind: Kind, names: list[str], shard: int) -> dict[str, list[Any]]:
+    """{relative path: [bytes, sha256]} of every chunk file of `shard` in the named arrays."""
+    out: dict[str, list[Any]] = {}
+    for name in names:
+        top = path / kind / name / "c" / str(shard)
+        files = [top] if top.is_file() else sorted(f for f in top.rglob("*") if f.is_file()) if top.exists() else []
+        for f in files:
+            out[str(f.relative_to(path))] = [f.stat().st_size, _digest(f)]
+    return out
+
+
 def write_shard(root: zarr.Group, path: Path, kind: Kind, shard: int, lo: int, arrays: dict[str, np.ndarray],
                 opened: dict[str, zarr.Array] | None = None) -> None:
     """Write one whole shard (rows lo..lo+n of every named array), make it durable, then mark it done.
 
     `opened` keeps the Zarr arrays between calls: opening one reads its metadata, which cost a third of a
-    text shard's write time (7 arrays of 256 rows: 69 -> 48 ms here).
+    text shard's write time (7 arrays of 256 rows: 69 -> 48 ms here). The marker lists the shard's files
+    with their checksums, so a later `verify_shard` can tell a damaged shard from a good one.
     """
     opened = {} if opened is None else opened
     for name, data in arrays.items():
         key = f"{kind}/{name}"
         if key not in opened:
-            opened[key] = root[key]
+            with zarr.config.set({"array.write_empty_chunks": True}):  # Zarr takes it when the array opens
+                opened[key] = root[key]
         opened[key][lo:lo + len(data)] = data
     for name in arrays:  # durability before the marker: a crash after this line cannot lose the shard
-        _fsync_tree(path / kind / name / "c" / str(shard))
+        fsync_tree(path / kind / name / "c" / str(shard))
+    files = _shard_files(path, kind, sorted(arrays), shard)
     marker = path / ".done" / kind / f"{shard:06d}"
-    _atomic_write(marker, json.dumps({"rows": [lo, lo + len(next(iter(arrays.values())))]}))
+    atomic_write(marker, json.dumps({"rows": [lo, lo + len(next(iter(arrays.values())))], "files": files}))
 
 
-def _atomic_write(target: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, target)
-    dfd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+def verify_shard(path: Path, kind: Kind, shard: int, checksums: bool = True) -> list[str]:
+    """What is wrong with a done shard's files ([] when it is intact); sizes only when `checksums` is off."""
+    marker = path / ".done" / kind / f"{shard:06d}"
+    files = json.loads(marker.read_text()).get("files")
+    if files is None:
+        return []  # a marker written before checksums existed: nothing to compare against
+    problems = []
+    for rel, (size, digest) in sorted(files.items()):
+        f = path / rel
+        if not f.is_file():
+            problems.append(f"{rel} is missing")
+        elif f.stat().st_size != size:
+            problems.append(f"{rel} has {f.stat().st_size} bytes, {size} were written")
+        elif checksums and _digest(f) != digest:
+            problems.append(f"{rel} does not match its checksum")
+    return problems
 
 
-def _fsync_tree(p: Path) -> None:
-    if p.is_file():
-        with open(p, "rb") as f:
-            os.fsync(f.fileno())
-        return
-    if not p.exists():
-        return
-    for dirpath, _, files in os.walk(p):
-        for name in files:
-            with open(os.path.join(dirpath, name), "rb") as f:
-                os.fsync(f.fileno())
+def damaged_shards(path: Path, checksums: bool = True) -> dict[tuple[str, int], list[str]]:
+    """{(kind, shard): problems} over every done shard of a store."""
+    out = {}
+    for kind in ("images", "texts"):
+        for s in sorted(done_shards(path, kind)):  # type: ignore[arg-type]
+            if problems := verify_shard(path, kind, s, checksums):  # type: ignore[arg-type]
+                out[kind, s] = problems
+    return out
+
+
+def resume_command(attrs: dict[str, Any], out: Path | str) -> str:
+    """The `compalign extract` command that finishes (or re-checks) the store `out`, from its own attrs."""
+    b, src, ext = attrs["backbone"], attrs["source"], attrs["extraction"]
+    cmd = f"compalign extract --model {b['name']} --data {src['kind']} --root {src['root']} --out {out}"
+    if b.get("pretrained") and b["name"] == b["model_name"]:
+        cmd += f" --pretrained {b['pretrained']}"
+    layers = [l for l in ext["layers"] if l != -1]
+    extra = {"--batch-size": (ext["batch_size"], 64), "--shard-rows": (ext["shard_rows"], 256),
+             "--precision": (ext["precision"], "fp32"), "--layers": (",".join(map(str, layers)), "")}
+    return cmd + "".join(f" {flag} {v}" for flag, (v, default) in extra.items() if v != default)
 
 
 def open_store(path: Path, mode: Literal["r", "r+"] = "r") -> zarr.Group:
     if not (path / "zarr.json").exists():
-        raise CacheError(f"{path} is not a compalign cache (no zarr.json). Create one with `compalign extract ... --out {path}`.")
+        what = "does not exist" if not path.exists() else "is not a compalign cache (no zarr.json)"
+        raise CacheError(f"{path} {what}. Create one with "
+                         f"`compalign extract --model MODEL --data KIND --root DATA --out {path}`, "
+                         "or pass the folder an earlier extraction wrote.")
     root = zarr.open_group(str(path), mode=mode)
     schema = root.attrs.get("schema")
     if schema != SCHEMA:

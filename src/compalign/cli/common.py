@@ -3,12 +3,31 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape as rich_escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
 console = Console(stderr=True)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Print a CompalignError (bad input, damaged artifact, wrong flag) as one message, exit 2.
+
+    Only that base is caught: any other exception is a bug in compalign and keeps its traceback.
+    """
+    from ..core import CompalignError
+
+    try:
+        yield
+    except CompalignError as e:
+        console.print("[red]error:[/red] " + rich_escape(str(e)), highlight=False)  # paths may hold [brackets]
+        raise typer.Exit(2) from None
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -11,9 +11,10 @@ import typer
 from rich.table import Table
 
 from ..cache.reader import CacheReader
+from ..core import InputError
 from ..evaluate.benchmarks import create_benchmark, list_benchmarks
 from ..heads import create_head, describe_head, list_heads, load_head
-from .common import console, setup_logging
+from .common import console, setup_logging, user_errors
 
 app = typer.Typer(help="Train and score alignment heads from a feature cache alone.", no_args_is_help=True)
 
@@ -54,26 +55,32 @@ def _options(pairs: list[str], what: str) -> dict[str, Any]:
 @app.command()
 def score(
     bench: str = typer.Option(..., help=f"benchmark: {', '.join(list_benchmarks())}"),
-    cache: Path = typer.Option(..., exists=True, file_okay=False, help="the cache to score from"),
+    cache: Path = typer.Option(..., exists=True, help="the cache to score from (Zarr store or `cache export` .h5)"),
     head: str | None = typer.Option(None, help="a registered head (default: global)"),
     checkpoint: Path | None = typer.Option(None, exists=True, file_okay=False, help="a RUN_DIR written by `train`"),
+    untrained: bool = typer.Option(False, "--untrained", help="score a trainable head at its random initialisation"),
     json_out: Path | None = typer.Option(None, "--json", help="write metrics and per-item outcomes here"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Score HEAD (or the trained head in CHECKPOINT) on BENCH from CACHE and print the table."""
     setup_logging(verbose)
-    try:
+    with user_errors():
         if checkpoint is not None:
             h = load_head(checkpoint)
             if head is not None and head != h.name:
-                raise ValueError(f"--head {head} disagrees with the checkpoint's head {h.name!r}; pass one of them")
+                raise InputError(f"--head {head} disagrees with the checkpoint's head {h.name!r}; pass one of them")
         else:
             h = create_head(head or "global")
+            if h.trainable and not untrained:
+                raise InputError(f"head {h.name!r} is trainable and no --checkpoint was given: its weights would be random. "
+                                 f"Train it (`compalign-heads train {h.name} --cache {cache} --out RUN_DIR`) and pass "
+                                 "--checkpoint RUN_DIR, or pass --untrained to score the random initialisation on purpose.")
         reader = CacheReader(cache)
         result = create_benchmark(bench).evaluate(reader, h)
-    except (KeyError, ValueError, RuntimeError) as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from None
+        c = result.counts
+        if c.get("items") and c.get("invalid", 0) == c["items"]:
+            raise InputError(f"all {c['items']} items of {cache} use a failed image or caption: nothing to score. "
+                             f"See why with `compalign cache info {cache}`.")
     table = Table(title=f"{bench} · head={result.head} · backbone={result.backbone}")
     table.add_column("metric")
     table.add_column("%", justify="right")
@@ -82,6 +89,8 @@ def score(
     print_table(table)
     c = result.counts
     print(f"{c.get('items', 0)} items, {c.get('invalid', 0)} left out (failed image or caption)")
+    for note in result.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result.to_json(), indent=1))
@@ -91,7 +100,7 @@ def score(
 @app.command()
 def train(
     head: str = typer.Argument(..., help="a trainable registered head (tflocal, global_mlp, their variants)"),
-    cache: Path = typer.Option(..., exists=True, file_okay=False, help="a cache of (image, caption, negatives) items"),
+    cache: Path = typer.Option(..., exists=True, help="a cache of (image, caption, negatives) items (Zarr or .h5)"),
     out: Path = typer.Option(..., help="RUN_DIR: best head, resume state, log"),
     steps: int = typer.Option(1500, help="optimisation steps at most (early stopping may end sooner)"),
     batch_size: int = typer.Option(64, help="distinct images per step"),
@@ -116,16 +125,13 @@ def train(
     from ..heads.train import TrainConfig, train_head
     from .common import progress_bar
 
-    try:
+    with user_errors():
         cfg = TrainConfig(steps=steps, batch_size=batch_size, losses=parse_losses(loss), n_hard=n_hard,
                           hard_kinds=tuple(k for k in hard_kinds.split(",") if k), lr=lr, val_fraction=val_fraction,
                           eval_every=eval_every, patience=patience, seed=seed, device=device, amp=amp)
         if train_set:
             cfg = TrainConfig.from_dict({**cfg.to_dict(), **_options(train_set, "--train-set")})
         head_cfg = _options(set_, "--set")
-    except (KeyError, ValueError, TypeError) as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from None
 
     with progress_bar() as bar:
         task = bar.add_task(f"train {head}", total=steps, rate="")
@@ -139,11 +145,8 @@ def train(
             bar.update(task, completed=e["step"], rate=f"loss {e['loss']:.3f} · acc {e['acc']:.1f} · "
                                                         f"{e['pairs_s']:.0f} pairs/s · {shown['val']}")
 
-        try:
+        with user_errors():
             res = train_head(head, cache, out, cfg, head_config=head_cfg, progress=progress, resume=resume)
-        except (KeyError, ValueError, RuntimeError) as e:
-            console.print(f"[red]error:[/red] {e}")
-            raise typer.Exit(2) from None
     how = "stopped early" if res.stopped_early else "done"
     console.print(f"{how} after {res.steps} steps in {res.seconds:.0f}s; kept step {res.best_step}: "
                   + ", ".join(f"{k} {v:.1f}" for k, v in res.best.items() if isinstance(v, float)))

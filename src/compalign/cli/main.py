@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .common import StageProgress, console, progress_bar, setup_logging
+from .common import StageProgress, console, progress_bar, setup_logging, user_errors
 
 app = typer.Typer(help="compalign: encode images and captions once, then align and score from the cache.",
                   no_args_is_help=True)
@@ -49,24 +49,20 @@ def extract(
 ) -> None:
     """Encode every unique image and caption of a data source once and store their embeddings."""
     setup_logging(verbose)
-    from ..cache.store import CacheError
-    from ..extract.backbones import BackboneError
     from ..extract.runner import ExtractConfig
     from ..extract.runner import extract as run
-    from ..extract.sources import SourceError
 
-    if device not in ("auto", "cpu", "cuda") or precision not in ("fp32", "bf16", "fp16"):
-        raise typer.BadParameter("--device is auto|cpu|cuda and --precision is fp32|bf16|fp16")
-    cfg = ExtractConfig(model=model, data=data, root=str(root), out=str(out), pretrained=pretrained,
-                        batch_size=batch_size, device=device, workers=workers, precision=precision,  # type: ignore[arg-type]
-                        layers=_layers(layers), shard_rows=shard_rows, overwrite=overwrite)
-    try:
+    with user_errors():
+        cfg = ExtractConfig(model=model, data=data, root=str(root), out=str(out), pretrained=pretrained,
+                            batch_size=batch_size, device=device, workers=workers, precision=precision,  # type: ignore[arg-type]
+                            layers=_layers(layers), shard_rows=shard_rows, overwrite=overwrite)
         with progress_bar() as bar:
             summary = run(cfg, StageProgress(bar))
-    except (SourceError, BackboneError, CacheError, ValueError) as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from None
     out_console = Console()
+    if summary.replaced:
+        out_console.print(summary.replaced)
+    for note in summary.repaired:
+        out_console.print(f"  [yellow]repaired[/yellow] {note}")
     verb = "resumed" if summary.shards_skipped else "wrote"
     out_console.print(f"[bold]{verb}[/bold] {summary.out}: {summary.images} images, {summary.texts} captions, "
                       f"{summary.items} items in {summary.seconds:.1f}s "
@@ -78,25 +74,29 @@ def extract(
         out_console.print(f"  [yellow]caption failed[/yellow] {text!r}: {reason}")
     for p in summary.problems[:20]:
         out_console.print(f"  [yellow]skipped[/yellow] {p}")
-    more = len(summary.image_failures) + len(summary.text_failures) + len(summary.problems) - 60
+    shown = sum(min(20, len(x)) for x in (summary.image_failures, summary.text_failures, summary.problems))
+    more = len(summary.image_failures) + len(summary.text_failures) + len(summary.problems) - shown
     if more > 0:
         out_console.print(f"  … and {more} more: `compalign cache info {summary.out}`")
+    if summary.images and not summary.images_ok:
+        console.print(f"[red]error:[/red] every one of the {summary.images} images failed (reasons above); "
+                      "the store holds no image features. Fix --root or the annotation paths and run again.")
+        raise typer.Exit(1)
 
 
 @cache_app.command("info")
-def info(store: Path = typer.Argument(..., help="a compalign cache"),
-         json_out: bool = typer.Option(False, "--json", help="print JSON instead of tables")) -> None:
+def info(store: Path = typer.Argument(..., help="a compalign cache (Zarr folder or .h5 export)"),
+         json_out: bool = typer.Option(False, "--json", help="print JSON instead of tables"),
+         verify: bool = typer.Option(False, "--verify", help="check every done shard's files against their checksums")) -> None:
     """Backbone, counts, shapes, dtypes, bytes on disk and the failures of a cache."""
     from ..cache.info import cache_info
-    from ..cache.store import CacheError
 
-    try:
-        d = cache_info(store)
-    except CacheError as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from None
+    with user_errors():
+        d = cache_info(store, verify=verify)
     if json_out:
         print(json.dumps(d, indent=1))
+        if d.get("damaged"):
+            raise typer.Exit(1)
         return
     out = Console()
     b, c = d["backbone"], d["counts"]
@@ -116,6 +116,13 @@ def info(store: Path = typer.Argument(..., help="a compalign cache"),
             out.print(f"[yellow]{kind[:-1]} row {row} failed[/yellow]: {reason}")
     for p in d["problems"]:
         out.print(f"[yellow]skipped[/yellow] {p}")
+    if verify:
+        for where, problems in d["damaged"].items():
+            out.print(f"[red]damaged[/red] {where}: {'; '.join(problems)}")
+        if d["damaged"]:
+            out.print(f"rewrite the damaged shards with `{d['resume']}` (resume verifies and redoes them)")
+            raise typer.Exit(1)
+        out.print(f"verified: every done shard matches its checksums ({c['image_shards_done'] + c['text_shards_done']} shards)")
 
 
 from .demo import demo  # noqa: E402
@@ -128,13 +135,9 @@ def export(store: Path = typer.Argument(..., help="a compalign Zarr cache"),
            out: Path = typer.Argument(..., help="the HDF5 file to write (.h5)")) -> None:
     """Copy a cache into one HDF5 file; every compalign reader (scoring, training) accepts it."""
     from ..cache.export import export_hdf5
-    from ..cache.store import CacheError
 
-    try:
+    with user_errors():
         path = export_hdf5(store, out)
-    except CacheError as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from None
     Console().print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
 
 

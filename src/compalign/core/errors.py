@@ -13,3 +13,10 @@ class CompalignError(Exception):
 
 class InputError(CompalignError, ValueError):
     """A flag or option value that cannot work (a batch size of 0, a device that is not there)."""
+
+
+class NotFoundError(CompalignError, KeyError):
+    """An unknown registry name or a key the cache does not hold (a KeyError that prints without quotes)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

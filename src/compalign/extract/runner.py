@@ -24,10 +24,24 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .. import __version__
-from ..cache.store import FAILED, OK, CacheError, Layout, create_store, done_shards, n_shards, open_store, write_shard
+from ..cache.store import (
+    FAILED,
+    OK,
+    CacheError,
+    Layout,
+    create_store,
+    damaged_shards,
+    done_shards,
+    n_shards,
+    open_store,
+    write_shard,
+)
+from ..core import InputError
+from ..core.device import resolve_device
 from .backbones import Backbone, load_backbone
 from .decode import DecodeError, decode_image
 from .sources import ImageRef, Plan, plan_source, text_key
+from .target import check_target, is_store, remove_store, writer_lock
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]  # (stage, rows done, rows total)
@@ -54,8 +68,12 @@ class ExtractConfig:
         if -1 not in self.layers:
             self.layers = [-1, *self.layers]
         self.layers = sorted(set(self.layers), key=lambda x: (x != -1, -x))
-        if self.batch_size < 1 or self.shard_rows < 1:
-            raise ValueError("batch_size and shard_rows must be positive")
+        for flag, value, least in (("--batch-size", self.batch_size, 1), ("--shard-rows", self.shard_rows, 1),
+                                   ("--workers", self.workers, 0), ("chunk_rows", self.chunk_rows, 1)):
+            if value < least:
+                raise InputError(f"{flag} must be at least {least} (got {value})")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise InputError(f"--precision is fp32, bf16 or fp16 (got {self.precision!r})")
 
 
 @dataclass
@@ -71,22 +89,20 @@ class ExtractSummary:
     shards_skipped: int
     seconds: float
     bytes_on_disk: int
+    replaced: str | None = None  # what --overwrite removed
+    repaired: list[str] = field(default_factory=list)  # done shards that failed verification and were rewritten
 
-
-def _device(d: str) -> str:
-    if d == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if d.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but no CUDA device is visible; use --device cpu")
-    return d
+    @property
+    def images_ok(self) -> int:
+        return self.images - len(self.image_failures)
 
 
 def _autocast(device: str, precision: str):
     if precision == "fp32":
         return nullcontext()
     if precision == "fp16" and device == "cpu":
-        raise ValueError("fp16 autocast is not supported on CPU; use --precision bf16 or fp32")
-    return torch.autocast(device_type=device, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+        raise InputError("fp16 autocast is not supported on CPU; use --precision bf16 or fp32")
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 class _ImageRows(Dataset):
@@ -166,7 +182,7 @@ def _tower_layers(cfg: ExtractConfig, bb: Backbone) -> tuple[list[int], list[int
     img, txt = _fits(cfg.layers, bb.image_depth), _fits(cfg.layers, bb.text_depth)
     missing = [l for l in cfg.layers if l not in img and l not in txt]
     if missing:
-        raise ValueError(f"--layers {missing} exceed both towers (image {bb.image_depth} blocks, text {bb.text_depth})")
+        raise InputError(f"--layers {missing} exceed both towers (image {bb.image_depth} blocks, text {bb.text_depth})")
     for l in cfg.layers:
         if l not in img or l not in txt:
             log.warning("layer %d is kept for the %s tower only", l, "image" if l in img else "text")
@@ -179,33 +195,60 @@ def _settings(cfg: ExtractConfig, text_len: int) -> dict[str, Any]:
             "shard_rows": cfg.shard_rows, "chunk_rows": cfg.chunk_rows, "text_len": text_len}
 
 
+def _diff(have: Any, want: Any, at: str = "") -> str:
+    """The first field where two attr dicts differ, as `field: stored vs now`."""
+    if isinstance(have, dict) and isinstance(want, dict):
+        for k in sorted(set(have) | set(want)):
+            if json.dumps(have.get(k)) != json.dumps(want.get(k)):
+                return _diff(have.get(k), want.get(k), f"{at}{k}.")
+    return f"{at.rstrip('.')} is {have!r} in the store, {want!r} now"
+
+
+def _drop_damaged(out: Path) -> list[str]:
+    """Verify every done shard against its marker's checksums; a damaged one loses its marker and is redone."""
+    notes = []
+    for (kind, s), problems in damaged_shards(out).items():
+        (out / ".done" / kind / f"{s:06d}").unlink()
+        notes.append(f"{kind} shard {s} was damaged ({'; '.join(problems)}): rewritten")
+        log.warning("%s", notes[-1])
+    return notes
+
+
 def _open_or_create(cfg: ExtractConfig, bb: Backbone, plan: Plan, order: np.ndarray,
-                    text_len: int, device: str) -> tuple[Any, bool]:
+                    text_len: int, device: str) -> tuple[Any, list[str]]:
     out = Path(cfg.out)
     attrs = {
         "compalign_version": __version__,
         "backbone": bb.meta,
         "extraction": _settings(cfg, text_len),
         "source": {"kind": plan.kind, "root": plan.root, "fingerprint": plan.fingerprint,
-                   "problems": plan.problems, "n_items": len(next(iter(plan.items.values()), []))},
+                   "problems": plan.problems, "notes": getattr(plan, "notes", []), "n_items": len(next(iter(plan.items.values()), []))},
     }
-    if out.exists() and not cfg.overwrite:
+    notes: list[str] = []
+    if is_store(out) and not cfg.overwrite:
         root = open_store(out, "r+")
         have = dict(root.attrs)
-        for k in ("backbone", "extraction"):
-            if json.loads(json.dumps(have.get(k))) != json.loads(json.dumps(attrs[k])):
-                raise CacheError(f"{out} was extracted with a different {k} ({have.get(k)} vs {attrs[k]}); "
-                                 "pass --overwrite to start again, or --out a new store")
+        same = lambda k: json.loads(json.dumps(have.get(k))) == json.loads(json.dumps(attrs[k]))  # noqa: E731
+        differs = [k for k in ("backbone", "extraction") if not same(k)]
         if have["source"]["fingerprint"] != plan.fingerprint:
-            raise CacheError(f"{out} holds another version of the data (source fingerprint "
-                             f"{have['source']['fingerprint']} vs {plan.fingerprint}); pass --overwrite or a new --out")
-        # A run killed mid-write leaves zarr's temporary '*.partial' chunk files behind; the chunk they
-        # were meant to become is rewritten by this run, so they are garbage (one writer per store).
-        for stale in out.rglob("*.partial"):
-            stale.unlink()
-        return root, True
-    if out.exists():
-        shutil.rmtree(out)
+            differs.append("source")
+        if differs and not (done_shards(out, "images") or done_shards(out, "texts")):
+            # Nothing was extracted into it yet (a start that failed): replacing it loses nothing.
+            notes.append(remove_store(out) + ": it held no finished shard and was made with other settings")
+        elif differs:
+            k = differs[0]
+            what = (f"another version of the data (source fingerprint {have['source']['fingerprint']} vs {plan.fingerprint})"
+                    if k == "source" else f"a different {k}: " + _diff(have.get(k), attrs[k]))
+            raise CacheError(f"{out} holds {what}; pass --overwrite to start again, or --out a new store")
+        else:
+            # A run killed mid-write leaves zarr's temporary '*.partial' chunk files behind; the chunk they
+            # were meant to become is rewritten by this run, so they are garbage (one writer per store).
+            for stale in out.rglob("*.partial"):
+                stale.unlink()
+            notes += _drop_damaged(out)
+            return root, notes
+    elif is_store(out):
+        notes.append(remove_store(out))
     n_patches, n_prefix, width = _shape_probe(bb, cfg.layers, device)
     img_layers, txt_layers = _tower_layers(cfg, bb)
     lay = Layout(n_images=len(plan.images), n_texts=len(plan.texts), embed_dim=bb.meta["embed_dim"],
@@ -224,24 +267,34 @@ def _open_or_create(cfg: ExtractConfig, bb: Backbone, plan: Plan, order: np.ndar
     texts = [plan.texts[i] for i in order]
     create_store(tmp, lay, attrs, plan.items, [r.key for r in plan.images], [r.origin for r in plan.images],
                  [text_key(t) for t in texts], texts, proj)
-    tmp.rename(out)
-    return open_store(out, "r+"), False
+    tmp.rename(out)  # an empty folder at `out` is replaced by the rename
+    return open_store(out, "r+"), notes
 
 
 def extract(cfg: ExtractConfig, progress: Progress | None = None) -> ExtractSummary:
+    out = Path(cfg.out)
+    check_target(out, Path(cfg.root), cfg.overwrite)  # before loading anything: nothing is touched if refused
+    with writer_lock(out):
+        return _extract(cfg, out, progress)
+
+
+def _extract(cfg: ExtractConfig, out: Path, progress: Progress | None) -> ExtractSummary:
     t0 = time.perf_counter()
     plan = plan_source(cfg.data, cfg.root)
     for p in plan.problems:
         log.warning("%s", p)
-    device = _device(cfg.device)
+    device = str(resolve_device(cfg.device))
+    _autocast(device, cfg.precision)  # refuse an impossible precision before a store is made
     bb = load_backbone(cfg.model, cfg.pretrained, device=device, seed=cfg.seed)
     tok = bb.tokenize(plan.texts) if plan.texts else None
     lengths = tok.lengths.numpy() if tok is not None else np.zeros(0, dtype=np.int64)
     # Causal towers: sort captions by length so each batch is cut at its own longest caption.
     order = np.argsort(lengths, kind="stable") if bb.causal_text else np.arange(len(plan.texts))
     text_len = int(lengths.max(initial=1)) if bb.causal_text else bb.context_length
-    root, _ = _open_or_create(cfg, bb, plan, order, text_len, device)
-    out = Path(cfg.out)
+    try:
+        root, notes = _open_or_create(cfg, bb, plan, order, text_len, device)
+    except PermissionError as e:
+        raise CacheError(f"cannot write {e.filename}: permission denied. Pass an --out you can write.") from None
     writer = _Writer(root, out)
     written = skipped = 0
     try:
@@ -262,6 +315,8 @@ def extract(cfg: ExtractConfig, progress: Progress | None = None) -> ExtractSumm
         text_failures=[(o, e) for _, o, e in reader.failures("texts")],
         problems=plan.problems, shards_written=written, shards_skipped=skipped,
         seconds=time.perf_counter() - t0, bytes_on_disk=sum(f.stat().st_size for f in out.rglob("*") if f.is_file()),
+        replaced=next((n for n in notes if n.startswith("replaced")), None),
+        repaired=[n for n in notes if not n.startswith("replaced")],
     )
 
 
@@ -327,7 +382,7 @@ def _extract_images(cfg, bb, plan, out, writer, device, progress) -> tuple[int, 
     batches = [list(range(b, min(min(N, (s + 1) * R), b + cfg.batch_size)))
                for s in todo for b in range(s * R, min(N, (s + 1) * R), cfg.batch_size)]
     loader = DataLoader(_ImageRows(plan.images, bb.preprocess), batch_sampler=batches, collate_fn=_collate,
-                        num_workers=cfg.workers, pin_memory=device == "cuda",
+                        num_workers=cfg.workers, pin_memory=device.startswith("cuda"),
                         persistent_workers=False, prefetch_factor=4 if cfg.workers else None)
     lay = Layout(**dict(open_store(out).attrs)["layout"])
     shard: dict[str, Any] | None = None

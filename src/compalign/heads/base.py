@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from ..core import InputError, NotFoundError
+
 if TYPE_CHECKING:
     import torch
 
@@ -78,7 +80,7 @@ class Head:
         """Called before reading `reader`: build for it, or refuse it with a message naming the fix."""
         trained_on = getattr(self, "trained_on", None)  # set by checkpoint loading
         if trained_on and trained_on.get("backbone_id") != reader.backbone_id:
-            raise ValueError(
+            raise InputError(
                 f"head {self.label!r} was trained on caches of backbone {trained_on.get('backbone')!r} "
                 f"(id {trained_on.get('backbone_id')}); {reader.path} was extracted with backbone "
                 f"{reader.backbone.get('name')!r} (id {reader.backbone_id}). Score it on a cache of the same "
@@ -86,7 +88,7 @@ class Head:
         if any(f in TOKEN_FIELDS for f in (*self.needs_images, *self.needs_texts)):
             have = reader.attrs["extraction"]["layers"]
             if self.layer not in have:
-                raise ValueError(f"head {self.label!r} reads token layer {self.layer}, but {reader.path} has layers "
+                raise InputError(f"head {self.label!r} reads token layer {self.layer}, but {reader.path} has layers "
                                  f"{have}; re-extract with `--layers {','.join(map(str, sorted({*have, self.layer})))}`")
 
     @property
@@ -122,7 +124,7 @@ class Head:
 
     def load_state_tensors(self, tensors: dict[str, Any]) -> None:
         if tensors:
-            raise ValueError(f"head {self.name!r} has no tensors, got {sorted(tensors)[:5]}")
+            raise InputError(f"head {self.name!r} has no tensors, got {sorted(tensors)[:5]}")
 
 
 class TorchHead(Head):
@@ -153,7 +155,7 @@ class TorchHead(Head):
             return
         for k in ("image_width", "text_width", "embed_dim", "n_patches"):
             if getattr(spec, k) != getattr(self.spec, k):
-                raise ValueError(f"head {self.label!r} was built for {k}={getattr(self.spec, k)}, but {reader.path} has "
+                raise InputError(f"head {self.label!r} was built for {k}={getattr(self.spec, k)}, but {reader.path} has "
                                  f"{getattr(spec, k)} (backbone {spec.backbone!r}); train it on this cache")
 
     def _device(self) -> torch.device:
@@ -227,7 +229,7 @@ class TorchHead(Head):
     def load_state_tensors(self, tensors: dict[str, Any]) -> None:
         missing, unexpected = self.load_state_dict(tensors, strict=False)  # type: ignore[attr-defined]
         if missing or unexpected:
-            raise ValueError(f"checkpoint does not fit head {self.name!r}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+            raise InputError(f"checkpoint does not fit head {self.name!r}: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
 def config_of(cfg: Any) -> dict[str, Any]:
@@ -240,8 +242,19 @@ def make_config(cls: type, name: str, kwargs: dict[str, Any]) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(kwargs) - known)
     if unknown:
-        raise ValueError(f"head {name!r}: unknown option(s) {unknown}; known: {sorted(known)}")
+        raise InputError(f"head {name!r}: unknown option(s) {unknown}; known: {sorted(known)}")
+    for f in dataclasses.fields(cls):
+        if f.name in kwargs and not _fits_type(kwargs[f.name], f.type):
+            raise InputError(f"head {name!r}: option {f.name} must be {f.type}, got {kwargs[f.name]!r}")
     return cls(**kwargs)
+
+
+def _fits_type(value: Any, annotation: Any) -> bool:
+    """Scalar options are checked (a JSON `"width": "banana"` must not reach the arithmetic); others pass."""
+    want = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}.get(str(annotation))
+    if want is None:
+        return True
+    return isinstance(value, want) and (want == (bool,) or not isinstance(value, bool))
 
 
 def seed_from(name: str, cfg: dict[str, Any]) -> int:
@@ -268,7 +281,7 @@ def register_head(name: str, about: str = "", **defaults: Any) -> Callable[[type
 def register_variant(name: str, cls: type[Head], about: str, **defaults: Any) -> None:
     """A registry entry that is `cls` with other defaults (e.g. another token layer, a smaller width)."""
     if name in _HEADS:
-        raise ValueError(f"head {name!r} is already registered")
+        raise RuntimeError(f"head {name!r} is already registered")
 
     def factory(**kwargs: Any) -> Head:
         head = cls(**{**defaults, **kwargs})
@@ -289,5 +302,5 @@ def describe_head(name: str) -> str:
 
 def create_head(name: str, **kwargs: Any) -> Head:
     if name not in _HEADS:
-        raise KeyError(f"unknown head {name!r}; available: {', '.join(list_heads())}")
+        raise NotFoundError(f"unknown head {name!r}; available: {', '.join(list_heads())}")
     return _HEADS[name](**kwargs)

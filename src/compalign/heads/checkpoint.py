@@ -11,15 +11,15 @@ Files are written to a temporary name and renamed, so a crash never leaves a hal
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..core import CompalignError
+from ..core import CompalignError, InputError, atomic_write, atomic_write_with
 from .base import CacheSpec, Head, TorchHead, create_head, list_heads
 
 SCHEMA = "compalign.head/1"
@@ -31,18 +31,32 @@ class CheckpointError(CompalignError, ValueError):
     """A run directory that is missing, incomplete or from another schema; the message names the fix."""
 
 
-def _atomic(path: Path, write: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def write_json(path: Path, obj: dict[str, Any]) -> None:
-    _atomic(path, lambda p: p.write_text(json.dumps(obj, indent=1, sort_keys=True)))
+    atomic_write(path, json.dumps(obj, indent=1, sort_keys=True))
 
 
 def write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    _atomic(path, lambda p: save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(p)))
+    atomic_write_with(path, lambda p: save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(p)))
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A run directory's JSON file, or a CheckpointError naming it (never a bare JSONDecodeError)."""
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); the checkpoint is damaged: retrain the head, "
+                              "or restore the file from where it was copied") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint's JSON object; retrain the head")
+    return obj
+
+
+def read_tensors(path: Path, map_location: str = "cpu") -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path), device=map_location)
+    except SafetensorError as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e}); it is truncated or damaged: "
+                              "copy it again or retrain the head") from None
 
 
 def _versions() -> dict[str, str]:
@@ -75,7 +89,7 @@ def read_meta(run_dir: str | Path, name: str = "head") -> dict[str, Any]:
     path = run / f"{name}.json"
     if not path.is_file():
         raise CheckpointError(f"{run} has no {path.name}: pass the RUN_DIR that `compalign-heads train ... --out RUN_DIR` wrote")
-    meta = json.loads(path.read_text())
+    meta = read_json(path)
     if meta.get("schema") != SCHEMA:
         raise CheckpointError(f"{path} has schema {meta.get('schema')!r}, this compalign reads {SCHEMA!r}; retrain the head")
     if meta.get("head") not in list_heads():
@@ -88,8 +102,13 @@ def load_head(run_dir: str | Path, name: str = "head", map_location: str = "cpu"
     """Rebuild the head of `run_dir` exactly (same config, same tensors); never unpickles."""
     run = Path(run_dir)
     meta = read_meta(run, name)
-    head = create_head(meta["head"], **meta["head_config"])
-    tensors = load_file(str(run / f"{name}.safetensors"), device=map_location) if (run / f"{name}.safetensors").is_file() else {}
+    try:
+        head = create_head(meta["head"], **(meta.get("head_config") or {}))
+    except InputError as e:
+        raise CheckpointError(f"{run / (name + '.json')}: its head_config does not build a head ({e}); "
+                              "fix the file or retrain the head") from None
+    weights = run / f"{name}.safetensors"
+    tensors = read_tensors(weights, map_location) if weights.is_file() else {}
     if isinstance(head, TorchHead):
         if not meta.get("dims"):
             raise CheckpointError(f"{run / (name + '.json')} has no `dims`; the checkpoint is incomplete, retrain the head")
@@ -97,7 +116,11 @@ def load_head(run_dir: str | Path, name: str = "head", map_location: str = "cpu"
         dims = dict(meta["dims"])
         dims["layers"] = tuple(dims["layers"])
         head.build(CacheSpec(**dims, projections=proj))
-    head.load_state_tensors({k: v for k, v in tensors.items() if not k.startswith(_SPEC)})
+    try:
+        head.load_state_tensors({k: v for k, v in tensors.items() if not k.startswith(_SPEC)})
+    except InputError as e:
+        raise CheckpointError(f"{weights} does not fit {run / (name + '.json')} ({e}); the two files come from "
+                              "different runs: copy the run directory again, whole") from None
     head.trained_on = meta.get("trained_on")
     head._label = f"{meta['head']}@{run.name}"
     head.checkpoint = {"path": str(run), "train": meta.get("train"), "metrics": meta.get("metrics", {})}

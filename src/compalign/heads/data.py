@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..cache.reader import CacheReader
+from ..core import InputError
 from ..evaluate.scoring import gather_images, gather_texts
 from .base import Head
 
@@ -58,12 +59,12 @@ def load_pairs(reader: CacheReader, kinds: Sequence[str] = ()) -> Pairs:
     items = reader.items
     for col in ("image", "caption"):
         if col not in items:
-            raise ValueError(f"{reader.path} has no items column {col!r} (columns: {sorted(items)}); training needs "
+            raise InputError(f"{reader.path} has no items column {col!r} (columns: {sorted(items)}); training needs "
                              f"(image, caption[, negatives]) items: extract with `compalign extract --data pairs`")
     cols = negative_columns(items)
     unknown = sorted(set(kinds) - set(cols))
     if unknown:
-        raise ValueError(f"{reader.path} has no negatives of kind(s) {unknown}; it has {sorted(cols) or 'none'}")
+        raise InputError(f"{reader.path} has no negatives of kind(s) {unknown}; it has {sorted(cols) or 'none'}")
     use = {k: c for k, c in cols.items() if not kinds or k in kinds}
     img_ok, txt_ok = reader.ok("images"), reader.ok("texts")
     image = reader.rows("images", items["image"])
@@ -86,8 +87,11 @@ def split_by_image(pairs: Pairs, val_fraction: float, seed: int) -> tuple[Pairs,
     imgs = np.unique(pairs.image)
     rng = np.random.default_rng([seed, 0x5A1])
     n_val = int(round(val_fraction * len(imgs)))
+    if not len(imgs):
+        raise InputError("no item survived extraction (every item uses a failed image or caption): nothing to train on; "
+                         "see why with `compalign cache info CACHE`")
     if val_fraction > 0 and (n_val < 1 or n_val >= len(imgs)):
-        raise ValueError(f"val_fraction {val_fraction} of {len(imgs)} images leaves an empty split; change it")
+        raise InputError(f"val_fraction {val_fraction} of {len(imgs)} images leaves an empty split; change it")
     val_imgs = rng.permutation(imgs)[:n_val]
     is_val = np.isin(pairs.image, val_imgs)
     return pairs.take(np.flatnonzero(~is_val)), pairs.take(np.flatnonzero(is_val))
@@ -118,7 +122,7 @@ class Planner:
         order = np.argsort(inv, kind="stable")
         self.by_image = np.split(order, np.cumsum(np.bincount(inv, minlength=len(self.images)))[:-1])  # items of each image
         if len(self.images) < 2:
-            raise ValueError(f"training needs at least 2 distinct images, the training split has {len(self.images)}")
+            raise InputError(f"training needs at least 2 distinct images, the training split has {len(self.images)}")
         self.steps_per_epoch = max(1, len(self.images) // batch_size)  # the last partial batch is dropped
         self._epoch, self._plans = -1, []
 

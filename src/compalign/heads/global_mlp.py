@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core import InputError
 from .base import CacheSpec, TorchHead, config_of, make_config, register_head, register_variant, seed_from
 
 
@@ -51,7 +52,7 @@ class GlobalMLP(TorchHead, nn.Module):
         nn.Module.__init__(self)
         self.cfg = make_config(GlobalMLPConfig, "global_mlp", kwargs)
         if self.cfg.depth < 1:
-            raise ValueError("global_mlp: depth must be >= 1")
+            raise InputError("global_mlp: depth must be >= 1")
 
     def config(self) -> dict[str, Any]:
         return config_of(self.cfg)

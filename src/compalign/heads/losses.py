@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..core import InputError, NotFoundError
+
 
 @dataclass
 class Scores:
@@ -48,7 +50,7 @@ def list_losses() -> list[str]:
 
 def get_loss(name: str) -> tuple[LossFn, frozenset[str]]:
     if name not in _LOSSES:
-        raise KeyError(f"unknown loss {name!r}; available: {', '.join(list_losses())}")
+        raise NotFoundError(f"unknown loss {name!r}; available: {', '.join(list_losses())}")
     return _LOSSES[name]
 
 
@@ -92,5 +94,5 @@ def parse_losses(spec: str) -> dict[str, float]:
         get_loss(name.strip())
         out[name.strip()] = float(w) if w else 1.0
     if not out:
-        raise ValueError("no loss given; e.g. --loss infonce=1,hardneg=1")
+        raise InputError("no loss given; e.g. --loss infonce=1,hardneg=1")
     return out

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core import InputError
 from .base import CacheSpec, TorchHead, config_of, make_config, register_head, register_variant
 
 
@@ -64,7 +65,7 @@ class MaxSim(TorchHead, nn.Module):
     def build(self, spec: CacheSpec) -> None:
         if "image" not in spec.projections or "text" not in spec.projections:
             missing = [k for k in ("image", "text") if k not in spec.projections]
-            raise ValueError(
+            raise InputError(
                 f"maxsim needs the tower's linear token->joint projections, and the cache of backbone {spec.backbone!r} "
                 f"has none for {missing}: its pooling is an attention head (SigLIP2 MAP, PE), so its tokens are not in "
                 f"the joint space. Train a local head on this cache instead: `compalign-heads train tflocal --cache ...`")

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core import InputError
 from .base import CacheSpec, TorchHead, config_of, make_config, register_head, register_variant, seed_from
 from .maxsim import token_mask, trim
 
@@ -89,10 +90,10 @@ class TFLocal(TorchHead, nn.Module):
         nn.Module.__init__(self)
         self.cfg = c = make_config(TFLocalConfig, "tflocal", kwargs)
         if c.width % c.heads or c.width % c.cross_heads:
-            raise ValueError(f"tflocal: width {c.width} is not a multiple of heads {c.heads} and cross_heads {c.cross_heads}")
+            raise InputError(f"tflocal: width {c.width} is not a multiple of heads {c.heads} and cross_heads {c.cross_heads}")
         if (c.match not in ("attend", "max", "colocate") or c.pool not in ("mean", "learned")
                 or c.tokens not in ("raw", "projected")):
-            raise ValueError(f"tflocal: bad option in {c}")
+            raise InputError(f"tflocal: bad option in {c}")
         self.layer = c.layer
         self.needs_images = ("patches", "global")
 
@@ -106,7 +107,7 @@ class TFLocal(TorchHead, nn.Module):
         wi, wt = spec.image_width, spec.text_width
         if c.tokens == "projected":
             if "image" not in spec.projections or "text" not in spec.projections:
-                raise ValueError(f"tflocal tokens='projected' needs the tower's linear token->joint maps; backbone "
+                raise InputError(f"tflocal tokens='projected' needs the tower's linear token->joint maps; backbone "
                                  f"{spec.backbone!r} has none (attention pooling). Use tokens='raw'.")
             self.register_buffer("proj_image", torch.tensor(spec.projections["image"], dtype=torch.float32))
             self.register_buffer("proj_text", torch.tensor(spec.projections["text"], dtype=torch.float32))

@@ -31,11 +31,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from ..cache.reader import CacheReader
+from ..core import InputError
+from ..core.device import resolve_device
 from .base import Head, TorchHead, create_head, make_config
-from .checkpoint import save_head, write_json, write_tensors
+from .checkpoint import read_json, read_tensors, save_head, write_json, write_tensors
 from .data import Pairs, Planner, TrainBatch, gather_batch, load_pairs, prefetch, split_by_image, subset_images
 from .losses import Scores, get_loss
 
@@ -81,7 +82,7 @@ class TrainConfig:
         for name in self.losses:
             get_loss(name)
         if self.batch_size < 2 or self.steps < 1 or self.n_hard < 0 or not 0 <= self.val_fraction < 1:
-            raise ValueError(f"TrainConfig: need batch_size >= 2, steps >= 1, n_hard >= 0, 0 <= val_fraction < 1 ({self})")
+            raise InputError(f"TrainConfig: need batch_size >= 2, steps >= 1, n_hard >= 0, 0 <= val_fraction < 1 ({self})")
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -111,14 +112,6 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
         return cfg.lr * (step + 1) / cfg.warmup
     t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, t)))
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and "LOCAL_RANK" in os.environ and name == "cuda":
-        name = f"cuda:{os.environ['LOCAL_RANK']}"
-    return torch.device(name)
 
 
 def _to(batch: dict[str, np.ndarray], dev: torch.device) -> dict[str, torch.Tensor]:
@@ -217,23 +210,24 @@ def train_head(head: str | Head, cache: str | Path, out: str | Path, cfg: TrainC
     t0 = time.perf_counter()
     rank, world = _dist()
     reader = CacheReader(cache, cache_bytes=cfg.reader_cache_mb * 2**20, resident_bytes=cfg.reader_resident_mb * 2**20)
+    reader.require_complete()
     model = create_head(head, **(head_config or {})) if isinstance(head, str) else head
     if not isinstance(model, TorchHead) or not model.trainable:
-        raise ValueError(f"head {model.name!r} has nothing to train; trainable heads: "
+        raise InputError(f"head {model.name!r} has nothing to train; trainable heads: "
                          f"{', '.join(h for h in _trainable())}")
     model.attach(reader)  # builds the modules for this cache's widths (seeded by the head config)
     needs = frozenset().union(*(get_loss(n)[1] for n in cfg.losses))
     if "text_hard" in needs and not model.text_text:
-        raise ValueError(f"loss 'tgc' needs a text-text score, which head {model.name!r} does not have")
+        raise InputError(f"loss 'tgc' needs a text-text score, which head {model.name!r} does not have")
     if needs & {"hard", "text_hard"} and cfg.n_hard == 0:
-        raise ValueError(f"losses {sorted(cfg.losses)} need hard negatives; set n_hard >= 1")
-    dev = _device(cfg.device)
+        raise InputError(f"losses {sorted(cfg.losses)} need hard negatives; set n_hard >= 1")
+    dev = resolve_device(cfg.device)
     model.to(dev)
     use_amp = cfg.amp and dev.type == "cuda"
 
     pairs = load_pairs(reader, cfg.hard_kinds)
     if cfg.n_hard and not pairs.kinds:
-        raise ValueError(f"{reader.path} has no negatives (no neg:* or negative_caption items column); use n_hard=0 "
+        raise InputError(f"{reader.path} has no negatives (no neg:* or negative_caption items column); use n_hard=0 "
                          f"with losses that need none (infonce)")
     train, val = split_by_image(pairs, cfg.val_fraction, cfg.seed) if cfg.val_fraction else (pairs, None)
     if val is not None and cfg.val_images:
@@ -247,16 +241,17 @@ def train_head(head: str | Head, cache: str | Path, out: str | Path, cfg: TrainC
 
     start, best, best_step, bad = 0, -math.inf, -1, 0
     if resume and (run / "last.json").is_file():
-        meta = json.loads((run / "last.json").read_text())
+        meta = read_json(run / "last.json")
         # A run stored before a field existed resumes if the field is at its default (from then on the default
         # applies: val_images caps the validation of a run begun before it), as does one stored before a field
         # joined _NOT_IDENT.
         defaults = {k: v for k, v in TrainConfig().to_dict().items() if k not in _NOT_IDENT}
         stored_train = {**defaults, **{k: v for k, v in meta["ident"]["train"].items() if k not in _NOT_IDENT}}
-        if {**meta["ident"], "train": stored_train} != ident:
-            raise ValueError(f"{run} holds a run of another head, config or cache; pass another --out, or --no-resume "
-                             f"to start over")
-        tensors = load_file(str(run / "last.safetensors"), device=str(dev))
+        stored = {**meta["ident"], "train": stored_train}
+        if stored != ident:
+            raise InputError(f"{run} holds a run of another head, config or cache ({_first_difference(stored, ident)}); "
+                             "pass another --out, or --no-resume to start over")
+        tensors = read_tensors(run / "last.safetensors", str(dev))
         model.load_state_tensors({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         _load_opt(opt, {k: v for k, v in tensors.items() if k.startswith("opt.")}, meta["opt"])
         start, best, best_step, bad = meta["step"], meta["best"], meta["best_step"], meta["bad"]
@@ -338,9 +333,20 @@ def train_head(head: str | Head, cache: str | Path, out: str | Path, cfg: TrainC
         if dev.type == "cpu":
             torch.use_deterministic_algorithms(torch_det)
             torch.set_num_threads(torch_threads)
-    meta = json.loads((run / "head.json").read_text()) if (run / "head.json").is_file() else {"metrics": {}}
+    meta = read_json(run / "head.json") if (run / "head.json").is_file() else {"metrics": {}}
     return TrainResult(run, done, best_step, {k: v for k, v in meta["metrics"].items() if k != "step"}, stopped,
                        time.perf_counter() - t0)
+
+
+def _first_difference(stored: dict[str, Any], now: dict[str, Any], at: str = "") -> str:
+    """`train.lr: 0.001 in RUN_DIR, 0.002 now` for the first field where the stored run and this one differ."""
+    for k in sorted(set(stored) | set(now)):
+        a, b = stored.get(k), now.get(k)
+        if isinstance(a, dict) and isinstance(b, dict) and a != b:
+            return _first_difference(a, b, f"{at}{k}.")
+        if a != b:
+            return f"{at}{k}: {a!r} in the stored run, {b!r} now"
+    return "no field differs"
 
 
 def _train_acc(sc: Scores) -> float:

@@ -32,9 +32,9 @@ import torch.nn.functional as F
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from safetensors.torch import save_file
 
+from compalign.core.device import resolve_device
 from compalign.extract.decode import decode_image
 from compalign.extract.presets import CONFIG_DIR
-from compalign.extract.runner import _device
 from compalign.shapes.augment import augment_batch, augment_data
 
 logger = logging.getLogger(__name__)
@@ -306,7 +306,7 @@ def train(model: torch.nn.Module, data: TrainData, cfg: PretrainConfig, progress
 def _train(model: torch.nn.Module, data: TrainData, cfg: PretrainConfig, progress: ProgressFn | None) -> list[float]:
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)  # batch order is drawn on the CPU whatever the device
-    dev = torch.device(_device(cfg.device))
+    dev = resolve_device(cfg.device)
     model.to(dev)
     pixels, tokens = data.pixels.to(dev), data.tokens.to(dev)  # the whole world fits (20k images = 1 GB)
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
@@ -377,7 +377,7 @@ def pretrain_backbone(
     progress: ProgressFn | None = None,
 ) -> PretrainResult:
     """Train the tiny backbone on ``world``'s train split and save it to ``out`` (local-dir layout)."""
-    _device(cfg.device)  # refuse a missing GPU before loading the world
+    resolve_device(cfg.device)  # refuse a missing GPU before loading the world
     model_cfg = model_cfg if model_cfg is not None else default_model_cfg()
     model, preprocess, tokenizer = build_model(model_cfg, cfg.seed)
     data = load_train_data(world, preprocess, tokenizer, augment=cfg.augments)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ...cache.reader import CacheReader
+from ...core import InputError, NotFoundError
 from ...heads.base import Head
 
 
@@ -19,10 +20,11 @@ class BenchResult:
     metrics: dict[str, float]  # name -> percent
     items: list[dict[str, Any]]  # {"id", "subset", ...outcomes}
     counts: dict[str, int] = field(default_factory=dict)  # items scored / invalid
+    notes: list[str] = field(default_factory=list)  # what a reader of the table must know (subsets absent, ...)
 
     def to_json(self) -> dict[str, Any]:
         return {"bench": self.bench, "head": self.head, "backbone": self.backbone, "cache": self.cache,
-                "metrics": self.metrics, "counts": self.counts, "items": self.items}
+                "metrics": self.metrics, "counts": self.counts, "notes": self.notes, "items": self.items}
 
 
 class Benchmark:
@@ -33,9 +35,10 @@ class Benchmark:
         raise NotImplementedError
 
     def check(self, reader: CacheReader) -> None:
+        reader.require_complete()
         kind = reader.attrs["source"]["kind"]
         if kind != self.source:
-            raise ValueError(f"{reader.path} was extracted from a {kind!r} source; --bench {self.name} needs "
+            raise InputError(f"{reader.path} was extracted from a {kind!r} source; --bench {self.name} needs "
                              f"`compalign extract --data {self.source}`")
 
 
@@ -56,7 +59,7 @@ def list_benchmarks() -> list[str]:
 
 def create_benchmark(name: str) -> Benchmark:
     if name not in _BENCHES:
-        raise KeyError(f"unknown benchmark {name!r}; available: {', '.join(list_benchmarks())}")
+        raise NotFoundError(f"unknown benchmark {name!r}; available: {', '.join(list_benchmarks())}")
     return _BENCHES[name]()
 
 

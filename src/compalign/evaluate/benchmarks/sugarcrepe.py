@@ -8,7 +8,7 @@ import numpy as np
 
 from ...cache.reader import CacheReader
 from ...heads.base import Head
-from ..metrics import sugarcrepe_metrics
+from ..metrics import SUGARCREPE_CATEGORIES, sugarcrepe_metrics
 from ..scoring import score_pairs
 from .base import Benchmark, BenchResult, head_label, register_benchmark
 
@@ -34,5 +34,9 @@ class SugarCrepe(Benchmark):
         metrics = sugarcrepe_metrics(correct[valid], it["subset"][valid])
         items = [{"id": str(i), "subset": str(sub), "pos": float(p), "neg": float(q), "correct": bool(c), "valid": bool(v)}
                  for i, sub, p, q, c, v in zip(it["id"], it["subset"], pos, neg, correct, valid)]
+        SUBSETS = sorted(x for members in SUGARCREPE_CATEGORIES.values() for x in members)
+        absent = [s for s in SUBSETS if s not in set(it["subset"].tolist())]
+        notes = [f"{len(SUBSETS) - len(absent)} of {len(SUBSETS)} subsets present (absent: {', '.join(absent)}): the macro "
+                 "and category means cover only the subsets present"] if absent else []
         return BenchResult("sugarcrepe", head_label(head), reader.backbone["name"], str(reader.path), metrics, items,
-                           {"items": n, "invalid": int((~valid).sum())})
+                           {"items": n, "invalid": int((~valid).sum())}, notes)

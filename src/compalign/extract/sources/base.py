@@ -2,23 +2,40 @@
 
 A source reads annotation files, resolves and hashes images (the key is the content hash, so the
 same picture under two names is encoded once), and records row-level problems instead of dying.
-Whole-file problems (malformed JSON/parquet, missing columns) raise SourceError naming the file
-and the fix.
+Whole-file problems (malformed JSON/parquet, missing columns, not UTF-8, nothing usable) raise
+SourceError naming the file and the fix.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
+import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...core import CompalignError
 
+log = logging.getLogger(__name__)
+
 
 class SourceError(CompalignError, ValueError):
     """The input cannot be read at all; the message names the file, the row and the fix."""
+
+
+def read_text(path: Path) -> str:
+    """An annotation file as text: UTF-8, with or without a BOM (Excel and Notepad write one)."""
+    data = path.read_bytes()
+    body = data[len(codecs.BOM_UTF8):] if data.startswith(codecs.BOM_UTF8) else data
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = body.count(b"\n", 0, e.start) + 1
+        raise SourceError(f"{path}: not UTF-8 text (byte 0x{body[e.start]:02x} on line {line}). Save it as UTF-8, "
+                          f"e.g. `iconv -f latin1 -t utf-8 {path.name} > utf8-{path.name}`") from None
 
 
 def content_key(data: bytes) -> str:
@@ -45,7 +62,8 @@ class Plan:
     images: list[ImageRef]
     texts: list[str]
     items: dict[str, list[str]]  # column -> values; key columns hold image/text keys
-    problems: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # rows skipped or partly ignored
+    notes: list[str] = field(default_factory=list)  # about the source as a whole (e.g. subsets absent)
 
     @property
     def fingerprint(self) -> str:
@@ -60,31 +78,51 @@ class PlanBuilder:
 
     def __init__(self, kind: str, root: Path):
         self.kind, self.root = kind, root.resolve()
+        # Containment is judged on the path as the user wrote it: folders the root links to
+        # (root/val2017 -> /data/coco/val2017) are part of the dataset, `..` out of the root is not.
+        self._lexical_root = Path(os.path.normpath(os.path.abspath(root)))
         self._images: dict[str, ImageRef] = {}
-        self._by_path: dict[str, str] = {}
+        self._by_path: dict[tuple[str, str], str] = {}
         self._texts: dict[str, str] = {}
         self.items: dict[str, list[str]] = {}
         self.problems: list[str] = []
+        self.notes: list[str] = []
+
+    def _linked_outside(self, path: Path) -> Path | None:
+        """The target of `path` if it is a symlinked file pointing outside every folder of the dataset."""
+        if not path.is_symlink():
+            return None
+        target = path.resolve()
+        allowed = [self.root]  # plus the targets of directory links on the way down to the file
+        for folder in path.parents:
+            if not folder.is_relative_to(self._lexical_root) or folder == self._lexical_root:
+                break
+            if folder.is_symlink():
+                allowed.append(folder.resolve())
+        return None if any(target.is_relative_to(a) for a in allowed) else target
 
     def image_file(self, rel: str, base: Path | None = None) -> str:
-        base = (base or self.root).resolve()
-        if rel in self._by_path:
-            return self._by_path[rel]
-        target = (base / rel).resolve()
+        base = Path(os.path.abspath(base or self._lexical_root))
+        if (str(base), rel) in self._by_path:
+            return self._by_path[(str(base), rel)]
+        path = Path(os.path.normpath(base / rel))
         error = None
-        if Path(rel).is_absolute() or not target.is_relative_to(self.root):
-            error = f"path {rel!r} escapes the data root {self.root}; use paths relative to the root"
-        elif not target.is_file():
-            error = f"file not found: {target}"
+        if Path(rel).is_absolute() or not path.is_relative_to(self._lexical_root):
+            error = f"path {rel!r} escapes the data root {self._lexical_root}; use paths relative to the root"
+        elif (outside := self._linked_outside(path)) is not None:
+            error = (f"{rel!r} is a symlink pointing outside the data root: {path} -> {outside}; "
+                     "copy the file into the dataset or link its folder instead")
+        elif not path.is_file():
+            error = f"file not found: {path}"
         if error:
             key = "missing-" + text_key(rel)
             ref = ImageRef(key=key, origin=rel, error=error)
         else:
-            data = target.read_bytes()
+            data = path.read_bytes()
             key = content_key(data)
-            ref = ImageRef(key=key, origin=rel, path=str(target))
+            ref = ImageRef(key=key, origin=rel, path=str(path.resolve()))
         self._images.setdefault(key, ref)
-        self._by_path[rel] = key
+        self._by_path[(str(base), rel)] = key
         return key
 
     def image_bytes(self, data: bytes | None, origin: str) -> str:
@@ -112,9 +150,19 @@ class PlanBuilder:
     def problem(self, msg: str) -> None:
         self.problems.append(msg)
 
-    def build(self) -> Plan:
+    def note(self, msg: str) -> None:
+        log.warning("%s", msg)  # shown by `compalign extract` next to the skipped rows
+        self.notes.append(msg)
+
+    def build(self, source: Path) -> Plan:
+        # An empty plan would extract an empty store and exit 0: say why nothing was usable instead.
+        if not self.items:
+            why = "; ".join(self.problems[:3]) + (f"; ... ({len(self.problems) - 3} more)" if len(self.problems) > 3 else "")
+            raise SourceError(f"{source}: no usable {self.kind} items"
+                              + (f" (every row was skipped: {why})" if why else " (no rows)")
+                              + f"; fix the rows or point --root at the {self.kind} data")
         return Plan(self.kind, str(self.root), list(self._images.values()), list(self._texts.values()),
-                    self.items, self.problems)
+                    self.items, self.problems, self.notes)
 
 
 SourceFn = Callable[[Path], Plan]

@@ -47,4 +47,4 @@ def plan_bivlc(root: Path) -> Plan:
                 caption=b.text(texts[0]),
                 negative_caption=b.text(texts[1]),
             )
-    return b.build()
+    return b.build(root)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .base import Plan, PlanBuilder, SourceError, register_source
+from .base import Plan, PlanBuilder, SourceError, read_text, register_source
 
 SUBSETS = ("add_att", "add_obj", "replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")
 REQUIRED = ("filename", "caption", "negative_caption")
@@ -22,13 +22,12 @@ def find_image_dir(root: Path) -> Path:
 
 
 def load_json(path: Path) -> object:
+    text = read_text(path)  # raises SourceError naming the line of a non-UTF-8 byte
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise SourceError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno} ({e.msg}). "
                           "Re-download the file or fix it; compalign reads the official SugarCrepe JSON.") from None
-    except UnicodeDecodeError as e:
-        raise SourceError(f"{path}: not UTF-8 text ({e}). Re-download the file.") from None
 
 
 @register_source("sugarcrepe")
@@ -39,7 +38,12 @@ def plan_sugarcrepe(root: Path) -> Plan:
                           "point --root at the folder holding them and val2017/")
     images = find_image_dir(root)
     b = PlanBuilder("sugarcrepe", root)
+    absent = [f"{s}.json" for s in SUBSETS if not (root / f"{s}.json").exists()]
+    if absent:  # not an error (one subset is a fine smoke test), but the macro mean changes meaning
+        b.note(f"sugarcrepe: {len(absent)} of {len(SUBSETS)} subset files absent ({', '.join(absent)}): "
+               "the macro mean covers only the subsets present")
     for path in files:
+        seen: dict[str, object] = {}  # item id -> where it was first seen (list-form files can repeat ids)
         data = load_json(path)
         entries = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else None
         if entries is None:
@@ -54,8 +58,13 @@ def plan_sugarcrepe(root: Path) -> Plan:
             if missing:
                 b.problem(f"{where}: missing or non-text field(s) {', '.join(missing)}; skipped")
                 continue
+            item_id = f"{path.stem}/{row.get('id', ident)}"
+            if item_id in seen:
+                b.problem(f"{where}: duplicate of item {seen[item_id]!r} (same id {row.get('id', ident)!r}); skipped")
+                continue
+            seen[item_id] = ident
             cols = dict(
-                id=f"{path.stem}/{row.get('id', ident)}",
+                id=item_id,
                 subset=path.stem,
                 image=b.image_file(row["filename"], images),
                 caption=b.text(row["caption"]),
@@ -64,4 +73,4 @@ def plan_sugarcrepe(root: Path) -> Plan:
             if isinstance(row.get("caption2"), str):  # SugarCrepe++
                 cols["caption2"] = b.text(row["caption2"])
             b.item(**cols)
-    return b.build()
+    return b.build(root)

@@ -1,0 +1,78 @@
+"""Where extraction writes: one writer per store, and `--overwrite` only ever replaces a compalign store.
+
+A store is replaced only when its root `zarr.json` carries the compalign schema attr; a folder that is
+not a store, the data root, a folder holding the data root, or a regular file are refused untouched.
+The lock is a sibling file (`.NAME.lock`), not inside the store, because `--overwrite` removes the store.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..cache.store import SCHEMA, CacheError
+
+
+def is_store(path: Path) -> bool:
+    """True for a folder whose root zarr.json has a compalign schema attr (of any version)."""
+    meta = path / "zarr.json"
+    if not path.is_dir() or not meta.is_file():
+        return False
+    try:
+        attrs = json.loads(meta.read_text()).get("attributes", {})
+    except (OSError, ValueError):
+        return False
+    return str(attrs.get("schema", "")).startswith(SCHEMA.split("/")[0] + "/")
+
+
+def check_target(out: Path, data_root: Path, overwrite: bool) -> None:
+    """Refuse an --out that would destroy what is not ours, before anything is loaded or written."""
+    out_abs, data_abs = out.absolute(), data_root.absolute()
+    for a, b in ((out_abs, data_abs), (out_abs.resolve(), data_abs.resolve())):
+        if a == b or a in b.parents:
+            raise CacheError(f"--out {out} is the data root {data_root} or holds it; extraction never writes over its input. "
+                             f"Pass a new folder, e.g. --out {data_root.parent / (data_root.name + '.zarr')}")
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise CacheError(f"--out {out} exists and is not a folder; pass the path of a new or existing compalign store")
+    if out.exists() and not is_store(out) and (overwrite or any(out.iterdir())):
+        n = sum(1 for _ in out.rglob("*"))
+        raise CacheError(f"--out {out} is a folder that is not a compalign store ({n} entries); compalign only replaces "
+                         "its own stores. Pass a new --out, or remove the folder yourself if it is not needed.")
+
+
+def remove_store(out: Path) -> str:
+    """Delete a compalign store (checked again here); returns what was removed, for the log and the summary."""
+    if not is_store(out):
+        raise CacheError(f"{out} is not a compalign store; refusing to delete it")
+    files = sum(1 for f in out.rglob("*") if f.is_file())
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    shutil.rmtree(out)
+    return f"replaced the store {out} ({files} files, {size / 2**20:.1f} MiB)"
+
+
+@contextmanager
+def writer_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `out` for the whole run; a second writer is refused at once, naming the first."""
+    lock = out.absolute().parent / f".{out.name}.lock"
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    except PermissionError:
+        raise CacheError(f"cannot write in {lock.parent}: permission denied. Pass an --out in a folder you can write.") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise CacheError(f"another compalign extract (pid {other}) is writing {out}; wait for it to finish, "
+                             "or pass another --out (two writers on one store corrupt it)") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock; the file stays (removing it would race a waiting writer)
