@@ -222,7 +222,8 @@ def _open_or_create(cfg: ExtractConfig, bb: Backbone, plan: Plan, order: np.ndar
         "backbone": bb.meta,
         "extraction": _settings(cfg, text_len),
         "source": {"kind": plan.kind, "root": plan.root, "fingerprint": plan.fingerprint,
-                   "problems": plan.problems, "notes": getattr(plan, "notes", []), "n_items": len(next(iter(plan.items.values()), []))},
+                   "problems": plan.problems, "notes": plan.notes,
+                   "n_items": len(next(iter(plan.items.values()), []))},
     }
     notes: list[str] = []
     if is_store(out) and not cfg.overwrite:
