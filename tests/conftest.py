@@ -70,3 +70,33 @@ def sugarcrepe_tiny_cache(sugarcrepe_root: Path, tmp_path_factory: pytest.TempPa
     extract(ExtractConfig(model="tiny", data="sugarcrepe", root=str(sugarcrepe_root), out=str(out),
                           batch_size=256, workers=0, shard_rows=1024))
     return out
+
+
+def mini_sugarcrepe(root: Path, n: int = 6, subsets: tuple[str, ...] = ("swap_att", "replace_obj"),
+                    corrupt: bool = False) -> Path:
+    """A SugarCrepe root with `n` items in each of `subsets` and one generated image per item (or junk bytes)."""
+    root.mkdir(parents=True, exist_ok=True)
+    names = [f"{i:012d}.jpg" for i in range(n)]
+    if corrupt:
+        (root / "val2017").mkdir(exist_ok=True)
+        for name in names:
+            (root / "val2017" / name).write_bytes(b"not a jpeg " + name.encode())
+    else:
+        make_images(root / "val2017", names, size=(32, 32))
+    for s in subsets:
+        items = {str(i): {"filename": name, "caption": f"a red square number {i}",
+                          "negative_caption": f"a blue circle number {i} in {s}"} for i, name in enumerate(names)}
+        (root / f"{s}.json").write_text(json.dumps(items))
+    return root
+
+
+@pytest.fixture(scope="session")
+def mini_sc_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished tiny-backbone store of mini_sugarcrepe, several shards per array; copy it before damaging it."""
+    from compalign.extract.runner import ExtractConfig, extract
+
+    base = tmp_path_factory.mktemp("mini")
+    root = mini_sugarcrepe(base / "sc")
+    out = base / "sc.zarr"
+    extract(ExtractConfig(model="tiny", data="sugarcrepe", root=str(root), out=str(out), workers=0, shard_rows=4))
+    return out

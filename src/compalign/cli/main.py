@@ -44,7 +44,8 @@ def extract(
     precision: str = typer.Option("fp32", help="fp32 | bf16 | fp16 (autocast)"),
     layers: str = typer.Option("-1", help="token layers to keep, e.g. -1,-4 (the final layer is always kept)"),
     shard_rows: int = typer.Option(256, help="rows per shard: the unit of writing and of resume"),
-    overwrite: bool = typer.Option(False, help="start again instead of resuming"),
+    overwrite: bool = typer.Option(False, help="replace the compalign store at --out instead of resuming it"),
+    exif_transpose: bool = typer.Option(False, help="apply EXIF orientation before preprocessing (open_clip does not)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Encode every unique image and caption of a data source once and store their embeddings."""
@@ -55,7 +56,8 @@ def extract(
     with user_errors():
         cfg = ExtractConfig(model=model, data=data, root=str(root), out=str(out), pretrained=pretrained,
                             batch_size=batch_size, device=device, workers=workers, precision=precision,  # type: ignore[arg-type]
-                            layers=_layers(layers), shard_rows=shard_rows, overwrite=overwrite)
+                            layers=_layers(layers), shard_rows=shard_rows, overwrite=overwrite,
+                            exif_transpose=exif_transpose)
         with progress_bar() as bar:
             summary = run(cfg, StageProgress(bar))
     out_console = Console()

@@ -10,7 +10,7 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 MAX_PIXELS = 100_000_000  # larger is treated as a decompression bomb
 
@@ -19,7 +19,8 @@ class DecodeError(ValueError):
     pass
 
 
-def decode_image(data: bytes) -> Image.Image:
+def decode_image(data: bytes, exif_transpose: bool = False) -> Image.Image:
+    """RGB image of `data`; `exif_transpose` applies the EXIF orientation tag (open_clip's pipeline does not)."""
     if not data:
         raise DecodeError("empty file (0 bytes)")
     try:
@@ -34,9 +35,11 @@ def decode_image(data: bytes) -> Image.Image:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise DecodeError(f"decompression bomb refused: {e}") from None
+    except UnidentifiedImageError:  # PIL's message names its in-memory buffer, not the file
+        raise DecodeError("not an image PIL can identify (corrupt, or not an image file)") from None
     except Exception as e:  # PIL raises many types for corrupt data; all mean "not an image"
         raise DecodeError(f"cannot decode image: {type(e).__name__}: {e}") from None
-    return to_rgb(img)
+    return to_rgb(ImageOps.exif_transpose(img) if exif_transpose else img)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

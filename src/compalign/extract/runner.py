@@ -41,7 +41,7 @@ from ..core.device import resolve_device
 from .backbones import Backbone, load_backbone
 from .decode import DecodeError, decode_image
 from .sources import ImageRef, Plan, plan_source, text_key
-from .target import check_target, is_store, remove_store, writer_lock
+from .target import NOT_WRITABLE, check_target, is_store, remove_store, writer_lock
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]  # (stage, rows done, rows total)
@@ -63,6 +63,7 @@ class ExtractConfig:
     chunk_rows: int = 16  # rows per inner chunk of token arrays (the unit of a random read)
     overwrite: bool = False  # start again instead of resuming
     seed: int = 0  # for random-init backbones
+    exif_transpose: bool = False  # rotate by the EXIF orientation tag (off: open_clip's own pipeline ignores it too)
 
     def __post_init__(self) -> None:
         if -1 not in self.layers:
@@ -108,8 +109,8 @@ def _autocast(device: str, precision: str):
 class _ImageRows(Dataset):
     """Row -> (row, pixels or None, error or None). Bad data becomes an error string, never an exception."""
 
-    def __init__(self, refs: list[ImageRef], preprocess: Any):
-        self.refs, self.preprocess = refs, preprocess
+    def __init__(self, refs: list[ImageRef], preprocess: Any, exif_transpose: bool = False):
+        self.refs, self.preprocess, self.exif_transpose = refs, preprocess, exif_transpose
 
     def __len__(self) -> int:
         return len(self.refs)
@@ -120,7 +121,7 @@ class _ImageRows(Dataset):
             return row, None, ref.error
         try:
             data = ref.data if ref.data is not None else Path(ref.path).read_bytes()
-            return row, self.preprocess(decode_image(data)), None
+            return row, self.preprocess(decode_image(data, self.exif_transpose)), None
         except DecodeError as e:
             return row, None, f"{ref.origin}: {e}"
         except Exception as e:  # unreadable file, transform failure: recorded, the run goes on
@@ -191,8 +192,11 @@ def _tower_layers(cfg: ExtractConfig, bb: Backbone) -> tuple[list[int], list[int
 
 def _settings(cfg: ExtractConfig, text_len: int) -> dict[str, Any]:
     # Everything that changes stored values; a resume must match it exactly.
-    return {"layers": cfg.layers, "precision": cfg.precision, "batch_size": cfg.batch_size,
-            "shard_rows": cfg.shard_rows, "chunk_rows": cfg.chunk_rows, "text_len": text_len}
+    out = {"layers": cfg.layers, "precision": cfg.precision, "batch_size": cfg.batch_size,
+           "shard_rows": cfg.shard_rows, "chunk_rows": cfg.chunk_rows, "text_len": text_len}
+    if cfg.exif_transpose:  # only when on, so stores made before the option existed still resume
+        out["exif_transpose"] = True
+    return out
 
 
 def _diff(have: Any, want: Any, at: str = "") -> str:
@@ -294,8 +298,10 @@ def _extract(cfg: ExtractConfig, out: Path, progress: Progress | None) -> Extrac
     text_len = int(lengths.max(initial=1)) if bb.causal_text else bb.context_length
     try:
         root, notes = _open_or_create(cfg, bb, plan, order, text_len, device)
-    except PermissionError as e:
-        raise CacheError(f"cannot write {e.filename}: permission denied. Pass an --out you can write.") from None
+    except OSError as e:
+        if e.errno not in NOT_WRITABLE:
+            raise
+        raise CacheError(f"cannot write {e.filename} ({e.strerror}). Pass an --out you can write.") from None
     writer = _Writer(root, out)
     written = skipped = 0
     try:
@@ -382,7 +388,7 @@ def _extract_images(cfg, bb, plan, out, writer, device, progress) -> tuple[int, 
         return 0, skipped
     batches = [list(range(b, min(min(N, (s + 1) * R), b + cfg.batch_size)))
                for s in todo for b in range(s * R, min(N, (s + 1) * R), cfg.batch_size)]
-    loader = DataLoader(_ImageRows(plan.images, bb.preprocess), batch_sampler=batches, collate_fn=_collate,
+    loader = DataLoader(_ImageRows(plan.images, bb.preprocess, cfg.exif_transpose), batch_sampler=batches, collate_fn=_collate,
                         num_workers=cfg.workers, pin_memory=device.startswith("cuda"),
                         persistent_workers=False, prefetch_factor=4 if cfg.workers else None)
     lay = Layout(**dict(open_store(out).attrs)["layout"])

@@ -7,6 +7,7 @@ The lock is a sibling file (`.NAME.lock`), not inside the store, because `--over
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -16,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..cache.store import SCHEMA, CacheError
+
+NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)  # the folder is not ours to write: a message, not a traceback
 
 
 def is_store(path: Path) -> bool:
@@ -62,8 +65,10 @@ def writer_lock(out: Path) -> Iterator[None]:
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-    except PermissionError:
-        raise CacheError(f"cannot write in {lock.parent}: permission denied. Pass an --out in a folder you can write.") from None
+    except OSError as e:
+        if e.errno not in NOT_WRITABLE:
+            raise
+        raise CacheError(f"cannot write in {lock.parent} ({e.strerror}). Pass an --out in a folder you can write.") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
