@@ -26,7 +26,8 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except CompalignError as e:
-        console.print("[red]error:[/red] " + rich_escape(str(e)), highlight=False)  # paths may hold [brackets]
+        # soft_wrap: a path or a command in the message stays on one line, to be copied as it is
+        console.print("[red]error:[/red] " + rich_escape(str(e)), highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
