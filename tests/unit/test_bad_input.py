@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from compalign.cache import open_cache
-from compalign.extract.decode import DecodeError, decode_image
+from compalign.core.decode import DecodeError, decode_image
 from compalign.extract.runner import ExtractConfig, extract
 from compalign.extract.sources import SourceError, plan_source
 

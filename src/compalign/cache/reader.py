@@ -29,6 +29,7 @@ from .export import H5Group, open_hdf5
 from .store import COMPLETE_CHUNKS, FAILED, OK, CacheError, Layout, chunk_file, done_shards, n_shards, open_store, resume_command
 
 Kind = Literal["images", "texts"]
+TOKEN_FIELDS = ("patches", "prefix", "tokens")  # fields stored once per extracted layer
 
 
 class CacheReader:
@@ -187,6 +188,13 @@ class CacheReader:
             at = np.flatnonzero(shard_of == s)
             out[at] = self._shard(arr, int(s))[rows[at] - s * step]
         return out
+
+    def gather(self, kind: Kind, fields: tuple[str, ...], rows: np.ndarray, layer: int = -1) -> dict[str, np.ndarray]:
+        """`fields` of `rows` as one batch: token fields from `layer`, the rest from the top; `lengths` with tokens."""
+        batch = {f: self.read(kind, f, rows, layer if f in TOKEN_FIELDS else -1) for f in fields}
+        if kind == "texts" and "tokens" in fields:
+            batch["lengths"] = self.read("texts", "lengths", rows)
+        return batch
 
     def _resident(self, arr: zarr.Array) -> np.ndarray | None:
         """The whole decoded array if it is (or now fits) in the resident budget, else None."""

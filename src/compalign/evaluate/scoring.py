@@ -9,23 +9,15 @@ from __future__ import annotations
 import numpy as np
 
 from ..cache.reader import CacheReader
-from ..heads.base import TOKEN_FIELDS, Head
-
-
-def _gather(reader: CacheReader, kind: str, fields: tuple[str, ...], rows: np.ndarray, layer: int = -1) -> dict[str, np.ndarray]:
-    """The head's fields for `rows`; token fields come from the head's layer, the rest from the top."""
-    batch = {f: reader.read(kind, f, rows, layer if f in TOKEN_FIELDS else -1) for f in fields}  # type: ignore[arg-type]
-    if kind == "texts" and "tokens" in fields:
-        batch["lengths"] = reader.read("texts", "lengths", rows)
-    return batch
+from ..heads.base import Head
 
 
 def gather_images(reader: CacheReader, head: Head, rows: np.ndarray) -> dict[str, np.ndarray]:
-    return _gather(reader, "images", head.needs_images, rows, head.layer)
+    return reader.gather("images", head.needs_images, rows, head.layer)
 
 
 def gather_texts(reader: CacheReader, head: Head, rows: np.ndarray) -> dict[str, np.ndarray]:
-    return _gather(reader, "texts", head.needs_texts, rows, head.layer)
+    return reader.gather("texts", head.needs_texts, rows, head.layer)
 
 
 def score_pairs(reader: CacheReader, head: Head, image_keys: np.ndarray, text_keys: np.ndarray,

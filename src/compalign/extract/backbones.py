@@ -24,7 +24,7 @@ import torch.nn as nn
 from open_clip.transformer import text_global_pool
 
 from ..core import CompalignError
-from .presets import get_preset, list_presets, register_model_configs
+from .presets import find_preset, list_presets, register_model_configs
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ def _file_sha(path: str) -> str:
 def resolve(name: str, pretrained: str | None) -> tuple[str, str | None]:
     """Map a preset / open_clip name / checkpoint path to (open_clip model name, pretrained)."""
     register_model_configs()
-    preset = get_preset(name)
+    preset = find_preset(name)
     if preset is not None:
         model, tag = preset.model, (pretrained if pretrained is not None else preset.pretrained)
     elif name.startswith(("local-dir:", "hf-hub:")):
@@ -270,7 +270,7 @@ def load_backbone(
         raise BackboneError(f"--pretrained {tag!r} is neither an existing file nor a pretrained tag of {model_name} "
                             f"(its tags: {tags}); 'none' = random init")
     _fail_fast_offline(model_name, tag if not is_file else None)
-    preset = get_preset(name)
+    preset = find_preset(name)
     pre_kwargs = _checkpoint_preprocess(model_name, tag, preset.pretrained if preset else None)
     torch.manual_seed(seed)  # random-init backbones are reproducible
     try:

@@ -7,11 +7,13 @@ given directly instead, so presets never hide what is loaded.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import open_clip
 
-CONFIG_DIR = Path(__file__).parent / "model_configs"
+from ..core.assets import MODEL_CONFIG_DIR, TINY_CHECKPOINT
+from ..core.registry import Registry
+
+CONFIG_DIR = MODEL_CONFIG_DIR
 
 
 @dataclass(frozen=True)
@@ -21,19 +23,24 @@ class Preset:
     about: str  # one line for `compalign backbones`
 
 
-_PRESETS: dict[str, Preset] = {}
+PRESETS: Registry[Preset] = Registry("backbone preset")
 
 
 def register_preset(name: str, preset: Preset) -> None:
-    _PRESETS[name] = preset
+    PRESETS.register(name, preset)
 
 
 def list_presets() -> list[str]:
-    return sorted(_PRESETS)
+    return PRESETS.names()
 
 
-def get_preset(name: str) -> Preset | None:
-    return _PRESETS.get(name)
+def get_preset(name: str) -> Preset:
+    return PRESETS.get(name)
+
+
+def find_preset(name: str) -> Preset | None:
+    """The preset called `name`, or None when `name` is an open_clip name or a path instead."""
+    return PRESETS.get(name) if name in PRESETS else None
 
 
 def register_model_configs() -> None:
@@ -47,7 +54,6 @@ register_preset("clip-b16", Preset("ViT-B-16", "openai", "OpenAI CLIP ViT-B/16")
 register_preset("siglip2", Preset("ViT-B-16-SigLIP2", "webli", "SigLIP2 ViT-B/16 (needs transformers for its tokenizer)"))
 register_preset("pe", Preset("PE-Core-B-16", "meta", "Perception Encoder core B/16"))
 # The shipped checkpoint (`make backbone` writes it); a seeded random init only while it is absent.
-TINY_CHECKPOINT = Path(__file__).resolve().parent.parent / "shapes" / "backbone"
 if (TINY_CHECKPOINT / "open_clip_config.json").is_file():
     _tiny = Preset(f"local-dir:{TINY_CHECKPOINT}", None, "the synthetic world's tiny backbone (shipped checkpoint)")
 else:

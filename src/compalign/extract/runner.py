@@ -37,9 +37,9 @@ from ..cache.store import (
     write_shard,
 )
 from ..core import InputError
+from ..core.decode import DecodeError, decode_image
 from ..core.device import resolve_device
 from .backbones import Backbone, load_backbone
-from .decode import DecodeError, decode_image
 from .sources import ImageRef, Plan, plan_source, text_key
 from .target import NOT_WRITABLE, check_target, is_store, remove_store, writer_lock
 

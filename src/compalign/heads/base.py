@@ -24,7 +24,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from ..core import InputError, NotFoundError
+from ..cache.reader import TOKEN_FIELDS
+from ..core import InputError
+from ..core.registry import Registry
 
 if TYPE_CHECKING:
     import torch
@@ -32,7 +34,6 @@ if TYPE_CHECKING:
     from ..cache.reader import CacheReader
 
 Batch = dict[str, np.ndarray]  # cache field -> rows, e.g. {"global": (B, E)}
-TOKEN_FIELDS = ("patches", "prefix", "tokens")  # fields that exist per extracted layer
 
 
 @dataclass(frozen=True)
@@ -264,8 +265,7 @@ def seed_from(name: str, cfg: dict[str, Any]) -> int:
 
 
 # ---- registry ------------------------------------------------------------------------------------
-_HEADS: dict[str, Callable[..., Head]] = {}
-_ABOUT: dict[str, str] = {}
+HEADS: Registry[Callable[..., Head]] = Registry("head")
 
 
 def register_head(name: str, about: str = "", **defaults: Any) -> Callable[[type[Head]], type[Head]]:
@@ -280,27 +280,22 @@ def register_head(name: str, about: str = "", **defaults: Any) -> Callable[[type
 
 def register_variant(name: str, cls: type[Head], about: str, **defaults: Any) -> None:
     """A registry entry that is `cls` with other defaults (e.g. another token layer, a smaller width)."""
-    if name in _HEADS:
-        raise RuntimeError(f"head {name!r} is already registered")
-
     def factory(**kwargs: Any) -> Head:
         head = cls(**{**defaults, **kwargs})
         head.name = name  # the variant's own stable name (instance attribute shadows the class's)
         return head
 
-    _HEADS[name] = factory
-    _ABOUT[name] = about
+    HEADS.register(name, factory, about=about, trainable=bool(cls.trainable))
 
 
-def list_heads() -> list[str]:
-    return sorted(_HEADS)
+def list_heads(**where: Any) -> list[str]:
+    """Registered heads; `list_heads(trainable=True)` without building any."""
+    return HEADS.names(**where)
 
 
 def describe_head(name: str) -> str:
-    return _ABOUT.get(name, "")
+    return HEADS.meta(name)["about"]
 
 
 def create_head(name: str, **kwargs: Any) -> Head:
-    if name not in _HEADS:
-        raise NotFoundError(f"unknown head {name!r}; available: {', '.join(list_heads())}")
-    return _HEADS[name](**kwargs)
+    return HEADS.create(name, **kwargs)

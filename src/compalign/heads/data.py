@@ -24,7 +24,6 @@ import numpy as np
 
 from ..cache.reader import CacheReader
 from ..core import InputError
-from ..evaluate.scoring import gather_images, gather_texts
 from .base import Head
 
 log = logging.getLogger(__name__)
@@ -170,7 +169,8 @@ def gather_batch(reader: CacheReader, head: Head, pairs: Pairs, items: np.ndarra
     uniq, inv = np.unique(rows, return_inverse=True)
     neg = np.zeros(negs.shape, dtype=np.int64)
     neg[mask] = inv[len(items):]
-    return TrainBatch(gather_images(reader, head, pairs.image[items]), gather_texts(reader, head, uniq),
+    return TrainBatch(reader.gather("images", head.needs_images, pairs.image[items], head.layer),
+                      reader.gather("texts", head.needs_texts, uniq, head.layer),
                       inv[:len(items)], neg, mask)
 
 

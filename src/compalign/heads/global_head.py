@@ -12,7 +12,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-@register_head("global")
+@register_head("global", about="cosine of the backbone's own global embeddings (no training; the baseline)")
 class GlobalHead(Head):
     text_text = True
 

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..core import InputError, NotFoundError
+from ..core import InputError
+from ..core.registry import Registry
 
 
 @dataclass
@@ -33,25 +34,20 @@ class Scores:
 
 
 LossFn = Callable[[Scores], torch.Tensor]
-_LOSSES: dict[str, tuple[LossFn, frozenset[str]]] = {}
+LOSSES: Registry[LossFn] = Registry("loss")
 
 
 def register_loss(name: str, needs: set[str]) -> Callable[[LossFn], LossFn]:
     """`needs`: which `Scores` fields the trainer must compute (matrix, hard, text_hard)."""
-    def wrap(fn: LossFn) -> LossFn:
-        _LOSSES[name] = (fn, frozenset(needs))
-        return fn
-    return wrap
+    return LOSSES.decorator(name, needs=frozenset(needs))
 
 
 def list_losses() -> list[str]:
-    return sorted(_LOSSES)
+    return LOSSES.names()
 
 
 def get_loss(name: str) -> tuple[LossFn, frozenset[str]]:
-    if name not in _LOSSES:
-        raise NotFoundError(f"unknown loss {name!r}; available: {', '.join(list_losses())}")
-    return _LOSSES[name]
+    return LOSSES.get(name), LOSSES.meta(name)["needs"]
 
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -35,7 +35,7 @@ import torch
 from ..cache.reader import CacheReader
 from ..core import InputError
 from ..core.device import resolve_device
-from .base import Head, TorchHead, create_head, make_config
+from .base import Head, TorchHead, create_head, list_heads, make_config
 from .checkpoint import read_json, read_tensors, save_head, write_json, write_tensors
 from .data import Pairs, Planner, TrainBatch, gather_batch, load_pairs, prefetch, split_by_image, subset_images
 from .losses import Scores, get_loss
@@ -214,7 +214,7 @@ def train_head(head: str | Head, cache: str | Path, out: str | Path, cfg: TrainC
     model = create_head(head, **(head_config or {})) if isinstance(head, str) else head
     if not isinstance(model, TorchHead) or not model.trainable:
         raise InputError(f"head {model.name!r} has nothing to train; trainable heads: "
-                         f"{', '.join(h for h in _trainable())}")
+                         f"{', '.join(list_heads(trainable=True))}")
     model.attach(reader)  # builds the modules for this cache's widths (seeded by the head config)
     needs = frozenset().union(*(get_loss(n)[1] for n in cfg.losses))
     if "text_hard" in needs and not model.text_text:
@@ -366,9 +366,3 @@ def _all_reduce_grads(model: torch.nn.Module, world: int) -> None:
         if p.grad is not None:
             dist.all_reduce(p.grad)
             p.grad /= world
-
-
-def _trainable() -> list[str]:
-    from .base import list_heads
-
-    return [n for n in list_heads() if getattr(create_head(n), "trainable", False)]

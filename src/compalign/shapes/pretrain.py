@@ -32,9 +32,9 @@ import torch.nn.functional as F
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from safetensors.torch import save_file
 
+from compalign.core.assets import MODEL_CONFIG_DIR
+from compalign.core.decode import decode_image
 from compalign.core.device import resolve_device
-from compalign.extract.decode import decode_image
-from compalign.extract.presets import CONFIG_DIR
 from compalign.shapes.augment import augment_batch, augment_data
 
 logger = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ class PretrainResult:
 
 def default_model_cfg() -> dict[str, Any]:
     """The package's tiny open_clip config (model_configs/compalign-tiny.json)."""
-    return json.loads((CONFIG_DIR / "compalign-tiny.json").read_text(encoding="utf-8"))
+    return json.loads((MODEL_CONFIG_DIR / "compalign-tiny.json").read_text(encoding="utf-8"))
 
 
 def preprocess_cfg_for(model_cfg: dict[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ...cache.reader import CacheReader
-from ...core import InputError, NotFoundError
+from ...core import InputError
+from ...core.registry import Registry
 from ...heads.base import Head
 
 
@@ -42,25 +43,22 @@ class Benchmark:
                              f"`compalign extract --data {self.source}`")
 
 
-_BENCHES: dict[str, Callable[[], Benchmark]] = {}
+BENCHMARKS: Registry[type[Benchmark]] = Registry("benchmark")
 
 
 def register_benchmark(name: str) -> Callable[[type[Benchmark]], type[Benchmark]]:
     def wrap(cls: type[Benchmark]) -> type[Benchmark]:
         cls.name = name
-        _BENCHES[name] = cls
-        return cls
+        return BENCHMARKS.register(name, cls, source=cls.source)
     return wrap
 
 
 def list_benchmarks() -> list[str]:
-    return sorted(_BENCHES)
+    return BENCHMARKS.names()
 
 
 def create_benchmark(name: str) -> Benchmark:
-    if name not in _BENCHES:
-        raise NotFoundError(f"unknown benchmark {name!r}; available: {', '.join(list_benchmarks())}")
-    return _BENCHES[name]()
+    return BENCHMARKS.create(name)
 
 
 def head_label(head: Head) -> str:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...core import CompalignError
+from ...core.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -166,24 +167,20 @@ class PlanBuilder:
 
 
 SourceFn = Callable[[Path], Plan]
-_SOURCES: dict[str, SourceFn] = {}
+SOURCES: Registry[SourceFn] = Registry("data kind")
 
 
 def register_source(name: str) -> Callable[[SourceFn], SourceFn]:
-    def wrap(fn: SourceFn) -> SourceFn:
-        _SOURCES[name] = fn
-        return fn
-    return wrap
+    return SOURCES.decorator(name)
 
 
 def list_sources() -> list[str]:
-    return sorted(_SOURCES)
+    return SOURCES.names()
 
 
 def plan_source(kind: str, root: str | Path) -> Plan:
-    if kind not in _SOURCES:
-        raise SourceError(f"unknown data kind {kind!r}; choose one of {', '.join(list_sources())}")
+    read = SOURCES.get(kind)
     root = Path(root)
     if not root.exists():
         raise SourceError(f"{root} does not exist; pass --root pointing at the {kind} data")
-    return _SOURCES[kind](root)
+    return read(root)
