@@ -20,3 +20,7 @@ class NotFoundError(CompalignError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class MissingFileError(CompalignError, FileNotFoundError):
+    """A file or folder the command needs is not there; the message says which command makes it."""
