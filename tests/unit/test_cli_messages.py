@@ -206,3 +206,27 @@ def test_every_image_missing_through_a_bad_root_exits_non_zero(tmp_path):
     shutil.rmtree(root / "val2017")
     res = _extract(root, tmp_path / "x.zarr", data="sugarcrepe")
     assert res.exit_code == 1 and "every one of the 6 images failed" in _said(res) and "file not found" in _said(res)
+
+
+# ---- a bug is not bad input ---------------------------------------------------------------------------------------
+
+def test_a_bug_in_the_library_keeps_its_traceback_while_bad_input_stays_a_message(mini_sc_cache, pairs_dir, tmp_path,
+                                                                                  monkeypatch):
+    import compalign.evaluate.metrics as metrics
+    import compalign.extract.runner as runner
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("an injected bug")
+
+    monkeypatch.setattr(metrics, "sugarcrepe_metrics", broken)
+    monkeypatch.setattr("compalign.evaluate.benchmarks.sugarcrepe.sugarcrepe_metrics", broken)
+    res = _score(mini_sc_cache)
+    assert res.exit_code == 1 and isinstance(res.exception, ZeroDivisionError) and "error:" not in res.output
+    res = _score(mini_sc_cache, "--head", "nope")  # bad input beside it: still one line, exit 2
+    assert res.exit_code == 2 and isinstance(res.exception, SystemExit) and res.output.startswith("error: unknown head")
+
+    monkeypatch.setattr(runner, "_extract_texts", broken)
+    res = _extract(pairs_dir, tmp_path / "x.zarr")
+    assert res.exit_code == 1 and isinstance(res.exception, ZeroDivisionError)
+    res = _extract(pairs_dir, tmp_path / "y.zarr", "--batch-size", "0")
+    assert res.exit_code == 2 and "--batch-size must be at least 1" in res.output
