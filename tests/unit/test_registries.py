@@ -71,3 +71,24 @@ def test_metadata_filters_names():
     reg.register("a", 1, even=False)
     reg.register("c", 4, even=True)
     assert reg.names() == ["a", "b", "c"] and reg.names(even=True) == ["b", "c"] and reg.meta("a") == {"even": False}
+
+
+def test_the_head_provider_table_names_the_module_that_registers_each_head():
+    from compalign import heads  # noqa: F401  (declares the providers)
+
+    names = HEADS.names()  # imports every provider
+    assert sorted(HEADS.providers()) == names
+    assert {n: HEADS.meta(n)["module"] for n in names} == HEADS.providers()
+
+
+def test_scoring_with_the_global_head_never_imports_torch(mini_sc_cache, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom typer.testing import CliRunner\nfrom compalign.cli.heads import app\n"
+            f"r = CliRunner().invoke(app, ['score', '--bench', 'sugarcrepe', '--cache', {str(mini_sc_cache)!r}, '--json', "
+            f"{str(tmp_path / 'o.json')!r}])\nassert r.exit_code == 0, r.output\nprint('torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[-1] == "False"
+    assert json.loads((tmp_path / "o.json").read_text())["counts"]["items"] == 12

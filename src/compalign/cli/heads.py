@@ -13,7 +13,7 @@ from rich.table import Table
 from ..cache.reader import CacheReader
 from ..core import InputError
 from ..evaluate.benchmarks import create_benchmark, list_benchmarks
-from ..heads import create_head, describe_head, list_heads, load_head
+from ..heads import create_head, describe_head, list_heads
 from .common import console, setup_logging, user_errors
 
 app = typer.Typer(help="Train and score alignment heads from a feature cache alone.", no_args_is_help=True)
@@ -66,6 +66,8 @@ def score(
     setup_logging(verbose)
     with user_errors():
         if checkpoint is not None:
+            from ..heads.checkpoint import load_head
+
             h = load_head(checkpoint)
             if head is not None and head != h.name:
                 raise InputError(f"--head {head} disagrees with the checkpoint's head {h.name!r}; pass one of them")

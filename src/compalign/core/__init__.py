@@ -3,4 +3,5 @@
 from .errors import CompalignError, InputError, MissingFileError, NotFoundError
 from .files import atomic_write, atomic_write_with, fsync_dir, fsync_tree
 
-__all__ = ["CompalignError", "InputError", "MissingFileError", "NotFoundError", "atomic_write", "atomic_write_with", "fsync_dir", "fsync_tree"]
+__all__ = ["CompalignError", "InputError", "MissingFileError", "NotFoundError", "atomic_write", "atomic_write_with",
+           "fsync_dir", "fsync_tree"]

@@ -285,7 +285,7 @@ def register_variant(name: str, cls: type[Head], about: str, **defaults: Any) ->
         head.name = name  # the variant's own stable name (instance attribute shadows the class's)
         return head
 
-    HEADS.register(name, factory, about=about, trainable=bool(cls.trainable))
+    HEADS.register(name, factory, about=about, trainable=bool(cls.trainable), module=cls.__module__)
 
 
 def list_heads(**where: Any) -> list[str]:
