@@ -14,7 +14,9 @@ from ..cache.reader import CacheReader
 from ..core import InputError
 from ..evaluate.benchmarks import create_benchmark, list_benchmarks
 from ..heads import create_head, describe_head, list_heads
+from ..heads.base import HEADS
 from .common import console, setup_logging, user_errors
+from .workspace import RUNS, find_cache, find_run, stores
 
 app = typer.Typer(help="Train and score alignment heads from a feature cache alone.", no_args_is_help=True)
 
@@ -55,9 +57,11 @@ def _options(pairs: list[str], what: str) -> dict[str, Any]:
 @app.command()
 def score(
     bench: str = typer.Option(..., help=f"benchmark: {', '.join(list_benchmarks())}"),
-    cache: Path = typer.Option(..., exists=True, help="the cache to score from (Zarr store or `cache export` .h5)"),
+    cache: Path | None = typer.Option(None, exists=True, help="the cache to score from (Zarr store or .h5); default: the "
+                                      "only store of the benchmark's data kind under caches/"),
     head: str | None = typer.Option(None, help="a registered head (default: global)"),
-    checkpoint: Path | None = typer.Option(None, exists=True, file_okay=False, help="a RUN_DIR written by `train`"),
+    checkpoint: Path | None = typer.Option(None, exists=True, file_okay=False, help="a RUN_DIR written by `train`; default "
+                                           "for a trainable --head: the only run of that head under runs/"),
     untrained: bool = typer.Option(False, "--untrained", help="score a trainable head at its random initialisation"),
     json_out: Path | None = typer.Option(None, "--json", help="write metrics and per-item outcomes here"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
@@ -65,6 +69,14 @@ def score(
     """Score HEAD (or the trained head in CHECKPOINT) on BENCH from CACHE and print the table."""
     setup_logging(verbose)
     with user_errors():
+        benchmark = create_benchmark(bench)
+        if cache is None:
+            cache = find_cache(benchmark.source, f"--bench {bench} reads")
+            console.print(f"cache: {cache}")
+        if checkpoint is None and head is not None and not untrained and HEADS.meta(head)["trainable"]:
+            checkpoint = find_run(head)
+            if checkpoint is not None:
+                console.print(f"checkpoint: {checkpoint}")
         if checkpoint is not None:
             from ..heads.checkpoint import load_head
 
@@ -78,7 +90,7 @@ def score(
                                  f"Train it (`compalign-heads train {h.name} --cache {cache} --out RUN_DIR`) and pass "
                                  "--checkpoint RUN_DIR, or pass --untrained to score the random initialisation on purpose.")
         reader = CacheReader(cache)
-        result = create_benchmark(bench).evaluate(reader, h)
+        result = benchmark.evaluate(reader, h)
         c = result.counts
         if c.get("items") and c.get("invalid", 0) == c["items"]:
             raise InputError(f"all {c['items']} items of {cache} use a failed image or caption: nothing to score. "
@@ -102,8 +114,9 @@ def score(
 @app.command()
 def train(
     head: str = typer.Argument(..., help="a trainable registered head (tflocal, global_mlp, their variants)"),
-    cache: Path = typer.Option(..., exists=True, help="a cache of (image, caption, negatives) items (Zarr or .h5)"),
-    out: Path = typer.Option(..., help="RUN_DIR: best head, resume state, log"),
+    cache: Path | None = typer.Option(None, exists=True, help="a cache of (image, caption, negatives) items (Zarr or .h5); "
+                                      "default: the only pairs store under caches/ (else the only store there)"),
+    out: Path | None = typer.Option(None, help="RUN_DIR: best head, resume state, log (default: runs/HEAD)"),
     steps: int = typer.Option(1500, help="optimisation steps at most (early stopping may end sooner)"),
     batch_size: int = typer.Option(64, help="distinct images per step"),
     loss: str = typer.Option("infonce=1,hardneg=1", help="loss mix NAME=WEIGHT,... (compalign-heads list shows them)"),
@@ -134,6 +147,10 @@ def train(
         if train_set:
             cfg = TrainConfig.from_dict({**cfg.to_dict(), **_options(train_set, "--train-set")})
         head_cfg = _options(set_, "--set")
+        if cache is None:
+            cache = find_cache("pairs" if stores("pairs") else None, f"training {head}")  # training data comes as pairs
+            console.print(f"cache: {cache}")
+        out = out if out is not None else RUNS / head
 
     with progress_bar() as bar:
         task = bar.add_task(f"train {head}", total=steps, rate="")
