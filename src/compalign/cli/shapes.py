@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from compalign.shapes import WorldConfig, WorldExistsError, write_world
+from compalign.core import InputError, MissingFileError
+from compalign.shapes import WorldConfig, write_world
+
+from .common import console, user_errors
 
 app = typer.Typer(help="The synthetic compositional shapes world.", no_args_is_help=True)
-console = Console()
+
+
+def _print_result(renderable: Any) -> None:
+    """Results (tables, the summary line) go to stdout; messages, progress and errors to the shared stderr console."""
+    Console().print(renderable)
 
 
 @app.callback()
@@ -40,30 +49,23 @@ def make(
     ),
 ) -> None:
     """Generate train pairs and SugarCrepe/BiVLC-format test splits (in-distribution and held-out pairs)."""
-    try:
+    with user_errors():  # a bad option value, or a world from another config without --force (WorldExistsError)
         extra = {} if position_grid is None else {"position_grid": position_grid}
         cfg = WorldConfig.for_canvas(
             size, seed=seed, n_train=n_train, n_test_id=n_test, n_test_ood=n_test, leak_negatives=leak_negatives, **extra
         )
-    except ValueError as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from e
-    columns = (TextColumn("{task.description:>9}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
-        tasks: dict[str, int] = {}
+        columns = (TextColumn("{task.description:>9}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console, transient=True) as bar:
+            tasks: dict[str, int] = {}
 
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done)
+            def progress(stage: str, done: int, total: int) -> None:
+                if stage not in tasks:
+                    tasks[stage] = bar.add_task(stage, total=total)
+                bar.update(tasks[stage], completed=done)
 
-        try:
             result = write_world(cfg, out, force=force, progress=progress, workers=workers)
-        except WorldExistsError as e:
-            console.print(f"[red]error:[/red] {e}")
-            raise typer.Exit(1) from e
     if result.status == "cached":
-        console.print(f"[green]cached:[/green] {out} already holds this world (same config); nothing to do.")
+        _print_result(f"[green]cached:[/green] {escape(str(out))} already holds this world (same config); nothing to do.")
         return
     table = Table(title=f"shapes world written to {out}")
     for col in ("split", "scenes", "train pairs", "sugarcrepe items", "bivlc rows"):
@@ -76,7 +78,7 @@ def make(
             str(sum(c["sugarcrepe"].values())) if "sugarcrepe" in c else "",
             str(c["bivlc"]["rows"]) if "bivlc" in c else "",
         )
-    console.print(table)
+    _print_result(table)
 
 
 @app.command()
@@ -119,14 +121,6 @@ def backbone(
         overrides["p_grey"] = p_grey
     if p_recolour is not None:
         overrides["p_recolour"] = p_recolour
-    try:
-        cfg = PretrainConfig(**overrides)
-    except ValueError as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from e
-    if not (world / "train" / "pairs.jsonl").is_file():
-        console.print(f"[red]error:[/red] {world} has no train/pairs.jsonl; build it with `compalign shapes make --out {world}`")
-        raise typer.Exit(2)
     columns = (
         TextColumn("{task.description:>9}"),
         BarColumn(),
@@ -135,17 +129,18 @@ def backbone(
         TimeElapsedColumn(),
     )
     t0 = time.perf_counter()
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task("loading", total=cfg.steps, loss="-")
+    # a bad option value, a missing or damaged world, --device cuda without a GPU, augmenting a noisy world
+    with user_errors():
+        cfg = PretrainConfig(**overrides)
+        if not (world / "train" / "pairs.jsonl").is_file():  # before the model is built
+            raise MissingFileError(f"{world} has no train/pairs.jsonl; build it with `compalign shapes make --out {world}`")
+        with Progress(*columns, console=console, transient=True) as bar:
+            task = bar.add_task("loading", total=cfg.steps, loss="-")
 
-        def progress(step: int, total: int, loss: float) -> None:
-            bar.update(task, description="training", completed=step, loss=f"{loss:.3f}")
+            def progress(step: int, total: int, loss: float) -> None:
+                bar.update(task, description="training", completed=step, loss=f"{loss:.3f}")
 
-        try:
             result = pretrain_backbone(world, out, cfg, progress=progress)
-        except (RuntimeError, ValueError) as e:  # --device cuda without a GPU; augmenting a noisy world
-            console.print(f"[red]error:[/red] {e}")
-            raise typer.Exit(2) from e
     losses = result.losses
     head, tail = losses[: min(50, len(losses))], losses[-min(50, len(losses)) :]
     table = Table(title=f"tiny backbone written to {out}")
@@ -160,7 +155,7 @@ def backbone(
         f"{time.perf_counter() - t0:.0f}",
         f"{result.bytes / 1e6:.1f}",
     )
-    console.print(table)
+    _print_result(table)
 
 
 @app.command()
@@ -175,24 +170,20 @@ def probe(
     fit_split: str = typer.Option("test_id", "--fit-split", help="Which split the --fit-on cache was extracted from."),
 ) -> None:
     """Linear probes for colour, shape, size and the pair from the patch tokens at each object."""
+    with user_errors():  # a missing or foreign cache, a missing world or split, a cache of another split
+        _probe(cache, world, split, seed, fit_on, fit_split)
+
+
+def _probe(cache: Path, world: Path, split: str, seed: int, fit_on: Path | None, fit_split: str) -> None:
     from compalign.cache import open_cache
-    from compalign.cache.store import CacheError
     from compalign.shapes.probe import ProbeConfig, cached_layers, probe_cache, text_to_image_recall
 
-    try:
-        reader = open_cache(cache)
-    except (CacheError, FileNotFoundError, KeyError, ValueError) as e:
-        console.print(f"[red]error:[/red] cannot open {cache}: {e}")
-        raise typer.Exit(2) from e
+    reader = open_cache(cache)
     layers = cached_layers(reader)
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console, transient=True) as bar:
         bar.add_task(f"probing {len(layers)} layer(s)", total=None)
-        try:
-            result = probe_cache(reader, world, split, ProbeConfig(seed=seed))
-            recall = text_to_image_recall(reader, world, split) if "caption" in reader.items else None
-        except (FileNotFoundError, ValueError, KeyError) as e:
-            console.print(f"[red]error:[/red] {e}")
-            raise typer.Exit(2) from e
+        result = probe_cache(reader, world, split, ProbeConfig(seed=seed))
+        recall = text_to_image_recall(reader, world, split) if "caption" in reader.items else None
     chance = result.chance()
     table = Table(
         title=f"locality probe · {split} · held-out accuracy %",
@@ -208,9 +199,9 @@ def probe(
         cells = [f"[{'green' if accs[t] >= 0.9 else 'yellow'}]{100 * accs[t]:.1f}[/]" for t in targets]
         table.add_row(str(layer), pool, *cells)
     table.add_row("chance", "", *[f"{100 * chance[t]:.1f}" for t in targets], style="dim")
-    console.print(table)
+    _print_result(table)
     if recall is not None:
-        console.print(
+        _print_result(
             f"text→image R@1 over {int(recall['n'])} images: {100 * recall['r1']:.1f}% "
             f"(caption true of the top image: {100 * recall['r1_valid']:.1f}%)"
         )
@@ -222,14 +213,9 @@ def probe(
 def _print_transfer_probe(fit_on: Path, fit_split: str, reader, world: Path, split: str, seed: int) -> None:
     """Fitted on familiar pairs, read on held-out ones: what a head trained on the train split meets."""
     from compalign.cache import open_cache
-    from compalign.cache.store import CacheError
     from compalign.shapes.probe import ProbeConfig, transfer_probe
 
-    try:
-        res = transfer_probe(open_cache(fit_on), reader, world, fit_split, split, ProbeConfig(seed=seed))
-    except (CacheError, FileNotFoundError, KeyError, ValueError) as e:
-        console.print(f"[red]error:[/red] transfer probe from {fit_on}: {e}")
-        raise typer.Exit(2) from e
+    res = transfer_probe(open_cache(fit_on), reader, world, fit_split, split, ProbeConfig(seed=seed))
     n_held, n_fam = res[next(iter(res))]["shape"][2:]  # the same objects in every row
     table = Table(
         title=f"transfer probe · fitted on {fit_split}, scored on {split} · accuracy % (held-out pairs / familiar)",
@@ -241,18 +227,18 @@ def _print_transfer_probe(fit_on: Path, fit_split: str, reader, world: Path, spl
         table.add_column(t, justify="right")
     for layer, row in res.items():
         table.add_row(str(layer), *[f"{100 * row[t][0]:.1f} / {100 * row[t][1]:.1f}" for t in ("colour", "shape", "size")])
-    console.print(table)
+    _print_result(table)
 
 
 def _print_text_probe(reader, world: Path, seed: int) -> None:
     """The text side: does each shape word's token carry its own colour / size (not just the caption's)?"""
     from compalign.shapes.probe import ProbeConfig
-    from compalign.shapes.text_probe import ATTRS, probe_text_binding
+    from compalign.shapes.text_probe import ATTRS, TextProbeUnavailableError, probe_text_binding
 
     try:
         res = probe_text_binding(reader, world, ProbeConfig(seed=seed))
-    except ValueError as e:  # another tokenizer, or no world captions: the image table stands alone
-        console.print(f"[yellow]text probe skipped:[/yellow] {e}")
+    except TextProbeUnavailableError as e:  # another tokenizer, or no world captions: the image table stands alone
+        console.print(f"[yellow]text probe skipped:[/yellow] {escape(str(e))}", highlight=False, soft_wrap=True)
         return
     table = Table(
         title="text binding probe · held-out accuracy % (chance)",
@@ -270,7 +256,22 @@ def _print_text_probe(reader, world: Path, seed: int) -> None:
                 acc, chance, _ = res.accuracy.get((layer, a, subset), (float("nan"), float("nan"), 0))
                 cells.append(f"{100 * acc:.1f} ({100 * chance:.0f})")
         table.add_row(str(layer), *cells)
-    console.print(table)
+    _print_result(table)
+
+
+def _read_score_file(path: Path) -> dict[str, Any]:
+    """A `compalign-heads score --json` file; a missing, non-JSON or foreign one is the user's to fix."""
+    import json
+
+    if not path.is_file():
+        raise MissingFileError(f"{path} is missing: write it with `compalign-heads score ... --json {path}`")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{path} is not valid JSON ({e}): pass a file written by `compalign-heads score --json`") from None
+    if not isinstance(data, dict) or not isinstance(data.get("items"), list):
+        raise InputError(f"{path} has no 'items' list: pass a file written by `compalign-heads score --json`")
+    return data
 
 
 @app.command()
@@ -280,20 +281,15 @@ def breakdown(
     split: str = typer.Option("test_id", "--split", help="Which split was scored (test_id or test_ood)."),
 ) -> None:
     """Split swap_att / swap_obj accuracy by what the negative swaps (colour, size, shape)."""
-    import json
-
     from compalign.shapes.breakdown import breakdown as split_scores
     from compalign.shapes.writer import load_world_config
 
-    try:
+    with user_errors():  # a missing or damaged world, score file or split
         cfg = load_world_config(world)
         rows = {}
         for path in scores:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            rows[f"{data.get('head', path.stem)}"] = split_scores(data, world / split / "sugarcrepe", cfg)
-    except (FileNotFoundError, ValueError, KeyError, json.JSONDecodeError) as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from e
+            data = _read_score_file(path)
+            rows[f"{data.get('head', path.stem)}"] = split_scores(data, world / split / "sugarcrepe", cfg, source=str(path))
     columns = sorted({(s, k) for r in rows.values() for s, d in r.items() for k in d})
     table = Table(title=f"swap accuracy % by swapped words · {split}")
     table.add_column("head")
@@ -305,4 +301,4 @@ def breakdown(
             c, n = r.get(s, {}).get(k, [0, 0])
             cells.append(f"{100 * c / n:.1f} (n={n})" if n else "—")
         table.add_row(head, *cells)
-    console.print(table)
+    _print_result(table)

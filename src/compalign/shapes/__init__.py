@@ -26,6 +26,7 @@ from compalign.shapes.render import list_shapes, render_png, render_scene
 from compalign.shapes.scene import (
     RELATIONS,
     SPLITS,
+    PlacementError,
     Relation,
     Scene,
     SceneObject,
@@ -52,6 +53,7 @@ __all__ = [
     "Caption",
     "Mention",
     "NegativeKind",
+    "PlacementError",
     "Relation",
     "Scene",
     "SceneObject",

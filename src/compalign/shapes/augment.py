@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from compalign.core import InputError
+
 if TYPE_CHECKING:
     from compalign.shapes.pretrain import PretrainConfig, TrainData
 
@@ -40,7 +42,7 @@ def augment_data(data: TrainData, world: Path, preprocess: Any, tokenizer: Any, 
 
     wcfg = load_world_config(world)
     if wcfg.noise_std > 0:  # the masks below find pixels by their exact flat colour
-        raise ValueError(f"{world}: the pretraining augmentations need flat colours, but this world adds pixel noise "
+        raise InputError(f"{world}: the pretraining augmentations need flat colours, but this world adds pixel noise "
                          f"(noise_std {wcfg.noise_std}); make the world with noise_std 0 or train without them")
     norm = preprocess.transforms[-1]  # torchvision Normalize, the last step of open_clip's eval transform
     mean, std = torch.tensor(norm.mean).view(3, 1, 1), torch.tensor(norm.std).view(3, 1, 1)

@@ -15,6 +15,7 @@ from typing import Literal, get_args
 
 import numpy as np
 
+from compalign.core import InputError
 from compalign.shapes.config import WorldConfig
 from compalign.shapes.scene import (
     RELATIONS,
@@ -87,7 +88,7 @@ def caption_text(c: Caption) -> str:
 
 
 def parse_caption(text: str, cfg: WorldConfig) -> Caption:
-    """Inverse of ``caption_text`` (up to the two equivalent relation orders); ValueError if off-grammar."""
+    """Inverse of ``caption_text`` (up to the two equivalent relation orders); InputError (a ValueError) if off-grammar."""
     toks = re.findall(r"[a-z]+|,", text.lower())
     pos = 0
 
@@ -97,13 +98,13 @@ def parse_caption(text: str, cfg: WorldConfig) -> Caption:
     def expect(*words: str) -> None:
         nonlocal pos
         if peek(len(words)) != words:
-            raise ValueError(f"cannot parse caption {text!r}: expected {' '.join(words)!r} at token {pos}")
+            raise InputError(f"cannot parse caption {text!r}: expected {' '.join(words)!r} at token {pos}")
         pos += len(words)
 
     def noun_phrase() -> Mention:
         nonlocal pos
         if peek() not in (("a",), ("an",)):
-            raise ValueError(f"cannot parse caption {text!r}: expected an article at token {pos}")
+            raise InputError(f"cannot parse caption {text!r}: expected an article at token {pos}")
         pos += 1
         size = colour = None
         if peek() and peek()[0] in cfg.size_words:
@@ -111,7 +112,7 @@ def parse_caption(text: str, cfg: WorldConfig) -> Caption:
         if peek() and peek()[0] in cfg.colours:
             colour, pos = toks[pos], pos + 1
         if not peek() or peek()[0] not in cfg.shapes:
-            raise ValueError(f"cannot parse caption {text!r}: expected a shape at token {pos}")
+            raise InputError(f"cannot parse caption {text!r}: expected a shape at token {pos}")
         shape, pos = toks[pos], pos + 1
         return Mention(shape, colour, size)
 
@@ -141,7 +142,7 @@ def parse_caption(text: str, cfg: WorldConfig) -> Caption:
     rel = relation()
     if rel is None:
         if has_is:
-            raise ValueError(f"cannot parse caption {text!r}: 'is' without a relation")
+            raise InputError(f"cannot parse caption {text!r}: 'is' without a relation")
         caption = Caption(tuple(np_list([first])), None, prefix)
     else:
         second = noun_phrase()
@@ -151,10 +152,10 @@ def parse_caption(text: str, cfg: WorldConfig) -> Caption:
             extras = np_list([noun_phrase()])
         template = {(0, True): 0, (1, False): 1, (0, False): 3}.get((prefix, has_is))
         if template is None:
-            raise ValueError(f"cannot parse caption {text!r}: no relation template matches")
+            raise InputError(f"cannot parse caption {text!r}: no relation template matches")
         caption = Caption((first, second, *extras), rel, template)
     if pos != len(toks):
-        raise ValueError(f"cannot parse caption {text!r}: trailing tokens {toks[pos:]}")
+        raise InputError(f"cannot parse caption {text!r}: trailing tokens {toks[pos:]}")
     return caption
 
 
@@ -360,7 +361,7 @@ def make_negative(
     """A random candidate of ``kind`` that is clearly false for ``scene`` and names no ``forbidden``
     pair (the held-out guarantee), or None if the caption admits none."""
     if kind not in NEGATIVE_GENERATORS:
-        raise ValueError(f"unknown negative kind {kind!r}; known: {list_negative_kinds()}")
+        raise InputError(f"unknown negative kind {kind!r}; known: {list_negative_kinds()}")
     candidates = NEGATIVE_GENERATORS[kind](c, cfg, rng)
     text = caption_text(c)
     for idx in rng.permutation(len(candidates)):

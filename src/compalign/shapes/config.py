@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from compalign.core import InputError
+
 # Well-separated hues (RGB). Names are single lowercase words so captions parse unambiguously.
 DEFAULT_COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -103,7 +105,7 @@ class WorldConfig:
 
     def _validate(self) -> None:
         def fail(msg: str) -> None:
-            raise ValueError(f"WorldConfig: {msg}")
+            raise InputError(f"WorldConfig: {msg}")
 
         if len(self.colours) < 2 or len(self.shapes) < 2:
             fail("need at least 2 colours and 2 shapes")
@@ -161,7 +163,7 @@ class WorldConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"WorldConfig: unknown keys {unknown}; known keys: {sorted(known)}")
+            raise InputError(f"WorldConfig: unknown keys {unknown}; known keys: {sorted(known)}")
         return cls(**data)
 
     @classmethod

@@ -32,8 +32,9 @@ import torch.nn.functional as F
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from safetensors.torch import save_file
 
+from compalign.core import InputError, MissingFileError
 from compalign.core.assets import MODEL_CONFIG_DIR
-from compalign.core.decode import decode_image
+from compalign.core.decode import DecodeError, decode_image
 from compalign.core.device import resolve_device
 from compalign.shapes.augment import augment_batch, augment_data
 
@@ -86,15 +87,17 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
-            raise ValueError(f"PretrainConfig: device must be cpu, cuda, cuda:N or auto, got {self.device!r}")
+            raise InputError(f"PretrainConfig: device must be cpu, cuda, cuda:N or auto, got {self.device!r}")
         if self.steps < 1 or self.batch_size < 2:
-            raise ValueError("PretrainConfig: steps must be >= 1 and batch_size >= 2 (the loss needs negatives)")
+            raise InputError("PretrainConfig: steps must be >= 1 and batch_size >= 2 (the loss needs negatives)")
         if self.threads < 1:
-            raise ValueError("PretrainConfig: threads must be >= 1")
+            raise InputError("PretrainConfig: threads must be >= 1")
         if not all(0.0 <= p <= 1.0 for p in (self.p_background, self.p_grey, self.p_recolour)):
-            raise ValueError("PretrainConfig: p_background, p_grey and p_recolour are probabilities in [0, 1]")
+            raise InputError("PretrainConfig: p_background, p_grey and p_recolour are probabilities in [0, 1]")
         if self.lr <= 0 or self.warmup < 0 or self.weight_decay < 0:
-            raise ValueError("PretrainConfig: lr must be > 0, warmup and weight_decay >= 0")
+            raise InputError("PretrainConfig: lr must be > 0, warmup and weight_decay >= 0")
+        if self.save_dtype not in ("fp32", "fp16"):
+            raise InputError(f"PretrainConfig: save_dtype must be fp32 or fp16, got {self.save_dtype!r}")
 
     @property
     def augments(self) -> bool:
@@ -105,7 +108,7 @@ class PretrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"PretrainConfig: unknown keys {unknown}; known keys: {sorted(known)}")
+            raise InputError(f"PretrainConfig: unknown keys {unknown}; known keys: {sorted(known)}")
         return cls(**data)
 
 
@@ -170,16 +173,48 @@ def build_model(model_cfg: dict[str, Any], seed: int) -> tuple[torch.nn.Module, 
 # -- data ------------------------------------------------------------------------------------
 
 
+def _read_pairs(path: Path, world: str | Path) -> list[dict[str, Any]]:
+    """The rows of train/pairs.jsonl; a damaged line is named with its number and the command that rewrites it."""
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path} line {n} is not valid JSON ({e}); rebuild the world with "
+                             f"`compalign shapes make --out {world} --force`") from None
+        if not isinstance(row, dict) or not isinstance(row.get("image"), str) or not isinstance(row.get("caption"), str):
+            raise InputError(f"{path} line {n} is not an {{image, caption}} row; rebuild the world with "
+                             f"`compalign shapes make --out {world} --force`")
+        rows.append(row)
+    if not rows:
+        raise InputError(f"{path} holds no training pairs; make the world with training scenes "
+                         f"(`compalign shapes make --out {world} --n-train N --force`)")
+    return rows
+
+
+def _read_image(path: Path, world: str | Path) -> Any:
+    if not path.is_file():
+        raise MissingFileError(f"{path} is missing (named in train/pairs.jsonl); rebuild the world with "
+                               f"`compalign shapes make --out {world} --force`")
+    try:
+        return decode_image(path.read_bytes())
+    except DecodeError as e:
+        raise InputError(f"{path} is not a readable image ({e}); rebuild the world with "
+                         f"`compalign shapes make --out {world} --force`") from None
+
+
 def load_train_data(world: str | Path, preprocess: Any, tokenizer: Any, augment: bool = False) -> TrainData:
     """Every training image (preprocessed) and caption of a world's train split (+ what augmenting needs)."""
     split = Path(world) / "train"
     pairs_path = split / "pairs.jsonl"
     if not pairs_path.is_file():
-        raise FileNotFoundError(f"{pairs_path} is missing: build the world first (`compalign shapes make --out {world}`)")
-    rows = [json.loads(line) for line in pairs_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        raise MissingFileError(f"{pairs_path} is missing: build the world first (`compalign shapes make --out {world}`)")
+    rows = _read_pairs(pairs_path, world)
     names = sorted({r["image"] for r in rows})
     index = {n: i for i, n in enumerate(names)}
-    pixels = torch.stack([preprocess(decode_image((split / n).read_bytes())) for n in names])  # (N, 3, H, W)
+    pixels = torch.stack([preprocess(_read_image(split / n, world)) for n in names])  # (N, 3, H, W)
     tokens = tokenizer([r["caption"] for r in rows]).long()  # (M, C)
     owner = torch.tensor([index[r["image"]] for r in rows], dtype=torch.long)
     logger.info("loaded %d images and %d captions from %s", len(names), len(rows), split)

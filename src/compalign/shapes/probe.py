@@ -24,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 
 from compalign.cache.reader import CacheReader
+from compalign.core import InputError, MissingFileError
 from compalign.shapes.captions import caption_is_true, parse_caption
 from compalign.shapes.config import WorldConfig
 from compalign.shapes.scene import Scene
@@ -52,9 +53,9 @@ class ProbeConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "ridges", tuple(self.ridges))
         if not 0.0 < self.train_fraction < 1.0 or not 0.0 < self.val_fraction < 1.0:
-            raise ValueError("ProbeConfig: train_fraction and val_fraction must be in (0, 1)")
+            raise InputError("ProbeConfig: train_fraction and val_fraction must be in (0, 1)")
         if not self.ridges or min(self.ridges) <= 0:
-            raise ValueError("ProbeConfig: ridges must be positive")
+            raise InputError("ProbeConfig: ridges must be positive")
 
 
 @dataclass
@@ -115,7 +116,7 @@ def pool_objects(
     n, p, w = patches.shape
     grid = int(round(p**0.5))
     if grid * grid != p:
-        raise ValueError(f"the probe needs a square patch grid, got {p} patches")
+        raise InputError(f"the probe needs a square patch grid, got {p} patches")
     box = np.empty((len(objects), w), dtype=np.float32)
     centre = np.empty((len(objects), w), dtype=np.float32)
     for k, (row, b) in enumerate(objects):
@@ -260,12 +261,13 @@ def _split_objects(reader: CacheReader, world: str | Path, split: str) -> _Objec
     world = Path(world)
     scenes_path = world / split / "scenes.jsonl"
     if not scenes_path.is_file():
-        raise FileNotFoundError(f"{scenes_path} is missing: is {world} a shapes world and {split!r} one of its splits?")
+        raise MissingFileError(f"{scenes_path} is missing: is {world} a shapes world (`compalign shapes make --out {world}`) "
+                               f"and {split!r} one of its splits (train, test_id, test_ood)?")
     scenes = load_scenes(scenes_path)
     rows_of = image_rows(reader)
     names = sorted(n for n in scenes if Path(n).name in rows_of)
     if len(names) < 10:
-        raise ValueError(
+        raise InputError(
             f"only {len(names)} images of {scenes_path} are in the cache {reader.path}: "
             f"extract the same split (e.g. --data sugarcrepe --root {world / split / 'sugarcrepe'})"
         )
@@ -299,7 +301,7 @@ def transfer_probe(
     fit, test = _split_objects(fit_reader, world, fit_split), _split_objects(reader, world, split)
     is_held = np.array([(a["colour"], a["shape"]) in held for a in test.attrs])
     if not is_held.any():
-        raise ValueError(f"no object of {split} is of a held-out pair: score the transfer on test_ood")
+        raise InputError(f"no object of {split} is of a held-out pair: score the transfer on test_ood")
     y_fit, y_test = _labels(fit.attrs, wcfg), _labels(test.attrs, wcfg)
     out: dict[int, dict[str, tuple[float, float, int, int]]] = {}
     for layer in cached_layers(fit_reader):
@@ -335,7 +337,7 @@ def text_to_image_recall(reader: CacheReader, world: str | Path, split: str = "t
         first.setdefault(Path(str(origin[img_rows[i]])).name, int(txt_rows[i]))
     names = [n for n in names if n in first]
     if not names:
-        raise ValueError(f"no SugarCrepe items of {split} in {reader.path}")
+        raise InputError(f"no SugarCrepe items of {split} in {reader.path}")
     gallery = np.array([rows_of[n] for n in names])
     queries = np.array([first[n] for n in names])
     img = reader.read("images", "global", gallery).astype(np.float32)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image, ImageDraw
 
+from compalign.core import InputError
 from compalign.shapes.config import WorldConfig
 from compalign.shapes.scene import Scene
 
@@ -101,7 +102,7 @@ def render_scene(scene: Scene, cfg: WorldConfig) -> Image.Image:
     """RGB image of ``scene``; optional seeded Gaussian noise on top of the flat colours."""
     unknown = sorted({o.shape for o in scene.objects} - set(SHAPE_DRAWERS))
     if unknown:
-        raise ValueError(f"no drawer for shapes {unknown}; known: {list_shapes()}")
+        raise InputError(f"no drawer for shapes {unknown}; known: {list_shapes()}")
     img = Image.new("RGB", (scene.canvas, scene.canvas), tuple(cfg.background))
     d = ImageDraw.Draw(img)
     for o in scene.objects:

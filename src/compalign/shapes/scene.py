@@ -13,6 +13,7 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
+from compalign.core import CompalignError, InputError
 from compalign.shapes.config import WorldConfig
 
 logger = logging.getLogger(__name__)
@@ -26,6 +27,10 @@ SPLITS: tuple[Split, ...] = get_args(Split)
 
 # Bump when sampling changes meaning; part of every derived seed so old and new worlds differ.
 _STREAM_VERSION = 1
+
+
+class PlacementError(CompalignError, RuntimeError):
+    """The config's objects cannot be placed on its canvas without overlap (sizes, counts or gaps too large)."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +75,7 @@ class Scene:
     def from_json(cls, row: dict[str, Any]) -> Scene:
         w, h = row["canvas"]
         if w != h:
-            raise ValueError(f"scene canvas must be square, got {row['canvas']}")
+            raise InputError(f"scene canvas must be square, got {row['canvas']}")
         objs = tuple(SceneObject(o["shape"], o["colour"], o["size"], tuple(o["box"])) for o in row["objects"])
         return cls(canvas=w, objects=objs, noise_seed=int(row["noise_seed"]))
 
@@ -202,7 +207,7 @@ def choose_held_out(cfg: WorldConfig) -> frozenset[Pair]:
             sum(s == shp for _, s in seen) >= 2 for shp in cfg.shapes
         ):
             return held
-    raise ValueError(f"cannot hold out {n} pairs and keep 2 partners per word; lower held_out_fraction")
+    raise InputError(f"cannot hold out {n} pairs and keep 2 partners per word; lower held_out_fraction")
 
 
 def sample_scene(
@@ -230,7 +235,7 @@ def sample_scene(
                 objs = tuple(SceneObject(s, c, z, b) for (c, s), z, b in zip(pairs, sizes, boxes, strict=True))
                 return Scene(cfg.canvas_size, objs, int(rng.integers(0, 2**31 - 1)))
         logger.debug("placement failed for sides %s; redrawing sizes", sides)
-    raise RuntimeError(f"could not place {n} objects on a {cfg.canvas_size} px canvas; check the size ranges")
+    raise PlacementError(f"could not place {n} objects on a {cfg.canvas_size} px canvas; check the size ranges")
 
 
 def with_object(scene: Scene, index: int, **changes: Any) -> Scene:

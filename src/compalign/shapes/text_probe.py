@@ -21,11 +21,19 @@ from pathlib import Path
 import numpy as np
 
 from compalign.cache.reader import CacheReader
+from compalign.core import InputError
 from compalign.shapes.captions import parse_caption
 from compalign.shapes.probe import ProbeConfig, linear_probe
 from compalign.shapes.writer import load_world_config
 
 ATTRS: tuple[str, ...] = ("colour", "size")
+
+
+class TextProbeUnavailableError(InputError):
+    """The cache's texts cannot be probed: another tokenizer than CLIP's, or no caption of the world's grammar.
+
+    The CLI treats it as a soft case (the image probe stands alone); anything else stays an error.
+    """
 
 
 @dataclass
@@ -56,12 +64,14 @@ def _mentions(reader: CacheReader, world: Path) -> tuple[list[_Mention], int]:
     for row, text in enumerate(strings.tolist()):
         try:
             cap = parse_caption(str(text), wcfg)
-        except ValueError:
+        except InputError:
             continue  # not the world's grammar (a real caption): nothing to probe
         ids = [tok.sot_token_id, *tok.encode(str(text)), tok.eot_token_id]
         if len(ids) != int(lengths[row]):
-            raise ValueError(f"{reader.path}: text row {row} ({text!r}) has {int(lengths[row])} stored tokens but the CLIP "
-                             f"tokenizer gives {len(ids)}; the text probe needs a backbone with open_clip's CLIP tokenizer")
+            raise TextProbeUnavailableError(
+                f"{reader.path}: text row {row} ({text!r}) has {int(lengths[row])} stored tokens but the CLIP "
+                f"tokenizer gives {len(ids)}; the text probe needs a backbone with open_clip's CLIP tokenizer"
+            )
         positions = [p for p, i in enumerate(ids) if i in shape_ids]
         if len(positions) != len(cap.mentions):
             continue
@@ -78,7 +88,9 @@ def probe_text_binding(reader: CacheReader, world: str | Path, cfg: ProbeConfig 
     """Ridge probes of each mention's colour and size from its shape word's token, per cached text layer."""
     mentions, n_captions = _mentions(reader, Path(world))
     if not mentions:
-        raise ValueError(f"{reader.path}: no caption in the shapes world's grammar; extract a split of a shapes world")
+        raise TextProbeUnavailableError(
+            f"{reader.path}: no caption in the shapes world's grammar; extract a split of a shapes world"
+        )
     rows = np.array(sorted({m.row for m in mentions}))
     rng = np.random.default_rng(cfg.seed)
     train_rows = set(rng.permutation(rows)[: int(round(len(rows) * cfg.train_fraction))].tolist())
@@ -99,4 +111,4 @@ def probe_text_binding(reader: CacheReader, world: str | Path, cfg: ProbeConfig 
     return TextProbeResult(result, n_captions)
 
 
-__all__ = ["ATTRS", "TextProbeResult", "probe_text_binding"]
+__all__ = ["ATTRS", "TextProbeResult", "TextProbeUnavailableError", "probe_text_binding"]

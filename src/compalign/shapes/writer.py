@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from compalign.core import CompalignError, InputError, MissingFileError
 from compalign.shapes.captions import (
     NEGATIVE_KINDS,
     Caption,
@@ -96,7 +97,7 @@ _BIVLC_SCHEMA = pa.schema(
 )
 
 
-class WorldExistsError(FileExistsError):
+class WorldExistsError(CompalignError, FileExistsError):
     """The output folder already holds a world built from a different config."""
 
 
@@ -441,7 +442,7 @@ def write_world(
     """
     unknown = sorted(set(cfg.shapes) - set(SHAPE_DRAWERS))
     if unknown:
-        raise ValueError(f"shapes {unknown} cannot be drawn; known shapes: {list_shapes()}")
+        raise InputError(f"shapes {unknown} cannot be drawn; known shapes: {list_shapes()}")
     out = Path(out_dir)
     meta_path = out / "world.json"
     if meta_path.exists():
@@ -477,23 +478,73 @@ def write_world(
     return WorldResult(out, "written", counts)
 
 
+def _world_meta(world_dir: str | Path) -> tuple[Path, dict[str, Any]]:
+    """(path, parsed world.json) of a written world; a missing or damaged file is the user's to fix."""
+    path = Path(world_dir) / "world.json"
+    if not path.is_file():
+        raise MissingFileError(f"{path} is missing: {world_dir} is not a shapes world; "
+                               f"build it with `compalign shapes make --out {world_dir}`")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path} is not valid JSON ({e}); rebuild the world with "
+                         f"`compalign shapes make --out {world_dir} --force`") from None
+    if not isinstance(meta, dict):
+        raise InputError(f"{path} is not a shapes world record (a JSON object); rebuild the world with "
+                         f"`compalign shapes make --out {world_dir} --force`")
+    return path, meta
+
+
+def _meta_field(path: Path, meta: dict[str, Any], key: str) -> Any:
+    if key not in meta:
+        raise InputError(f"{path} has no {key!r}: it is not a shapes world record; rebuild the world with "
+                         f"`compalign shapes make --out {path.parent} --force`")
+    return meta[key]
+
+
 def load_held_out(world_dir: str | Path) -> frozenset[Pair]:
     """Held-out (colour, shape) pairs of a written world."""
-    meta = json.loads((Path(world_dir) / "world.json").read_text(encoding="utf-8"))
-    return frozenset((c, s) for c, s in meta["held_out_pairs"])
+    path, meta = _world_meta(world_dir)
+    try:
+        return frozenset((c, s) for c, s in _meta_field(path, meta, "held_out_pairs"))
+    except (TypeError, ValueError) as e:  # not a list of [colour, shape] pairs
+        raise InputError(f"{path}: held_out_pairs is not a list of [colour, shape] pairs ({e})") from None
 
 
 def load_world_config(world_dir: str | Path) -> WorldConfig:
     """The WorldConfig a world folder was written with."""
-    meta = json.loads((Path(world_dir) / "world.json").read_text(encoding="utf-8"))
-    return WorldConfig.from_dict(meta["config"])
+    path, meta = _world_meta(world_dir)
+    data = _meta_field(path, meta, "config")
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: config is not a JSON object; rebuild the world with "
+                         f"`compalign shapes make --out {world_dir} --force`")
+    try:
+        return WorldConfig.from_dict(data)
+    except InputError as e:
+        raise InputError(f"{path}: {e}") from None
 
 
 def load_scenes(path: str | Path) -> dict[str, Scene]:
     """scenes.jsonl (or negative_scenes.jsonl's ``negative_scene`` rows) -> {image name: Scene}."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"{path} is missing: pass a split folder of a shapes world "
+                               "(written by `compalign shapes make --out WORLD`)")
     out: dict[str, Scene] = {}
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
-        row = row.get("negative_scene", row)
-        out[row["image"]] = Scene.from_json(row)
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path} line {n} is not valid JSON ({e}); rebuild the world with "
+                             "`compalign shapes make --out WORLD --force`") from None
+        try:
+            row = row.get("negative_scene", row) if isinstance(row, dict) else row
+            out[row["image"]] = Scene.from_json(row)
+        except InputError as e:
+            raise InputError(f"{path} line {n}: {e}") from None
+        except (KeyError, TypeError) as e:  # a row without the scene fields
+            raise InputError(f"{path} line {n} is not a scene row ({type(e).__name__}: {e}); rebuild the world with "
+                             "`compalign shapes make --out WORLD --force`") from None
     return out
