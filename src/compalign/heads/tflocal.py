@@ -14,8 +14,9 @@ Design (the paper that motivates it, arXiv 2604.11496, gives no public architect
     score  = α · cos(global_i, global_t) + β · local    (α, β learned; α = 0 without `global_residual`)
 
 Why this shape. Both sides are encoded *once* (per image, per caption) and only the last step is
-pairwise, so a (Bi, Bt) matrix costs one cross step per pair, and pairs and matrices run the same
-code (matrices by broadcasting a pair axis), which keeps them consistent. Caption tokens are
+pairwise, so a (Bi, Bt) matrix costs one cross step per pair. Pairs (`_local`) and matrices
+(`_local_matrix`, a few large products instead of Bi x Bt small ones) are two implementations of the
+same arithmetic; the contract tests check that a matrix's diagonal equals the pair scores. Caption tokens are
 contextualised (the tower's own causal context plus `txt_depth` blocks), so the noun token of "red
 square" can carry both words; the `match` rule then decides how binding is enforced: soft attention
 mixes what it reads from several regions (a red circle + a blue square can add up to "red square"),
