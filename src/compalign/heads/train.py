@@ -12,8 +12,9 @@ Determinism: the batch plan is a function of (seed, step) (`data.Planner`), the 
 its config, and on CPU the kernels are deterministic, so the same cache + configs give the same weights
 and a resumed run equals an uninterrupted one. On CUDA, `amp` runs the step under bf16 autocast (off by default:
 the heads' matrices are small, and on an H100 bf16 autocast made tflocal_coloc 1.75x slower per step than fp32).
-Under `torchrun` every rank takes a slice of each batch and gradients are averaged (all-reduce) before
-the optimizer step; in-batch negatives are per rank. Rank 0 alone writes the run directory.
+Under `torchrun` every rank takes a slice of each batch and the loss runs through `DistributedDataParallel`,
+which averages gradients over the ranks during backward; in-batch negatives are per rank. Rank 0 alone
+writes the run directory. Schedule, parameter groups and the distributed plumbing live in `core.training`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +35,15 @@ import torch
 from ..cache.reader import CacheReader
 from ..core import InputError
 from ..core.device import resolve_device
+from ..core.training import (
+    cosine_lr,
+    data_parallel,
+    deterministic_cpu,
+    init_distributed,
+    load_optimizer_tensors,
+    optimizer_tensors,
+    param_groups,
+)
 from .base import Head, TorchHead, create_head, list_heads, make_config
 from .checkpoint import read_json, read_tensors, save_head, write_json, write_tensors
 from .data import Pairs, Planner, TrainBatch, gather_batch, load_pairs, prefetch, split_by_image, subset_images
@@ -108,10 +117,7 @@ _NOT_IDENT = ("device", "amp", "prefetch", "save_every", "threads", "reader_cach
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, t)))
+    return cosine_lr(step, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr)
 
 
 def _to(batch: dict[str, np.ndarray], dev: torch.device) -> dict[str, torch.Tensor]:
@@ -171,34 +177,131 @@ def validate(head: TorchHead, reader: CacheReader, val: Pairs, dev: torch.device
     return {"acc": float(np.mean(list(per.values()))) if per else float("nan"), **{f"acc_{k}": float(v) for k, v in per.items()}}
 
 
-def _param_groups(head: torch.nn.Module, wd: float) -> list[dict[str, Any]]:
-    decay, rest = [], []
-    for name, p in head.named_parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 and "pos" not in name else rest).append(p)
-    return [{"params": decay, "weight_decay": wd}, {"params": rest, "weight_decay": 0.0}]
+class _Loss(torch.nn.Module):
+    """The weighted loss mix of one batch, as a module: what `DistributedDataParallel` wraps when world > 1 (it
+    averages gradients only for a forward that runs through the wrapper, not for the head's own calls)."""
+
+    def __init__(self, head: TorchHead, losses: dict[str, float], needs: frozenset[str], dev: torch.device):
+        super().__init__()
+        self.head, self.losses, self.needs, self.dev = head, losses, needs, dev
+
+    def forward(self, batch: TrainBatch) -> tuple[torch.Tensor, Scores]:
+        sc = batch_scores(self.head, batch, self.needs, self.dev)
+        return sum(w * get_loss(n)[0](sc) for n, w in self.losses.items()), sc
 
 
-def _opt_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    sd = opt.state_dict()
-    tensors = {f"opt.{i}.{k}": v for i, st in sd["state"].items() for k, v in st.items() if torch.is_tensor(v)}
-    return tensors, {"param_groups": sd["param_groups"], "state_keys": {str(i): sorted(st) for i, st in sd["state"].items()}}
+class _Run:
+    """One training run: the head, its optimizer, the data plan, early-stopping state; rank 0 alone writes `run`."""
 
+    def __init__(self, model: TorchHead, reader: CacheReader, cfg: TrainConfig, run: Path, rank: int, world: int,
+                 progress: Progress | None):
+        self.model, self.reader, self.cfg, self.run = model, reader, cfg, run
+        self.rank, self.world, self.progress = rank, world, progress
+        needs = frozenset().union(*(get_loss(n)[1] for n in cfg.losses))
+        if "text_hard" in needs and not model.text_text:
+            raise InputError(f"loss 'tgc' needs a text-text score, which head {model.name!r} does not have")
+        if needs & {"hard", "text_hard"} and cfg.n_hard == 0:
+            raise InputError(f"losses {sorted(cfg.losses)} need hard negatives; set n_hard >= 1")
+        self.dev = dev = resolve_device(cfg.device)
+        model.to(dev)
+        self.loss = _Loss(model, cfg.losses, needs, dev)
+        self.amp = cfg.amp and dev.type == "cuda"
+        pairs = load_pairs(reader, cfg.hard_kinds)
+        if cfg.n_hard and not pairs.kinds:
+            raise InputError(f"{reader.path} has no negatives (no neg:* or negative_caption items column); use n_hard=0 "
+                             f"with losses that need none (infonce)")
+        self.train, self.val = split_by_image(pairs, cfg.val_fraction, cfg.seed) if cfg.val_fraction else (pairs, None)
+        if self.val is not None and cfg.val_images:
+            self.val = subset_images(self.val, cfg.val_images, cfg.seed)
+        self.planner = Planner(self.train, cfg.batch_size, cfg.n_hard, cfg.seed, reader.layout.shard_rows, cfg.buffer_shards)
+        self.opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+        self.trained_on = {"backbone": reader.backbone.get("name"), "backbone_id": reader.backbone_id,
+                           "fingerprint": reader.fingerprint, "cache": str(reader.path)}
+        self.ident = {"head": model.name, "head_config": model.config(), "fingerprint": reader.fingerprint,
+                      "train": {k: v for k, v in cfg.to_dict().items() if k not in _NOT_IDENT}}
+        self.start, self.best, self.best_step, self.bad = 0, -math.inf, -1, 0
+        self.done, self.last_loss, self.pairs, self.t_rate = 0, float("nan"), 0, time.perf_counter()
 
-def _load_opt(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    state = {int(i): {k: tensors[f"opt.{i}.{k}"] for k in keys} for i, keys in meta["state_keys"].items()}
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    def resume(self) -> None:
+        """Continue from RUN_DIR/last.*: refused when it holds another head, config or cache."""
+        meta = read_json(self.run / "last.json")
+        # A run stored before a field joined _NOT_IDENT resumes (test_heads_train's resume stores amp so).
+        stored = {**meta["ident"], "train": {k: v for k, v in meta["ident"]["train"].items() if k not in _NOT_IDENT}}
+        if stored != self.ident:
+            raise InputError(f"{self.run} holds a run of another head, config or cache "
+                             f"({_first_difference(stored, self.ident)}); pass another --out, or --no-resume to start over")
+        tensors = read_tensors(self.run / "last.safetensors", str(self.dev))
+        self.model.load_state_tensors({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        load_optimizer_tensors(self.opt, {k: v for k, v in tensors.items() if k.startswith("opt.")}, meta["opt"])
+        self.start, self.best, self.best_step, self.bad = meta["step"], meta["best"], meta["best_step"], meta["bad"]
+        self.done = self.start
+        log.info("resuming %s at step %d", self.run, self.start)
 
+    def batch(self, s: int) -> TrainBatch:
+        p = self.planner.plan(s)
+        mine = slice(self.rank, None, self.world)  # this rank's share of the global batch
+        return gather_batch(self.reader, self.model, self.train, p.items[mine], p.negs[mine])
 
-def _dist() -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    import torch.distributed as dist
+    def loop(self) -> bool:
+        """Steps from `start` until `steps` or early stopping; True when it stopped early."""
+        cfg = self.cfg
+        forward = data_parallel(self.loss, self.dev) if self.world > 1 else self.loss
+        self.model.train()
+        self.t_rate = time.perf_counter()
+        for s, batch in prefetch(self.batch, range(self.start, cfg.steps), cfg.prefetch):
+            self.step(forward, s, batch)
+            if self.done % cfg.eval_every == 0 or self.done == cfg.steps:
+                if self.validate(self.done):
+                    return self.done < cfg.steps  # patience running out at the last step is not an early stop
+            if self.done % cfg.save_every == 0:
+                self.save_last(self.done)
+        return False
 
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), world
+    def step(self, forward: torch.nn.Module, s: int, batch: TrainBatch) -> None:
+        cfg = self.cfg
+        lr = lr_at(cfg, s)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+            loss, sc = forward(batch)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()  # under DDP: gradients averaged over the ranks here
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.opt.step()
+        self.done, self.last_loss = s + 1, float(loss.detach())
+        self.pairs += len(batch.cap) * self.world
+        if self.progress:
+            self.progress({"step": self.done, "steps": cfg.steps, "loss": self.last_loss, "acc": _train_acc(sc), "lr": lr,
+                           "pairs_s": self.pairs / max(1e-9, time.perf_counter() - self.t_rate)})
+
+    def validate(self, s: int) -> bool:
+        """Validate at step s, keep the best head, log a row; True when early stopping says stop."""
+        val, cfg = self.val, self.cfg
+        metrics = validate(self.model, self.reader, val, self.dev) if val is not None else {"acc": float("nan")}
+        if val is None or metrics["acc"] > self.best:
+            self.best, self.best_step, self.bad = (metrics["acc"] if val is not None else self.best), s, 0
+            if not self.rank:
+                save_head(self.model, self.run, train=cfg.to_dict(), trained_on=self.trained_on,
+                          metrics={"step": s, **metrics})
+        else:
+            self.bad += 1
+        if not self.rank:
+            with (self.run / "log.jsonl").open("a") as f:
+                f.write(json.dumps({"step": s, "loss": self.last_loss, **metrics}) + "\n")
+        log.info("step %d: val acc %.2f (best %.2f at step %d)", s, metrics["acc"], self.best, self.best_step)
+        if self.progress:
+            self.progress({"step": s, "steps": cfg.steps, "val": metrics, "best": self.best, "best_step": self.best_step})
+        return bool(cfg.patience) and self.bad >= cfg.patience
+
+    def save_last(self, s: int) -> None:
+        if self.rank:
+            return
+        opt_t, opt_meta = optimizer_tensors(self.opt)
+        write_tensors(self.run / "last.safetensors",
+                      {**{f"model.{k}": v for k, v in self.model.state_tensors().items()}, **opt_t})
+        write_json(self.run / "last.json", {"ident": self.ident, "step": s, "best": self.best, "best_step": self.best_step,
+                                            "bad": self.bad, "opt": opt_meta, "train": self.cfg.to_dict()})
 
 
 def train_head(head: str | Head, cache: str | Path, out: str | Path, cfg: TrainConfig | None = None,
@@ -206,9 +309,8 @@ def train_head(head: str | Head, cache: str | Path, out: str | Path, cfg: TrainC
                resume: bool = True) -> TrainResult:
     """Train `head` (a registry name, or an unbuilt head) on the items of `cache`; write RUN_DIR `out`."""
     cfg = cfg or TrainConfig()
-    run = Path(out)
     t0 = time.perf_counter()
-    rank, world = _dist()
+    rank, world = init_distributed()
     reader = CacheReader(cache, cache_bytes=cfg.reader_cache_mb * 2**20, resident_bytes=cfg.reader_resident_mb * 2**20)
     reader.require_complete()
     model = create_head(head, **(head_config or {})) if isinstance(head, str) else head
@@ -216,125 +318,17 @@ def train_head(head: str | Head, cache: str | Path, out: str | Path, cfg: TrainC
         raise InputError(f"head {model.name!r} has nothing to train; trainable heads: "
                          f"{', '.join(list_heads(trainable=True))}")
     model.attach(reader)  # builds the modules for this cache's widths (seeded by the head config)
-    needs = frozenset().union(*(get_loss(n)[1] for n in cfg.losses))
-    if "text_hard" in needs and not model.text_text:
-        raise InputError(f"loss 'tgc' needs a text-text score, which head {model.name!r} does not have")
-    if needs & {"hard", "text_hard"} and cfg.n_hard == 0:
-        raise InputError(f"losses {sorted(cfg.losses)} need hard negatives; set n_hard >= 1")
-    dev = resolve_device(cfg.device)
-    model.to(dev)
-    use_amp = cfg.amp and dev.type == "cuda"
-
-    pairs = load_pairs(reader, cfg.hard_kinds)
-    if cfg.n_hard and not pairs.kinds:
-        raise InputError(f"{reader.path} has no negatives (no neg:* or negative_caption items column); use n_hard=0 "
-                         f"with losses that need none (infonce)")
-    train, val = split_by_image(pairs, cfg.val_fraction, cfg.seed) if cfg.val_fraction else (pairs, None)
-    if val is not None and cfg.val_images:
-        val = subset_images(val, cfg.val_images, cfg.seed)
-    planner = Planner(train, cfg.batch_size, cfg.n_hard, cfg.seed, reader.layout.shard_rows, cfg.buffer_shards)
-    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
-    trained_on = {"backbone": reader.backbone.get("name"), "backbone_id": reader.backbone_id,
-                  "fingerprint": reader.fingerprint, "cache": str(reader.path)}
-    ident = {"head": model.name, "head_config": model.config(), "fingerprint": reader.fingerprint,
-             "train": {k: v for k, v in cfg.to_dict().items() if k not in _NOT_IDENT}}
-
-    start, best, best_step, bad = 0, -math.inf, -1, 0
-    if resume and (run / "last.json").is_file():
-        meta = read_json(run / "last.json")
-        # A run stored before a field existed resumes if the field is at its default (from then on the default
-        # applies: val_images caps the validation of a run begun before it), as does one stored before a field
-        # joined _NOT_IDENT.
-        defaults = {k: v for k, v in TrainConfig().to_dict().items() if k not in _NOT_IDENT}
-        stored_train = {**defaults, **{k: v for k, v in meta["ident"]["train"].items() if k not in _NOT_IDENT}}
-        stored = {**meta["ident"], "train": stored_train}
-        if stored != ident:
-            raise InputError(f"{run} holds a run of another head, config or cache ({_first_difference(stored, ident)}); "
-                             "pass another --out, or --no-resume to start over")
-        tensors = read_tensors(run / "last.safetensors", str(dev))
-        model.load_state_tensors({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        _load_opt(opt, {k: v for k, v in tensors.items() if k.startswith("opt.")}, meta["opt"])
-        start, best, best_step, bad = meta["step"], meta["best"], meta["best_step"], meta["bad"]
-        log.info("resuming %s at step %d", run, start)
-    run.mkdir(parents=True, exist_ok=True)
-
-    torch_det, torch_threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
-    if dev.type == "cpu":
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-    model.train()
-    stopped, done, last_loss = False, start, float("nan")
-    t_rate, n_rate = time.perf_counter(), 0
-
-    def make(s: int) -> TrainBatch:
-        p = planner.plan(s)
-        mine = slice(rank, None, world)  # this rank's share of the global batch
-        return gather_batch(reader, model, train, p.items[mine], p.negs[mine])
-
-    def save_last(s: int) -> None:
-        if rank:
-            return
-        opt_t, opt_meta = _opt_tensors(opt)
-        write_tensors(run / "last.safetensors", {**{f"model.{k}": v for k, v in model.state_tensors().items()}, **opt_t})
-        write_json(run / "last.json", {"ident": ident, "step": s, "best": best, "best_step": best_step, "bad": bad,
-                                       "opt": opt_meta, "train": cfg.to_dict()})
-
-    def evaluate(s: int) -> bool:
-        """Validate at step s, keep the best head; True when early stopping says stop."""
-        nonlocal best, best_step, bad
-        metrics = validate(model, reader, val, dev) if val is not None else {"acc": float("nan")}
-        row = {"step": s, "loss": last_loss, **metrics}
-        improved = val is None or metrics["acc"] > best
-        if improved:
-            best, best_step, bad = (metrics["acc"] if val is not None else best), s, 0
-            if not rank:
-                save_head(model, run, train=cfg.to_dict(), trained_on=trained_on, metrics={"step": s, **metrics})
-        else:
-            bad += 1
-        if not rank:
-            with (run / "log.jsonl").open("a") as f:
-                f.write(json.dumps(row) + "\n")
-        log.info("step %d: val acc %.2f (best %.2f at step %d)", s, metrics["acc"], best, best_step)
-        if progress:
-            progress({"step": s, "steps": cfg.steps, "val": metrics, "best": best, "best_step": best_step})
-        return bool(cfg.patience) and bad >= cfg.patience
-
-    try:
-        for step, batch in prefetch(make, range(start, cfg.steps), cfg.prefetch):
-            lr = lr_at(cfg, step)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                sc = batch_scores(model, batch, needs, dev)
-                loss = sum(w * get_loss(n)[0](sc) for n, w in cfg.losses.items())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if world > 1:
-                _all_reduce_grads(model, world)
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            done, last_loss = step + 1, float(loss.detach())
-            n_rate += len(batch.cap) * world
-            if progress:
-                progress({"step": done, "steps": cfg.steps, "loss": last_loss, "acc": _train_acc(sc), "lr": lr,
-                          "pairs_s": n_rate / max(1e-9, time.perf_counter() - t_rate)})
-            if done % cfg.eval_every == 0 or done == cfg.steps:
-                if evaluate(done):
-                    stopped = done < cfg.steps  # patience running out at the last step is not an early stop
-                    break
-            if done % cfg.save_every == 0:
-                save_last(done)
-        save_last(done)
-        if best_step < 0:  # nothing validated yet (e.g. resumed at the end): make sure a head exists
-            evaluate(done)
-    finally:
-        if dev.type == "cpu":
-            torch.use_deterministic_algorithms(torch_det)
-            torch.set_num_threads(torch_threads)
-    meta = read_json(run / "head.json") if (run / "head.json").is_file() else {"metrics": {}}
-    return TrainResult(run, done, best_step, {k: v for k, v in meta["metrics"].items() if k != "step"}, stopped,
+    r = _Run(model, reader, cfg, Path(out), rank, world, progress)
+    if resume and (r.run / "last.json").is_file():
+        r.resume()
+    r.run.mkdir(parents=True, exist_ok=True)
+    with deterministic_cpu(r.dev, cfg.threads):
+        stopped = r.loop()
+        r.save_last(r.done)
+        if r.best_step < 0:  # nothing validated yet (e.g. resumed at the end): make sure a head exists
+            r.validate(r.done)
+    meta = read_json(r.run / "head.json") if (r.run / "head.json").is_file() else {"metrics": {}}
+    return TrainResult(r.run, r.done, r.best_step, {k: v for k, v in meta["metrics"].items() if k != "step"}, stopped,
                        time.perf_counter() - t0)
 
 
@@ -357,12 +351,3 @@ def _train_acc(sc: Scores) -> float:
         if sc.hard is not None and sc.hard_mask.any():
             return float((sc.pos[:, None] > sc.hard).float()[sc.hard_mask].mean() * 100)
     return float("nan")
-
-
-def _all_reduce_grads(model: torch.nn.Module, world: int) -> None:
-    import torch.distributed as dist
-
-    for p in model.parameters():
-        if p.grad is not None:
-            dist.all_reduce(p.grad)
-            p.grad /= world

@@ -1,0 +1,94 @@
+"""Training scaffolding that knows nothing of heads: schedule, AdamW groups, optimizer state, data parallel.
+
+- `cosine_lr`          linear warmup to `lr`, then a cosine down to `min_lr` (held there after `steps`).
+- `param_groups`       AdamW groups: weight decay on matrices, none on vectors, scalars and positions.
+- `optimizer_tensors`  an optimizer's state as flat tensors + JSON (safetensors-friendly: nothing pickled),
+  `load_optimizer_tensors` its inverse.
+- `init_distributed`   (rank, world) under `torchrun`, (0, 1) without it.
+- `data_parallel`      a module wrapped in `DistributedDataParallel`: gradients are averaged over ranks in
+  buckets, overlapped with backward, for whatever runs through the wrapper's forward.
+- `deterministic_cpu`  deterministic kernels and a thread count while training on CPU, restored after.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+
+def cosine_lr(step: int, steps: int, warmup: int, lr: float, min_lr: float = 0.0) -> float:
+    """The learning rate at `step` (0-based): `lr * (step + 1) / warmup` while warming up, then a cosine from
+    `lr` at step `warmup` to `min_lr` at step `steps`."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    t = (step - warmup) / max(1, steps - warmup)
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: `weight_decay` on trainable parameters with ndim >= 2 whose name has no "pos" (matrices),
+    0 on the rest (norms, biases, scales, learned positions)."""
+    decay, rest = [], []
+    for name, p in module.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 and "pos" not in name else rest).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """`opt`'s state dict as ({"opt.<param>.<key>": tensor}, JSON-able metadata); non-tensor state is not kept."""
+    sd = opt.state_dict()
+    tensors = {f"opt.{i}.{k}": v for i, st in sd["state"].items() for k, v in st.items() if torch.is_tensor(v)}
+    return tensors, {"param_groups": sd["param_groups"], "state_keys": {str(i): sorted(st) for i, st in sd["state"].items()}}
+
+
+def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Restore what `optimizer_tensors` gave into `opt` (built over the same parameters)."""
+    state = {int(i): {k: tensors[f"opt.{i}.{k}"] for k in keys} for i, keys in meta["state_keys"].items()}
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def init_distributed() -> tuple[int, int]:
+    """(rank, world). Under `torchrun` (WORLD_SIZE > 1) the default process group is set up once: nccl where
+    CUDA is available, gloo otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world
+
+
+def data_parallel(module: torch.nn.Module, dev: torch.device) -> torch.nn.Module:
+    """`module` (already on `dev`) in `DistributedDataParallel`: call the wrapper, not `module`, for the forward
+    whose backward must average gradients over the ranks. Every trainable parameter must get a gradient each
+    step (no unused-parameter search)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if dev.type == "cuda":
+        return DistributedDataParallel(module, device_ids=[dev.index if dev.index is not None else torch.cuda.current_device()])
+    return DistributedDataParallel(module)
+
+
+@contextmanager
+def deterministic_cpu(dev: torch.device, threads: int) -> Iterator[None]:
+    """On CPU: deterministic algorithms (warn only) and `threads` torch threads (0: leave as is), restored after.
+    Elsewhere nothing changes."""
+    det, n = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
+    if dev.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        if threads:
+            torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if dev.type == "cpu":
+            torch.use_deterministic_algorithms(det)
+            torch.set_num_threads(n)
