@@ -361,7 +361,7 @@ def test_each_negative_kind_edits_as_named(cfg: WorldConfig) -> None:
 def test_config_round_trip_and_validation() -> None:
     cfg = WorldConfig(seed=5, n_train=7)
     assert WorldConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
-    with pytest.raises(ValueError, match="unknown keys"):
+    with pytest.raises(ValueError, match="unknown option"):
         WorldConfig.from_dict({**cfg.to_dict(), "n_trian": 3})
     with pytest.raises(ValueError):
         WorldConfig(small_size_range=(20, 30), large_size_range=(26, 32))

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from ..cache.reader import TOKEN_FIELDS
-from ..core import InputError
+from ..core import InputError, config
 from ..core.registry import Registry
 
 if TYPE_CHECKING:
@@ -235,27 +235,12 @@ class TorchHead(Head):
 
 def config_of(cfg: Any) -> dict[str, Any]:
     """A config dataclass as JSON-able constructor arguments (tuples -> lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+    return config.to_dict(cfg)
 
 
 def make_config(cls: type, name: str, kwargs: dict[str, Any]) -> Any:
-    """Build a config dataclass; unknown keys are an error that lists the known ones."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(kwargs) - known)
-    if unknown:
-        raise InputError(f"head {name!r}: unknown option(s) {unknown}; known: {sorted(known)}")
-    for f in dataclasses.fields(cls):
-        if f.name in kwargs and not _fits_type(kwargs[f.name], f.type):
-            raise InputError(f"head {name!r}: option {f.name} must be {f.type}, got {kwargs[f.name]!r}")
-    return cls(**kwargs)
-
-
-def _fits_type(value: Any, annotation: Any) -> bool:
-    """Scalar options are checked (a JSON `"width": "banana"` must not reach the arithmetic); others pass."""
-    want = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}.get(str(annotation))
-    if want is None:
-        return True
-    return isinstance(value, want) and (want == (bool,) or not isinstance(value, bool))
+    """Build a head's config dataclass; unknown keys and mistyped scalars are an error listing the known ones."""
+    return config.from_dict(cls, kwargs, f"head {name!r}")
 
 
 def seed_from(name: str, cfg: dict[str, Any]) -> int:

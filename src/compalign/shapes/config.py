@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from compalign.core import InputError
+from compalign.core import InputError, config
 
 # Well-separated hues (RGB). Names are single lowercase words so captions parse unambiguously.
 DEFAULT_COLOURS: dict[str, tuple[int, int, int]] = {
@@ -160,11 +160,7 @@ class WorldConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WorldConfig:
         """Inverse of ``to_dict``; unknown keys are an error, missing keys take defaults."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InputError(f"WorldConfig: unknown keys {unknown}; known keys: {sorted(known)}")
-        return cls(**data)
+        return config.from_dict(cls, data, "WorldConfig")
 
     @classmethod
     def for_canvas(cls, canvas_size: int, **overrides: Any) -> WorldConfig:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from safetensors.torch import save_file
 
-from compalign.core import InputError, MissingFileError
+from compalign.core import InputError, MissingFileError, config
 from compalign.core.assets import MODEL_CONFIG_DIR
 from compalign.core.decode import DecodeError, decode_image
 from compalign.core.device import resolve_device
@@ -105,11 +105,7 @@ class PretrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PretrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InputError(f"PretrainConfig: unknown keys {unknown}; known keys: {sorted(known)}")
-        return cls(**data)
+        return config.from_dict(cls, data, "PretrainConfig")
 
 
 @dataclass
