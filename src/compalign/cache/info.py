@@ -6,14 +6,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from ..core import tree_bytes
 from .reader import CacheReader
 from .store import CacheError, damaged_shards, resume_command
-
-
-def _bytes(p: Path) -> int:
-    if p.is_file():
-        return p.stat().st_size
-    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.exists() else 0
 
 
 def cache_info(path: str | Path, verify: bool = False) -> dict[str, Any]:
@@ -23,7 +18,7 @@ def cache_info(path: str | Path, verify: bool = False) -> dict[str, Any]:
 
     def walk(g: Any, prefix: str) -> None:
         for name, a in sorted(g.arrays()):
-            size = _bytes(r.path / (prefix + name)) if r.is_zarr else a.stored_bytes
+            size = tree_bytes(r.path / (prefix + name)) if r.is_zarr else a.stored_bytes
             arrays.append({"name": prefix + name, "shape": list(a.shape), "dtype": str(a.dtype), "bytes": size})
         for name, sub in sorted(g.groups()):
             walk(sub, prefix + name + "/")
@@ -55,6 +50,6 @@ def cache_info(path: str | Path, verify: bool = False) -> dict[str, Any]:
                    "image_shards_done": done["images"][0], "image_shards": done["images"][1],
                    "text_shards_done": done["texts"][0], "text_shards": done["texts"][1]},
         "arrays": arrays,
-        "bytes_on_disk": _bytes(r.path),
+        "bytes_on_disk": tree_bytes(r.path),
         "failures": {"images": r.failures("images"), "texts": r.failures("texts")} if ok_i >= 0 else {"images": [], "texts": []},
     }

@@ -59,3 +59,11 @@ def atomic_write_with(target: Path, write: Callable[[Path], None]) -> None:
 
 def atomic_write(target: Path, data: str | bytes) -> None:
     atomic_write_with(target, lambda p: p.write_bytes(data.encode() if isinstance(data, str) else data))
+
+
+def tree_bytes(p: Path) -> int:
+    """Bytes on disk of a file, or of every file under a folder (0 for a path that does not exist)."""
+    p = Path(p)
+    if p.is_file():
+        return p.stat().st_size
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.exists() else 0

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 
 def cosine_lr(step: int, steps: int, warmup: int, lr: float, min_lr: float = 0.0) -> float:
@@ -92,3 +93,9 @@ def deterministic_cpu(dev: torch.device, threads: int) -> Iterator[None]:
         if dev.type == "cpu":
             torch.use_deterministic_algorithms(det)
             torch.set_num_threads(n)
+
+
+def symmetric_infonce(logits: torch.Tensor) -> torch.Tensor:
+    """CLIP's loss over a (B, B) matrix of logits whose diagonal holds the matching pairs."""
+    target = torch.arange(logits.shape[0], device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))

@@ -86,8 +86,8 @@ class Backbone:
         ids = self.tokenizer(texts)
         # One extra position tells whether the caption fitted: a caption that needs it was cut.
         longer = self.tokenizer(texts, context_length=self.context_length + 1)
-        lengths = _content_lengths(ids, self.causal_text)
-        truncated = _content_lengths(longer, self.causal_text) > self.context_length
+        lengths = _content_lengths(ids)
+        truncated = _content_lengths(longer) > self.context_length
         return Tokens(ids=ids, lengths=lengths, truncated=truncated)
 
     @torch.no_grad()
@@ -181,7 +181,7 @@ def _absolute(i: int, depth: int) -> int:
     return j
 
 
-def _content_lengths(ids: torch.Tensor, causal: bool) -> torch.Tensor:
+def _content_lengths(ids: torch.Tensor) -> torch.Tensor:
     """Tokens up to and including the last non-pad token (pad id is 0 for both tokenizer families)."""
     nonpad = ids != 0
     pos = torch.arange(ids.shape[1]).expand_as(ids)

@@ -36,7 +36,7 @@ from ..cache.store import (
     open_store,
     write_shard,
 )
-from ..core import InputError
+from ..core import InputError, tree_bytes
 from ..core.decode import DecodeError, decode_image
 from ..core.device import resolve_device
 from .backbones import Backbone, load_backbone
@@ -321,7 +321,7 @@ def _extract(cfg: ExtractConfig, out: Path, progress: Progress | None) -> Extrac
         image_failures=[(o, e) for _, o, e in reader.failures("images")],
         text_failures=[(o, e) for _, o, e in reader.failures("texts")],
         problems=plan.problems, shards_written=written, shards_skipped=skipped,
-        seconds=time.perf_counter() - t0, bytes_on_disk=sum(f.stat().st_size for f in out.rglob("*") if f.is_file()),
+        seconds=time.perf_counter() - t0, bytes_on_disk=tree_bytes(out),
         replaced=next((n for n in notes if n.startswith("replaced")), None),
         repaired=[n for n in notes if not n.startswith("replaced")],
     )

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..cache.store import SCHEMA, CacheError
+from ..core import tree_bytes
 
 NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)  # the folder is not ours to write: a message, not a traceback
 
@@ -52,8 +53,7 @@ def remove_store(out: Path) -> str:
     """Delete a compalign store (checked again here); returns what was removed, for the log and the summary."""
     if not is_store(out):
         raise CacheError(f"{out} is not a compalign store; refusing to delete it")
-    files = sum(1 for f in out.rglob("*") if f.is_file())
-    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    files, size = sum(1 for f in out.rglob("*") if f.is_file()), tree_bytes(out)
     shutil.rmtree(out)
     return f"replaced the store {out} ({files} files, {size / 2**20:.1f} MiB)"
 

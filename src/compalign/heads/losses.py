@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from ..core import InputError
 from ..core.registry import Registry
+from ..core.training import symmetric_infonce
 
 
 @dataclass
@@ -56,9 +57,7 @@ def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 @register_loss("infonce", {"matrix"})
 def infonce(s: Scores) -> torch.Tensor:
-    m = s.matrix
-    target = torch.arange(m.shape[0], device=m.device)
-    return 0.5 * (F.cross_entropy(m, target) + F.cross_entropy(m.T, target))
+    return symmetric_infonce(s.matrix)
 
 
 @register_loss("hardneg", {"hard"})

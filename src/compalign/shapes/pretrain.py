@@ -36,6 +36,8 @@ from compalign.core import InputError, MissingFileError, config
 from compalign.core.assets import MODEL_CONFIG_DIR
 from compalign.core.decode import DecodeError, decode_image
 from compalign.core.device import resolve_device
+from compalign.core.files import atomic_write, atomic_write_with
+from compalign.core.training import symmetric_infonce
 from compalign.shapes.augment import augment_batch, augment_data
 
 logger = logging.getLogger(__name__)
@@ -243,9 +245,7 @@ def _batches(data: TrainData, batch_size: int, steps: int, gen: torch.Generator)
 
 def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
     """Symmetric InfoNCE over the in-batch (B, B) similarity matrix (features L2-normalised)."""
-    logits = logit_scale * image_features @ text_features.T  # (B, B)
-    labels = torch.arange(len(logits), device=logits.device)
-    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+    return symmetric_infonce(logit_scale * image_features @ text_features.T)  # (B, B) logits
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -393,10 +393,9 @@ def save_checkpoint(
     # attn_mask is a buffer rebuilt from the config; safetensors also rejects shared storage
     state = {k: v.clone() for k, v in state.items() if k != "attn_mask"}
     # One metadata key only: safetensors writes its metadata map in hash order (bytes would vary).
-    save_file(state, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
-    (out / WEIGHTS_NAME).chmod(0o644)  # safetensors creates it owner-only; the file ships as package data
+    atomic_write_with(out / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
     config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg_for(model_cfg), "compalign": record}
-    (out / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    atomic_write(out / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
     return out
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from compalign.core import CompalignError, InputError, MissingFileError
+from compalign.core import CompalignError, InputError, MissingFileError, atomic_write
 from compalign.shapes.captions import (
     NEGATIVE_KINDS,
     Caption,
@@ -473,7 +473,7 @@ def write_world(
         "held_out_pairs": sorted([list(p) for p in held]),
         "counts": counts,
     }
-    meta_path.write_text(json.dumps(meta, sort_keys=True, indent=2) + "\n", encoding="utf-8")
+    atomic_write(meta_path, json.dumps(meta, sort_keys=True, indent=2) + "\n")  # last, whole: the world is done
     logger.info("wrote shapes world to %s: %s", out, counts)
     return WorldResult(out, "written", counts)
 
