@@ -63,13 +63,16 @@ def score(
     checkpoint: Path | None = typer.Option(None, exists=True, file_okay=False, help="a RUN_DIR written by `train`; default "
                                            "for a trainable --head: the only run of that head under runs/"),
     untrained: bool = typer.Option(False, "--untrained", help="score a trainable head at its random initialisation"),
+    index: str | None = typer.Option(None, help="retrieval first stage: flat (exact, default) | ivf | hnsw | auto"),
+    rerank: int | None = typer.Option(None, help="retrieval: re-score each query's top K with --head / --checkpoint"),
     json_out: Path | None = typer.Option(None, "--json", help="write metrics and per-item outcomes here"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Score HEAD (or the trained head in CHECKPOINT) on BENCH from CACHE and print the table."""
     setup_logging(verbose)
     with user_errors():
-        benchmark = create_benchmark(bench)
+        options = {k: v for k, v in (("index", index), ("rerank", rerank)) if v is not None}
+        benchmark = create_benchmark(bench, **options)
         if cache is None:
             cache = find_cache(benchmark.source, f"--bench {bench} reads")
             console.print(f"cache: {cache}")
@@ -104,7 +107,7 @@ def score(
     c = result.counts
     print(f"{c.get('items', 0)} items, {c.get('invalid', 0)} left out (failed image or caption)")
     for note in result.notes:
-        console.print(f"[yellow]note:[/yellow] {note}")
+        console.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result.to_json(), indent=1))

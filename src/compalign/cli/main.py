@@ -34,7 +34,7 @@ def _layers(text: str) -> list[int]:
 @app.command()
 def extract(
     model: str = typer.Option(..., help="preset (clip, siglip2, pe, tiny), open_clip name, or local-dir:PATH"),
-    data: str = typer.Option(..., help="data source: pairs | sugarcrepe | bivlc"),
+    data: str = typer.Option(..., help="data source: pairs | sugarcrepe | bivlc | karpathy"),
     root: Path = typer.Option(..., help="where the data lives"),
     out: Path = typer.Option(..., help="the Zarr store to create (or resume)"),
     pretrained: str | None = typer.Option(None, help="open_clip pretrained tag (presets bring their own; 'none' = random init)"),
@@ -46,6 +46,7 @@ def extract(
     shard_rows: int = typer.Option(256, help="rows per shard: the unit of writing and of resume"),
     overwrite: bool = typer.Option(False, help="replace the compalign store at --out instead of resuming it"),
     exif_transpose: bool = typer.Option(False, help="apply EXIF orientation before preprocessing (open_clip does not)"),
+    split: str | None = typer.Option(None, help="the split to read where the source has splits (karpathy: test)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Encode every unique image and caption of a data source once and store their embeddings."""
@@ -57,7 +58,7 @@ def extract(
         cfg = ExtractConfig(model=model, data=data, root=str(root), out=str(out), pretrained=pretrained,
                             batch_size=batch_size, device=device, workers=workers, precision=precision,  # type: ignore[arg-type]
                             layers=_layers(layers), shard_rows=shard_rows, overwrite=overwrite,
-                            exif_transpose=exif_transpose)
+                            exif_transpose=exif_transpose, split=split)
         with progress_bar() as bar:
             summary = run(cfg, StageProgress(bar))
     out_console = Console()

@@ -61,3 +61,22 @@ def sugarcrepe_pp_outcomes(ip1: np.ndarray, ip2: np.ndarray, ineg: np.ndarray,
     if tp1p2 is not None:
         out["TOT"] = (tp1p2 > tp1n) & (tp1p2 > tp2n)
     return out
+
+
+RETRIEVAL_KS = (1, 5, 10)
+MISS = np.iinfo(np.int64).max  # the rank of a query whose target is not in its ranked list at all
+
+
+def first_hit(ranked_owner: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """0-based rank of the first candidate owned by each query's target; MISS when none is.
+
+    ranked_owner (Q, D): for text->image, the gallery image of each ranked candidate; for image->text, the
+    image that owns each ranked caption annotation (so an image with several captions hits at its best one).
+    """
+    hit = ranked_owner == np.asarray(target)[:, None]  # (Q, D)
+    return np.where(hit.any(1), hit.argmax(1), MISS)
+
+
+def recall_at(ranks: np.ndarray, prefix: str, ks: tuple[int, ...] = RETRIEVAL_KS) -> dict[str, float]:
+    """`{prefix}_R@k`: percent of queries whose first hit is in the top k."""
+    return {f"{prefix}_R@{k}": pct(np.asarray(ranks) < k) for k in ks}

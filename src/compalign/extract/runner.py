@@ -64,6 +64,7 @@ class ExtractConfig:
     overwrite: bool = False  # start again instead of resuming
     seed: int = 0  # for random-init backbones
     exif_transpose: bool = False  # rotate by the EXIF orientation tag (off: open_clip's own pipeline ignores it too)
+    split: str | None = None  # the split to read, for sources that have splits (karpathy: test by default)
 
     def __post_init__(self) -> None:
         if -1 not in self.layers:
@@ -226,7 +227,7 @@ def _open_or_create(cfg: ExtractConfig, bb: Backbone, plan: Plan, order: np.ndar
         "backbone": bb.meta,
         "extraction": _settings(cfg, text_len),
         "source": {"kind": plan.kind, "root": plan.root, "fingerprint": plan.fingerprint,
-                   "problems": plan.problems, "notes": plan.notes,
+                   "problems": plan.problems, "notes": plan.notes, "info": plan.info,
                    "n_items": len(next(iter(plan.items.values()), []))},
     }
     notes: list[str] = []
@@ -285,7 +286,7 @@ def extract(cfg: ExtractConfig, progress: Progress | None = None) -> ExtractSumm
 
 def _extract(cfg: ExtractConfig, out: Path, progress: Progress | None) -> ExtractSummary:
     t0 = time.perf_counter()
-    plan = plan_source(cfg.data, cfg.root)
+    plan = plan_source(cfg.data, cfg.root, cfg.split)
     for p in plan.problems:
         log.warning("%s", p)
     device = str(resolve_device(cfg.device))

@@ -32,6 +32,11 @@ class Benchmark:
     name: ClassVar[str]
     source: ClassVar[str]  # the data kind the cache must have been extracted from
 
+    def __init__(self, **options: object) -> None:
+        """Benchmarks with options (retrieval's --index, --rerank) take them in their own __init__."""
+        if options:
+            raise InputError(f"--bench {self.name} takes no {', '.join('--' + k for k in sorted(options))}")
+
     def evaluate(self, reader: CacheReader, head: Head) -> BenchResult:
         raise NotImplementedError
 
@@ -57,8 +62,8 @@ def list_benchmarks() -> list[str]:
     return BENCHMARKS.names()
 
 
-def create_benchmark(name: str) -> Benchmark:
-    return BENCHMARKS.create(name)
+def create_benchmark(name: str, **options: object) -> Benchmark:
+    return BENCHMARKS.create(name, **options)
 
 
 def head_label(head: Head) -> str:

@@ -65,7 +65,7 @@ class Plan:
     items: dict[str, list[str]]  # column -> values; key columns hold image/text keys
     problems: list[str] = field(default_factory=list)  # rows skipped or partly ignored
     notes: list[str] = field(default_factory=list)  # about the source as a whole (e.g. subsets absent)
-
+    info: dict[str, str] = field(default_factory=dict)  # what the source is (dataset, split), kept in the store
     @property
     def fingerprint(self) -> str:
         h = hashlib.sha256()
@@ -88,6 +88,7 @@ class PlanBuilder:
         self.items: dict[str, list[str]] = {}
         self.problems: list[str] = []
         self.notes: list[str] = []
+        self.info: dict[str, str] = {}  # dataset, split: recorded in the store's attrs
 
     def _linked_outside(self, path: Path) -> Path | None:
         """The target of `path` if it is a symlinked file pointing outside every folder of the dataset."""
@@ -163,24 +164,30 @@ class PlanBuilder:
                               + (f" (every row was skipped: {why})" if why else " (no rows)")
                               + f"; fix the rows or point --root at the {self.kind} data")
         return Plan(self.kind, str(self.root), list(self._images.values()), list(self._texts.values()),
-                    self.items, self.problems, self.notes)
+                    self.items, self.problems, self.notes, self.info)
 
 
-SourceFn = Callable[[Path], Plan]
+SourceFn = Callable[..., Plan]  # (root, split=...) -> Plan; only sources with splits take `split`
 SOURCES: Registry[SourceFn] = Registry("data kind")
 
 
-def register_source(name: str) -> Callable[[SourceFn], SourceFn]:
-    return SOURCES.decorator(name)
+def register_source(name: str, splits: bool = False) -> Callable[[SourceFn], SourceFn]:
+    """`splits`: the source reads one split of its files (`--split`, e.g. karpathy's train / val / test)."""
+    return SOURCES.decorator(name, splits=splits)
 
 
 def list_sources() -> list[str]:
     return SOURCES.names()
 
 
-def plan_source(kind: str, root: str | Path) -> Plan:
+def plan_source(kind: str, root: str | Path, split: str | None = None) -> Plan:
     read = SOURCES.get(kind)
     root = Path(root)
     if not root.exists():
         raise SourceError(f"{root} does not exist; pass --root pointing at the {kind} data")
-    return read(root)
+    if split is None:
+        return read(root)
+    if not SOURCES.meta(kind)["splits"]:
+        takes = ", ".join(n for n in list_sources() if SOURCES.meta(n)["splits"])
+        raise SourceError(f"--split applies to sources with splits ({takes}); --data {kind} reads all of {root}")
+    return read(root, split=split)
