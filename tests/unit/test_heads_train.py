@@ -12,10 +12,11 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from compalign.cache.reader import CacheReader
+from compalign.core.training import deterministic_cpu
 from compalign.heads import load_head
 from compalign.heads.data import Planner, load_pairs, split_by_image, subset_images
 from compalign.heads.losses import Scores, get_loss, list_losses, parse_losses
-from compalign.heads.train import TrainConfig, lr_at, train_head
+from compalign.heads.train import TrainConfig, lr_at, train_head, validate
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +141,24 @@ def test_training_is_deterministic_and_resumes_to_the_same_weights(world_caches,
     tc = _tensors(tmp_path / "c" / "last.safetensors")
     assert c.steps == 8 and all(torch.equal(ta[k], tc[k]) for k in ta)  # the resumed run equals the uninterrupted one
     log = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log] == [4, 8] and all(0 <= r["acc"] <= 100 for r in log)
+    assert [r["step"] for r in log] == [4, 8]
+    # Every logged accuracy is what `validate` counts on the held-out split: a whole number of wins per kind
+    # over that kind's validation negatives, `acc` their mean; the kept head is the best row and re-validates to it.
+    reader = CacheReader(world_caches[0])
+    val = subset_images(split_by_image(load_pairs(reader), cfg.val_fraction, cfg.seed)[1], cfg.val_images, cfg.seed)
+    n_negs = {k: int((val.negs[:, j] >= 0).sum()) for j, k in enumerate(val.kinds)}
+    assert all(n_negs.values())
+    for row in log:
+        assert set(row) == {"step", "loss", "acc", *(f"acc_{k}" for k in n_negs)}
+        for k, n in n_negs.items():
+            wins = row[f"acc_{k}"] * n / 100
+            assert wins == pytest.approx(round(wins), abs=1e-6) and 0 <= round(wins) <= n, (row, k)
+        assert row["acc"] == pytest.approx(np.mean([row[f"acc_{k}"] for k in n_negs]), abs=1e-9)
+    best = next(r for r in log if r["acc"] == max(x["acc"] for x in log))  # the first of the best
+    assert a.best_step == best["step"] and a.best == {k: v for k, v in best.items() if k not in ("step", "loss")}
+    with deterministic_cpu(torch.device("cpu"), cfg.threads):
+        again = validate(load_head(tmp_path / "a"), reader, val, torch.device("cpu"))
+    assert again == pytest.approx(a.best, abs=1e-9)
     with pytest.raises(ValueError, match="another head, config or cache"):
         train_head("tflocal_tiny", world_caches[0], tmp_path / "a", TrainConfig(**{**FAST, "lr": 0.5}))
 
@@ -149,12 +167,36 @@ def test_a_trained_head_scores_benchmarks_and_refuses_another_backbone(world_cac
     from compalign.evaluate.benchmarks import create_benchmark
 
     res = train_head("global_mlp_tiny", world_caches[0], tmp_path / "g", TrainConfig(**FAST))
-    assert (tmp_path / "g" / "head.json").is_file() and 0 <= res.best["acc"] <= 100
+    assert (tmp_path / "g" / "head.json").is_file()
     head = load_head(tmp_path / "g")
     meta = json.loads((tmp_path / "g" / "head.json").read_text())
     assert meta["trained_on"]["fingerprint"] == CacheReader(world_caches[0]).fingerprint and meta["train"]["steps"] == 8
+    # The kept head's validation accuracy is what `validate` recomputes for it on the same held-out split.
+    cfg = TrainConfig(**FAST)
+    reader = CacheReader(world_caches[0])
+    val = subset_images(split_by_image(load_pairs(reader), cfg.val_fraction, cfg.seed)[1], cfg.val_images, cfg.seed)
+    assert {k: v for k, v in meta["metrics"].items() if k != "step"} == res.best and meta["metrics"]["step"] == res.best_step
+    with deterministic_cpu(torch.device("cpu"), cfg.threads):
+        assert validate(head, reader, val, torch.device("cpu")) == pytest.approx(res.best, abs=1e-9)
+    assert res.best["acc"] == pytest.approx(np.mean([v for k, v in res.best.items() if k != "acc"]), abs=1e-9)
     out = create_benchmark("sugarcrepe").evaluate(CacheReader(world_caches[1]), head)
-    assert out.head == "global_mlp_tiny@g" and all(0 <= v <= 100 for v in out.metrics.values())
+    assert out.head == "global_mlp_tiny@g"
+    # Its SugarCrepe metrics are the accuracies of its own items, as many per subset as the world's JSON files hold.
+    sc = world_caches[1].parent / "world" / "test_ood" / "sugarcrepe"
+    want_n = {f.stem: len(json.loads(f.read_text())) for f in sorted(sc.glob("*.json"))}
+    assert len(want_n) == 7
+    subset = np.array([i["subset"] for i in out.items])
+    correct = np.array([i["correct"] for i in out.items])
+    assert {s: int((subset == s).sum()) for s in want_n} == want_n and all(i["valid"] for i in out.items)
+    np.testing.assert_array_equal(correct, [i["pos"] > i["neg"] for i in out.items])  # strict: a tie is wrong
+    m = out.metrics
+    assert set(m) == {*want_n, "replace", "swap", "add", "macro", "micro"}
+    for s in want_n:
+        assert m[s] == pytest.approx(100 * correct[subset == s].mean(), abs=1e-9), s
+    for cat in ("replace", "swap", "add"):
+        assert m[cat] == pytest.approx(100 * correct[np.char.startswith(subset, cat + "_")].mean(), abs=1e-9), cat
+    assert m["macro"] == pytest.approx(np.mean([m[s] for s in want_n]), abs=1e-9)
+    assert m["micro"] == pytest.approx(sum(m[s] * n for s, n in want_n.items()) / sum(want_n.values()), abs=1e-9)
 
     class OtherBackbone(CacheReader):
         backbone_id = "0123456789abcdef"

@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
+from conftest import make_images
+from typer.testing import CliRunner
 
 from compalign.cache import CacheError, open_cache
 from compalign.cache.info import cache_info
 from compalign.cache.reader import CacheReader
+from compalign.cli.main import app
 from compalign.extract.runner import ExtractConfig, extract
+
+SETTINGS = dict(model="tiny", data="pairs", workers=0, shard_rows=4, chunk_rows=2, layers=[-1, -2])  # the `store` fixture's
+
+
+def _extract(root, out, **changes):
+    extract(ExtractConfig(**{**SETTINGS, "root": str(root), "out": str(out), **changes}))
+    return out
 
 
 @pytest.fixture
 def store(pairs_dir, tmp_path):
-    out = tmp_path / "r.zarr"
-    extract(ExtractConfig(model="tiny", data="pairs", root=str(pairs_dir), out=str(out), workers=0,
-                          shard_rows=4, chunk_rows=2, layers=[-1, -2]))
-    return out
+    return _extract(pairs_dir, tmp_path / "r.zarr")
 
 
 def test_read_returns_rows_in_the_callers_order_with_repeats(store):
@@ -60,8 +69,47 @@ def test_items_reference_rows_by_key_and_info_reports_everything(store, pairs_di
     lay = r.layout
     assert names["images/layers/-2/patches"]["shape"] == [12, lay.n_patches, lay.image_width]
     assert info["backbone"]["name"] == "tiny" and info["bytes_on_disk"] > 0
-    assert r.fingerprint == open_cache(store).fingerprint and len(r.backbone_id) == 16
+    assert len(r.fingerprint) == len(r.backbone_id) == 16
 
+
+def test_fingerprint_is_shared_by_readers_of_the_same_store_and_changes_with_backbone_settings_or_data(
+        store, pairs_dir, tmp_path):
+    r = open_cache(store)
+    ident = (r.fingerprint, r.backbone_id)
+    # The same inputs (copied to another folder) and settings, extracted again: another store, the same identity.
+    copy = tmp_path / "copy"
+    shutil.copytree(pairs_dir, copy)
+    twin = open_cache(_extract(copy, tmp_path / "twin.zarr"))
+    assert twin.attrs["source"]["root"] != r.attrs["source"]["root"]  # not what identifies the data
+    assert (twin.fingerprint, twin.backbone_id) == ident
+    # The store's single-file HDF5 export.
+    h5 = tmp_path / "r.h5"
+    res = CliRunner().invoke(app, ["cache", "export", str(store), str(h5)])
+    assert res.exit_code == 0, res.output
+    exported = open_cache(h5)
+    assert not exported.is_zarr and (exported.fingerprint, exported.backbone_id) == ident
+    # Other extraction settings: the same backbone and data, another fingerprint.
+    for name, change in (("layers", {"layers": [-1]}), ("shard_rows", {"shard_rows": 8})):
+        other = open_cache(_extract(pairs_dir, tmp_path / f"{name}.zarr", **change))
+        assert other.attrs["source"]["fingerprint"] == r.attrs["source"]["fingerprint"], name
+        assert other.fingerprint != r.fingerprint and other.backbone_id == r.backbone_id, name
+    # Other data: one more pair; one image's pixels changed under the same file name.
+    more = tmp_path / "more"
+    shutil.copytree(pairs_dir, more)
+    with (more / "pairs.jsonl").open("a") as f:
+        f.write('{"image": "img/000.png", "caption": "one more caption"}\n')
+    repainted = tmp_path / "repainted"
+    shutil.copytree(pairs_dir, repainted)
+    make_images(repainted / "img", ["005.png"], seed=99)
+    for root in (more, repainted):
+        other = open_cache(_extract(root, tmp_path / f"{root.name}.zarr"))
+        assert other.attrs["source"]["fingerprint"] != r.attrs["source"]["fingerprint"], root.name
+        assert other.fingerprint != r.fingerprint and other.backbone_id == r.backbone_id, root.name
+    # Another backbone (the tiny architecture, random init): another backbone id, hence another fingerprint.
+    other = open_cache(_extract(pairs_dir, tmp_path / "bb.zarr", model="compalign-tiny", pretrained="none", seed=1))
+    assert other.attrs["source"]["fingerprint"] == r.attrs["source"]["fingerprint"]
+    assert other.attrs["extraction"] == r.attrs["extraction"]
+    assert other.backbone_id != r.backbone_id and other.fingerprint != r.fingerprint
 
 def test_layers_a_tower_lacks_are_kept_for_the_other_only(pairs_dir, tmp_path):
     from compalign.extract.backbones import load_backbone

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
+from conftest import DATA
 from PIL import Image
 
-from compalign.cache import open_cache
+from compalign.cache import CacheReader, open_cache
 from compalign.evaluate.benchmarks import create_benchmark
 from compalign.extract.backbones import load_backbone
 from compalign.heads import create_head
@@ -73,5 +76,44 @@ def test_score_cli_reads_only_the_cache(sugarcrepe_tiny_cache, tmp_path):
     d = json.loads(out.read_text())
     assert d["bench"] == "sugarcrepe" and d["head"] == "global" and d["backbone"] == "tiny"
     assert len(d["items"]) == 7511 and {"id", "subset", "correct"} <= set(d["items"][0])
-    assert 0 <= d["metrics"]["micro"] <= 100
     assert "swap_att" in res.stdout and "macro" in res.stdout
+    # Items per subset: as many as the subset's annotation file holds, every one of them valid.
+    want_n = {gz.name[:-len(".json.gz")]: len(json.loads(gzip.decompress(gz.read_bytes())))
+              for gz in sorted((DATA / "sugarcrepe").glob("*.json.gz"))}
+    subset = np.array([i["subset"] for i in d["items"]])
+    assert {s: int((subset == s).sum()) for s in want_n} == want_n and sum(want_n.values()) == 7511
+    assert d["counts"] == {"items": 7511, "invalid": 0} and all(i["valid"] for i in d["items"])
+    # The JSON's metrics are the accuracies of its own items (strict >: a tie is wrong) ...
+    pos, neg = np.array([i["pos"] for i in d["items"]]), np.array([i["neg"] for i in d["items"]])
+    correct = np.array([i["correct"] for i in d["items"]])
+    np.testing.assert_array_equal(correct, pos > neg)
+    m = d["metrics"]
+    for s in want_n:
+        assert m[s] == pytest.approx(100 * correct[subset == s].mean(), abs=1e-9), s
+    for cat, members in {"replace": ("replace_att", "replace_obj", "replace_rel"), "swap": ("swap_att", "swap_obj"),
+                         "add": ("add_att", "add_obj")}.items():
+        assert m[cat] == pytest.approx(100 * correct[np.isin(subset, members)].mean(), abs=1e-9), cat
+    assert m["macro"] == pytest.approx(np.mean([m[s] for s in want_n]), abs=1e-9)  # the mean of the subsets
+    assert m["micro"] == pytest.approx(sum(m[s] * n for s, n in want_n.items()) / 7511, abs=1e-9)  # item-weighted
+    assert m["micro"] == pytest.approx(100 * correct.mean(), abs=1e-9) and m["macro"] != pytest.approx(m["micro"])
+    # ... and those items score what numpy's cosine of the cached global embeddings gives.
+    r = CacheReader(sugarcrepe_tiny_cache)
+    it = r.items
+    assert [i["id"] for i in d["items"]] == it["id"].tolist()
+
+    def unit(x):
+        x = x.astype(np.float64)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    im = unit(r.read("images", "global", r.rows("images", it["image"])))
+    s_pos = (im * unit(r.read("texts", "global", r.rows("texts", it["caption"])))).sum(1)
+    s_neg = (im * unit(r.read("texts", "global", r.rows("texts", it["negative_caption"])))).sum(1)
+    np.testing.assert_allclose(pos, s_pos, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(neg, s_neg, atol=1e-6, rtol=0)
+    margin = np.abs(s_pos - s_neg) > 1e-6  # outside float32 noise the verdicts must agree exactly
+    assert margin.mean() > 0.99
+    np.testing.assert_array_equal(correct[margin], (s_pos > s_neg)[margin])
+    for s in want_n:
+        at = subset == s
+        slack = 100 * np.mean(~margin[at])  # items within float noise may flip
+        assert abs(m[s] - 100 * np.mean((s_pos > s_neg)[at])) <= slack + 1e-9, s
