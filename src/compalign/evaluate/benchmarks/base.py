@@ -6,6 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
+
 from ...cache.reader import CacheReader
 from ...core import InputError
 from ...core.registry import Registry
@@ -40,6 +42,12 @@ class Benchmark:
     def evaluate(self, reader: CacheReader, head: Head) -> BenchResult:
         raise NotImplementedError
 
+    @staticmethod
+    def metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:
+        """The metrics from per-item columns (`columns(result.items)`), so a result's numbers can be recomputed
+        from its own JSON: bootstrap intervals resample the rows, `compare` pairs two runs row by row."""
+        raise NotImplementedError
+
     def check(self, reader: CacheReader) -> None:
         reader.require_complete()
         kind = reader.attrs["source"]["kind"]
@@ -64,6 +72,12 @@ def list_benchmarks() -> list[str]:
 
 def create_benchmark(name: str, **options: object) -> Benchmark:
     return BENCHMARKS.create(name, **options)
+
+
+def columns(items: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Per-item records (a result's `items`, or its JSON) as one array per field."""
+    keys = list(items[0]) if items else []
+    return {k: np.asarray([it[k] for it in items], dtype=object if k == "rank" else None) for k in keys}
 
 
 def head_label(head: Head) -> str:

@@ -10,7 +10,9 @@ from ...cache.reader import CacheReader
 from ...heads.base import Head
 from ..metrics import bivlc_metrics, bivlc_outcomes
 from ..scoring import score_pairs
-from .base import Benchmark, BenchResult, head_label, register_benchmark
+from .base import Benchmark, BenchResult, columns, head_label, register_benchmark
+
+OUTCOMES = ("Ipos2T", "Ineg2T", "Tpos2I", "Tneg2I", "I2T", "T2I", "Group")
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +32,14 @@ class BiVLC(Benchmark):
         if (~valid).any():
             log.warning("%d items use a failed image or caption and are left out", int((~valid).sum()))
         out = bivlc_outcomes(c0i0, c1i0, c0i1, c1i1)
-        metrics = bivlc_metrics({k: v[valid] for k, v in out.items()}, it["type"][valid])
         items = [{"id": str(it["id"][j]), "subset": f"{it['type'][j]}/{it['subtype'][j]}", "valid": bool(valid[j]),
                   **{k: bool(v[j]) for k, v in out.items()}} for j in range(n)]
+        metrics = self.metrics(columns(items))
         return BenchResult("bivlc", head_label(head), reader.backbone["name"], str(reader.path), metrics, items,
                            {"items": n, "invalid": int((~valid).sum())})
+
+    @staticmethod
+    def metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:
+        valid = cols["valid"].astype(bool)
+        types = np.array([s.split("/")[0] for s in cols["subset"][valid].tolist()])
+        return bivlc_metrics({k: cols[k][valid].astype(bool) for k in OUTCOMES}, types)

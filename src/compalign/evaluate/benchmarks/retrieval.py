@@ -23,7 +23,7 @@ from ...heads.base import Head
 from ..metrics import MISS, RETRIEVAL_KS, first_hit, recall_at
 from ..scoring import score_pairs
 from ..search import IndexKind, build_index, normalise
-from .base import Benchmark, BenchResult, head_label, register_benchmark
+from .base import Benchmark, BenchResult, columns, head_label, register_benchmark
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +91,18 @@ class Retrieval(Benchmark):
             ranked[direction] = ids
         t2i = first_hit(ranked["t2i"], g.owner)  # the query caption's own image
         i2t = first_hit(g.owner[ranked["i2t"]], np.arange(len(g.image_keys)))  # any caption of the query image
-        metrics = {**recall_at(t2i, "t2i"), **recall_at(i2t, "i2t")}
         if self.rerank:
             notes.append(f"re-ranked by {head_label(head)}: top {self.rerank} of each query")
         items = [{"id": str(a), "subset": "t2i", "rank": None if r == MISS else int(r) + 1} for a, r in zip(g.ann_ids, t2i)]
         items += [{"id": str(i), "subset": "i2t", "rank": None if r == MISS else int(r) + 1} for i, r in zip(g.image_ids, i2t)]
+        metrics = self.metrics(columns(items))
         return BenchResult(self.name, head_label(head), reader.backbone["name"], str(reader.path), metrics, items,
                            {"items": len(g.ann), "images": len(g.image_keys), "invalid": g.invalid}, notes)
+
+    @staticmethod
+    def metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:
+        ranks = np.array([MISS if r is None else r - 1 for r in cols["rank"].tolist()], dtype=np.int64)
+        return {**recall_at(ranks[cols["subset"] == "t2i"], "t2i"), **recall_at(ranks[cols["subset"] == "i2t"], "i2t")}
 
     def _rerank(self, reader: CacheReader, head: Head, g: _Gallery, direction: str, ids: np.ndarray) -> np.ndarray:
         """The top `rerank` candidates of each query, re-ordered by the head's score (stable: ties keep order)."""

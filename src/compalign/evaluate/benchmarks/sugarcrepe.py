@@ -10,7 +10,7 @@ from ...cache.reader import CacheReader
 from ...heads.base import Head
 from ..metrics import SUGARCREPE_CATEGORIES, sugarcrepe_metrics
 from ..scoring import score_pairs
-from .base import Benchmark, BenchResult, head_label, register_benchmark
+from .base import Benchmark, BenchResult, columns, head_label, register_benchmark
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +31,17 @@ class SugarCrepe(Benchmark):
         if (~valid).any():
             log.warning("%d items use a failed image or caption and are left out", int((~valid).sum()))
         correct = pos > neg
-        metrics = sugarcrepe_metrics(correct[valid], it["subset"][valid])
         items = [{"id": str(i), "subset": str(sub), "pos": float(p), "neg": float(q), "correct": bool(c), "valid": bool(v)}
                  for i, sub, p, q, c, v in zip(it["id"], it["subset"], pos, neg, correct, valid)]
+        metrics = self.metrics(columns(items))
         SUBSETS = sorted(x for members in SUGARCREPE_CATEGORIES.values() for x in members)
         absent = [s for s in SUBSETS if s not in set(it["subset"].tolist())]
         notes = [f"{len(SUBSETS) - len(absent)} of {len(SUBSETS)} subsets present (absent: {', '.join(absent)}): the macro "
                  "and category means cover only the subsets present"] if absent else []
         return BenchResult("sugarcrepe", head_label(head), reader.backbone["name"], str(reader.path), metrics, items,
                            {"items": n, "invalid": int((~valid).sum())}, notes)
+
+    @staticmethod
+    def metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:
+        valid = cols["valid"].astype(bool)
+        return sugarcrepe_metrics(cols["correct"][valid].astype(bool), cols["subset"][valid])
