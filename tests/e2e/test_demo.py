@@ -109,6 +109,15 @@ def test_demo_runs_the_whole_pipeline_and_writes_its_figures(tmp_path):
     # the table shows the numbers of the score files, to one decimal
     table = _table(res.output)
     shown = [("sugarcrepe", m, m) for m in (*SUBSETS, "macro")] + [("bivlc", f"BiVLC {m}", m) for m in ("I2T", "T2I", "Group")]
+    shown += [("retrieval", m, m) for m in ("t2i_R@1", "t2i_R@5", "i2t_R@1", "i2t_R@5")]
+    for split in ("test_id", "test_ood"):  # retrieval: every head scored the world's Karpathy split
+        for head in HEADS:
+            d = json.loads((out / "scores" / f"retrieval-{split}-{head}.json").read_text())
+            world = json.loads((out / "world" / split / "retrieval" / "dataset_shapes.json").read_text())
+            assert d["counts"]["images"] == len(world["images"]) == 20
+            assert d["counts"]["items"] == sum(len(im["sentences"]) for im in world["images"])
+            assert any(n.startswith("re-ranked by") for n in d["notes"]) == (head != "global")  # trained heads re-rank
+            metrics["retrieval", split, head] = d["metrics"]
     assert list(table) == [label for _, label, _ in shown]
     for bench, label, m in shown:
         want = [" / ".join(f"{metrics[bench, split, head][m]:.1f}" for split in ("test_id", "test_ood")) for head in HEADS]

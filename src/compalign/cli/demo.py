@@ -1,8 +1,9 @@
 """`compalign demo`: the whole pipeline on the synthetic world with the embedded `tiny` backbone.
 
-world (generated once, cached) -> extract train pairs + test_id / test_ood (SugarCrepe + BiVLC formats) ->
-train tflocal_coloc and global_mlp from the train cache (resumed if already done) -> score global, maxsim and
-the two trained heads -> one table, a PNG bar chart, and the `score --json` files in OUT.
+world (generated once, cached) -> extract train pairs + test_id / test_ood (SugarCrepe, BiVLC and Karpathy
+retrieval formats) -> train tflocal_coloc and global_mlp from the train cache (resumed if already done) -> score
+global, maxsim and the two trained heads (on retrieval: re-ranking global's top 20) -> one table, a PNG bar
+chart, and the `score --json` files in OUT.
 """
 
 from __future__ import annotations
@@ -19,11 +20,15 @@ from rich.table import Table
 from .common import StageProgress, console, progress_bar, setup_logging
 
 SPLITS = ("test_id", "test_ood")
-BENCHES = ("sugarcrepe", "bivlc")
+BENCHES = ("sugarcrepe", "bivlc", "retrieval")
+DATA = {"sugarcrepe": "sugarcrepe", "bivlc": "bivlc", "retrieval": "karpathy"}  # the data kind each is extracted from
 SHOWN = {
     "sugarcrepe": ("replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj", "add_att", "add_obj", "macro"),
     "bivlc": ("I2T", "T2I", "Group"),
+    "retrieval": ("t2i_R@1", "t2i_R@5", "i2t_R@1", "i2t_R@5"),
 }
+LABEL = {"sugarcrepe": "", "bivlc": "BiVLC ", "retrieval": ""}
+RERANK = 20  # the trained heads re-rank global's top 20 of each retrieval query
 
 
 def _world(out: Path, n_train: int, n_test: int) -> Path:
@@ -51,7 +56,7 @@ def _extract(world: Path, out: Path, model: str) -> dict[tuple[str, str], Path]:
         for bench in BENCHES:
             root = world / split / bench
             store = out / "caches" / f"{model}-{split}-{bench}.zarr"
-            s = _extract_one(model, bench, root, store)
+            s = _extract_one(model, DATA[bench], root, store)
             console.print(
                 f"{split}/{bench}: {s.images} images, {s.texts} captions, {s.items} items "
                 f"({s.seconds:.1f}s, {s.shards_skipped} shards already done)"
@@ -112,7 +117,8 @@ def _score(caches: dict[tuple[str, str], Path], out: Path, heads: list[str], run
         reader = open_cache(store)
         for head in heads:
             h = load_head(runs[head]) if head in runs else create_head(head)
-            r = create_benchmark(bench).evaluate(reader, h)
+            options = {"rerank": RERANK} if bench == "retrieval" and head != "global" else {}
+            r = create_benchmark(bench, **options).evaluate(reader, h)
             path = out / "scores" / f"{bench}-{split}-{head}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(r.to_json(), indent=1))
@@ -122,8 +128,8 @@ def _score(caches: dict[tuple[str, str], Path], out: Path, heads: list[str], run
 
 def _table(results: dict, heads: list[str]) -> Table:
     # One column per head, each cell "ID / OOD": fits an 80-column terminal with four heads.
-    t = Table(title="synthetic world · tiny backbone · accuracy % (test_id / test_ood)")
-    t.add_column("SugarCrepe / BiVLC", no_wrap=True)
+    t = Table(title="synthetic world · tiny backbone · accuracy / recall % (test_id / test_ood)")
+    t.add_column("metric", no_wrap=True)
     for head in heads:
         t.add_column(head, justify="right")
 
@@ -133,7 +139,7 @@ def _table(results: dict, heads: list[str]) -> Table:
 
     for bench in BENCHES:
         for m in SHOWN[bench]:
-            t.add_row(m if bench == "sugarcrepe" else f"BiVLC {m}", *(cell(bench, head, m) for head in heads))
+            t.add_row(LABEL[bench] + m, *(cell(bench, head, m) for head in heads))
     return t
 
 
@@ -143,7 +149,7 @@ def _chart(results: dict, heads: list[str], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = [("sugarcrepe", m) for m in SHOWN["sugarcrepe"]] + [("bivlc", m) for m in SHOWN["bivlc"]]
+    metrics = [(b, m) for b in BENCHES for m in SHOWN[b]]
     fig, axes = plt.subplots(1, len(SPLITS), figsize=(14, 4.5), sharey=True)
     width = 0.8 / max(1, len(heads))
     for ax, split in zip(axes, SPLITS):
@@ -151,11 +157,11 @@ def _chart(results: dict, heads: list[str], path: Path) -> None:
             vals = [results.get((b, split, head), {}).get(m, float("nan")) for b, m in metrics]
             ax.bar([i + h * width for i in range(len(metrics))], vals, width, label=head)
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(metrics))])
-        ax.set_xticklabels([f"{m}" if b == "sugarcrepe" else f"BiVLC {m}" for b, m in metrics], rotation=45, ha="right")
+        ax.set_xticklabels([LABEL[b] + m for b, m in metrics], rotation=45, ha="right")
         ax.set_title(split)
         ax.set_ylim(0, 100)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].set_ylabel("accuracy %")
+    axes[0].set_ylabel("accuracy / recall %")
     axes[0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)

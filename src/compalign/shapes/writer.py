@@ -6,6 +6,7 @@ Layout (see ``write_world``)::
     DIR/train/images/NNNNNN.png                 DIR/train/pairs.jsonl   DIR/train/scenes.jsonl
     DIR/{test_id,test_ood}/sugarcrepe/{kind}.json + val2017/NNNNNNNNNNNN.png
     DIR/{test_id,test_ood}/bivlc/test.parquet   (+ negative_scenes.jsonl: the scene of each negative image)
+    DIR/{test_id,test_ood}/retrieval/dataset_shapes.json + images/   (Karpathy layout, several captions per image)
     DIR/{test_id,test_ood}/scenes.jsonl
 
 Every file is a pure function of the config: per-scene seeded streams, sorted JSON keys, fixed
@@ -62,7 +63,8 @@ from compalign.shapes.scene import (
 
 logger = logging.getLogger(__name__)
 
-SCHEMA = "compalign.shapes/1"  # bump when the folder layout or generation changes meaning
+SCHEMA = "compalign.shapes/2"  # bump when the folder layout or generation changes meaning (2: retrieval split)
+RETRIEVAL_CAPTIONS = 5  # captions drawn per test image for the retrieval split (duplicates dropped)
 SPLIT_CODES: dict[Split, int] = {"train": 0, "test_id": 1, "test_ood": 2}
 ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -285,6 +287,7 @@ def _test_chunk(split: Split, cfg: WorldConfig, out: Path, held: frozenset[Pair]
     bivlc: list[dict[str, Any]] = []
     neg_scenes: list[dict[str, Any]] = []  # "row" indexes this chunk's bivlc rows; the merge offsets it
     scenes: list[dict[str, Any]] = []
+    retrieval: list[dict[str, Any]] = []  # Karpathy-layout image records
     # In-distribution negative images must not render held-out pairs either.
     neg_allowed = None if split == "test_ood" else rules.allowed
     for i in range(start, stop):
@@ -293,6 +296,7 @@ def _test_chunk(split: Split, cfg: WorldConfig, out: Path, held: frozenset[Pair]
         png = render_png(scene, cfg)
         (image_dir / name).write_bytes(png)
         scenes.append(scene.to_json(name))
+        retrieval.append(_retrieval_record(split, i, name, png, scene, cfg, rules, out))
         for kind_index, kind in enumerate(NEGATIVE_KINDS):
             # One stream per (scene, kind): each SugarCrepe subset is drawn independently.
             rng = derive_rng(cfg.seed, SPLIT_CODES[split], i, 10 + kind_index)
@@ -327,7 +331,18 @@ def _test_chunk(split: Split, cfg: WorldConfig, out: Path, held: frozenset[Pair]
             neg_scenes.append(
                 {"row": len(bivlc) - 1, "kind": kind, "image": name, "negative_scene": neg_scene.to_json(neg_name)}
             )
-    return {"sugarcrepe": sugarcrepe, "bivlc": bivlc, "neg_scenes": neg_scenes, "scenes": scenes}
+    return {"sugarcrepe": sugarcrepe, "bivlc": bivlc, "neg_scenes": neg_scenes, "scenes": scenes, "retrieval": retrieval}
+
+
+def _retrieval_record(split: Split, i: int, name: str, png: bytes, scene: Scene, cfg: WorldConfig,
+                      rules: _SplitRules, out: Path) -> dict[str, Any]:
+    """One image of the retrieval split: its own copy of the PNG and up to RETRIEVAL_CAPTIONS true captions."""
+    (out / "retrieval" / "images" / name).write_bytes(png)
+    rng = derive_rng(cfg.seed, SPLIT_CODES[split], i, 30)  # a stream of its own: the other benchmarks are unchanged
+    texts = list(dict.fromkeys(caption_text(sample_caption(scene, cfg, rng, rules.must_name))
+                               for _ in range(RETRIEVAL_CAPTIONS)))
+    return {"filepath": "images", "filename": name, "split": "test", "imgid": i,
+            "sentences": [{"raw": t, "sentid": RETRIEVAL_CAPTIONS * i + j} for j, t in enumerate(texts)]}
 
 
 def _finish_train(out: Path, chunks: list[dict[str, list]]) -> dict[str, int]:
@@ -355,9 +370,12 @@ def _finish_test(out: Path, chunks: list[dict[str, list]]) -> dict[str, Any]:
     pq.write_table(table, out / "bivlc" / "test.parquet", compression="snappy")
     _write_jsonl(out / "bivlc" / "negative_scenes.jsonl", neg_scenes)
     _write_jsonl(out / "scenes.jsonl", [r for c in chunks for r in c["scenes"]])
+    images = [r for c in chunks for r in c["retrieval"]]
+    (out / "retrieval" / "dataset_shapes.json").write_text(_dump({"dataset": "shapes", "images": images}), encoding="utf-8")
     types = {t: sum(r["type"] == t for r in bivlc) for t in ("replace", "swap", "add")}
     return {
         "scenes": sum(len(c["scenes"]) for c in chunks),
+        "retrieval": {"images": len(images), "captions": sum(len(r["sentences"]) for r in images)},
         "sugarcrepe": {k: len(v) for k, v in sugarcrepe.items()},
         "bivlc": {"rows": len(bivlc), **types},
     }
@@ -381,6 +399,7 @@ def _write_splits(
         else:
             (out / split / "sugarcrepe" / "val2017").mkdir(parents=True)
             (out / split / "bivlc").mkdir()
+            (out / split / "retrieval" / "images").mkdir(parents=True)
         tasks += [(split, cfg, out / split, held, s, min(n, s + _CHUNK)) for s in range(0, n, _CHUNK)]
     done: dict[Split, int] = dict.fromkeys(sizes, 0)
     results: dict[Split, list[dict[str, list]]] = {s: [] for s in sizes}
@@ -453,7 +472,10 @@ def write_world(
         if _same_config(meta, cfg) and not force:
             logger.info("world at %s already matches this config; skipping (cached)", out)
             return WorldResult(out, "cached", meta.get("counts", {}))
-        if not force:
+        older = meta.get("schema") != SCHEMA and _same_config({**meta, "schema": SCHEMA}, cfg)
+        if older:  # our own output, in an earlier layout: regenerating it loses nothing
+            logger.warning("world at %s has the older layout %s; writing it again as %s", out, meta.get("schema"), SCHEMA)
+        elif not force:
             raise WorldExistsError(
                 f"{out} holds a world built from a different config; pass force=True (CLI: --force) to overwrite it"
             )

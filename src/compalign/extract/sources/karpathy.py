@@ -20,7 +20,7 @@ from typing import Any
 from .base import Plan, PlanBuilder, SourceError, read_text, register_source
 
 KARPATHY = ("dataset_coco.json", "dataset_flickr30k.json", "dataset_flickr8k.json")
-GLOBS = ("captions_val*.json", "annotations/captions_val*.json", "*karpathy*.txt")
+GLOBS = ("dataset_*.json", "captions_val*.json", "annotations/captions_val*.json", "*karpathy*.txt")
 IMAGE_DIRS = ("images", "flickr30k-images", "Flicker8k_Dataset", "")  # searched after the image's own filepath
 HEADER_NAMES = {"image", "image_name", "filename", "file_name"}
 # (image_id, item-id prefix, image folder inside the root, file name, [(sentence id, caption)])
@@ -32,6 +32,7 @@ def _find(root: Path) -> tuple[Path, Path, list[Path]]:
     if root.is_file():
         return root, root.parent, []
     found = [root / n for n in KARPATHY if (root / n).is_file()] + [p for g in GLOBS for p in sorted(root.glob(g))]
+    found = list(dict.fromkeys(found))  # dataset_coco.json is matched by a name and by the glob
     if not found:
         raise SourceError(f"{root}: no {', '.join(KARPATHY)}, captions_val*.json or *karpathy*.txt; point --root at "
                           "the folder holding the Karpathy split JSON (and the images)")
