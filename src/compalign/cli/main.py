@@ -34,7 +34,7 @@ def _layers(text: str) -> list[int]:
 @app.command()
 def extract(
     model: str = typer.Option(..., help="preset (clip, siglip2, pe, tiny), open_clip name, or local-dir:PATH"),
-    data: str = typer.Option(..., help="data source: pairs | sugarcrepe | bivlc | karpathy"),
+    data: str = typer.Option(..., help="data source: pairs | sugarcrepe | bivlc | karpathy | winoground"),
     root: Path = typer.Option(..., help="where the data lives"),
     out: Path = typer.Option(..., help="the Zarr store to create (or resume)"),
     pretrained: str | None = typer.Option(None, help="open_clip pretrained tag (presets bring their own; 'none' = random init)"),

@@ -1,0 +1,93 @@
+"""SugarCrepe++: an image, two paraphrased positives P1, P2 and one negative N per item.
+
+ITT (image-to-text): s(I,P1) > s(I,N) and s(I,P2) > s(I,N).
+TOT (text-only):     t(P1,P2) > t(P1,N) and t(P1,P2) > t(P2,N); needs a head with a text-text score.
+Strict `>`: a tie is wrong. Metrics per subset (`swap_att/ITT`), per category (`swap/ITT`, item-weighted),
+the macro mean of the subsets present (`ITT`, `TOT`, as the paper averages) and the item-weighted
+micro mean (`micro/ITT`, `micro/TOT`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from ...cache.reader import CacheReader
+from ...core import InputError
+from ...heads.base import Head
+from ..metrics import sugarcrepe_metrics, sugarcrepe_pp_outcomes
+from ..scoring import score_pairs, score_text_pairs
+from .base import Benchmark, BenchResult, columns, head_label, register_benchmark
+
+SUBSETS = ("replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")  # SugarCrepe++ has no add_*
+OUTCOMES = ("ITT", "TOT")
+
+log = logging.getLogger(__name__)
+
+
+def _text_scores(reader: CacheReader, head: Head, a: np.ndarray, b: np.ndarray, batch_size: int = 8192) -> np.ndarray:
+    """score_text_pairs in slices: it embeds all its rows at once, and token heads' rows are large."""
+    return np.concatenate([score_text_pairs(reader, head, a[i:i + batch_size], b[i:i + batch_size])
+                           for i in range(0, len(a), batch_size)])
+
+
+@register_benchmark("sugarcrepe_pp")
+class SugarCrepePP(Benchmark):
+    source = "sugarcrepe"  # the sugarcrepe source reads the SugarCrepe++ list files into a caption2 column
+
+    def check(self, reader: CacheReader) -> None:
+        super().check(reader)
+        it = reader.items
+        if "caption2" not in it or not (it["caption2"] != "").any():
+            raise InputError(f"{reader.path} has no second positive caption (caption2): it was extracted from "
+                             "SugarCrepe files, not SugarCrepe++ ones. Score it with --bench sugarcrepe, or extract "
+                             "the SugarCrepe++ JSONs (replace_att.json ... swap_obj.json) with `compalign extract "
+                             "--data sugarcrepe`")
+
+    def evaluate(self, reader: CacheReader, head: Head) -> BenchResult:
+        self.check(reader)
+        it = reader.items
+        # A root mixing SugarCrepe (dict-form, e.g. add_*.json) and SugarCrepe++ files leaves caption2 empty
+        # for the former: they are not SugarCrepe++ items, so they are left out, and the note says how many.
+        keep = np.flatnonzero(it["caption2"] != "")
+        ids, subset = it["id"][keep], it["subset"][keep]
+        img, p1, p2, neg = (it[c][keep] for c in ("image", "caption", "caption2", "negative_caption"))
+        m = len(keep)
+        notes: list[str] = []
+        if m < len(it["id"]):
+            without = sorted(set(it["subset"][it["caption2"] == ""].tolist()))
+            notes.append(f"{len(it['id']) - m} of {len(it['id'])} items have no caption2 (subsets {', '.join(without)}: "
+                         "SugarCrepe, not SugarCrepe++) and are left out")
+        # Image-text: one call, three blocks of m: (I,P1), (I,P2), (I,N).
+        s = score_pairs(reader, head, np.concatenate([img, img, img]), np.concatenate([p1, p2, neg])).reshape(3, m)
+        try:  # Text-text: (P1,P2), (P1,N), (P2,N).
+            t = _text_scores(reader, head, np.concatenate([p1, p1, p2]), np.concatenate([p2, neg, neg])).reshape(3, m)
+        except NotImplementedError:
+            t = None
+            notes.append(f"head {head_label(head)!r} has no text-text score: TOT is absent, only ITT is reported")
+        out = sugarcrepe_pp_outcomes(*s, *(t if t is not None else (None, None, None)))
+        valid = ~np.isnan(s).any(axis=0) & (~np.isnan(t).any(axis=0) if t is not None else True)
+        if (~valid).any():
+            log.warning("%d items use a failed image or caption and are left out", int((~valid).sum()))
+        items = [{"id": str(ids[j]), "subset": str(subset[j]), "valid": bool(valid[j]),
+                  **{k: bool(v[j]) for k, v in out.items()}} for j in range(m)]
+        metrics = self.metrics(columns(items))
+        absent = [x for x in SUBSETS if x not in set(subset.tolist())]
+        if absent:
+            notes.append(f"{len(SUBSETS) - len(absent)} of {len(SUBSETS)} subsets present (absent: {', '.join(absent)}): "
+                         "the macro and category means cover only the subsets present")
+        return BenchResult("sugarcrepe_pp", head_label(head), reader.backbone["name"], str(reader.path), metrics,
+                           items, {"items": m, "invalid": int((~valid).sum())}, notes)
+
+    @staticmethod
+    def metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:
+        valid = cols["valid"].astype(bool)
+        out: dict[str, float] = {}
+        for o in OUTCOMES:
+            if o not in cols:  # TOT: the head had no text-text score
+                continue
+            per = sugarcrepe_metrics(cols[o][valid].astype(bool), cols["subset"][valid])
+            rename = {"macro": o, "micro": f"micro/{o}"}
+            out.update({rename.get(k, f"{k}/{o}"): v for k, v in per.items()})
+        return out

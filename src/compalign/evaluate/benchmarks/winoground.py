@@ -1,0 +1,72 @@
+"""Winoground: two images x two captions with the same words; text, image and group scores, overall and per tag."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from ...cache.reader import CacheReader
+from ...heads.base import Head
+from ..metrics import pct
+from ..scoring import score_pairs
+from .base import Benchmark, BenchResult, columns, head_label, register_benchmark
+
+OUTCOMES = ("text", "image", "group")
+TAGS = ("tag", "secondary_tag", "collapsed_tag")  # item columns the per-tag metrics group by
+
+log = logging.getLogger(__name__)
+
+
+def winoground_outcomes(c0i0: np.ndarray, c1i0: np.ndarray, c0i1: np.ndarray, c1i1: np.ndarray) -> dict[str, np.ndarray]:
+    """The official per-item scores (Thrush et al. 2022); cXiY = s(caption X, image Y); strict `>`, a tie is wrong.
+
+    text: each image prefers its own caption; image: each caption prefers its own image; group: both.
+    """
+    text = (c0i0 > c1i0) & (c1i1 > c0i1)
+    image = (c0i0 > c0i1) & (c1i1 > c1i0)
+    return {"text": text, "image": image, "group": text & image}
+
+
+def winoground_metrics(outcomes: dict[str, np.ndarray], tags: dict[str, np.ndarray]) -> dict[str, float]:
+    """`text`, `image`, `group` over all items, then `<column>/<value>/<outcome>` for each tag value present
+    (an empty value, e.g. the many items without a secondary tag, is no group)."""
+    out = {name: pct(v) for name, v in outcomes.items()}
+    for col, values in tags.items():
+        values = np.asarray(values)
+        for t in sorted(set(values.tolist()) - {""}):
+            for name, v in outcomes.items():
+                out[f"{col}/{t}/{name}"] = pct(v[values == t])
+    return out
+
+
+@register_benchmark("winoground")
+class Winoground(Benchmark):
+    source = "winoground"
+
+    def evaluate(self, reader: CacheReader, head: Head) -> BenchResult:
+        self.check(reader)
+        it = reader.items
+        n = len(it["id"])
+        i0, i1, c0, c1 = it["image_0"], it["image_1"], it["caption_0"], it["caption_1"]
+        # One call, four blocks of n: (c0,i0), (c1,i0), (c0,i1), (c1,i1).
+        s = score_pairs(reader, head, np.concatenate([i0, i0, i1, i1]), np.concatenate([c0, c1, c0, c1]))
+        c0i0, c1i0, c0i1, c1i1 = s.reshape(4, n)
+        valid = ~np.isnan(s.reshape(4, n)).any(axis=0)
+        if (~valid).any():
+            log.warning("%d items use a failed image or caption and are left out", int((~valid).sum()))
+        out = winoground_outcomes(c0i0, c1i0, c0i1, c1i1)
+        # `subset` is the collapsed tag (Object / Relation / Both), the grouping the paper's tables lead with.
+        items = [{"id": str(it["id"][j]), "subset": str(it["collapsed_tag"][j]), "valid": bool(valid[j]),
+                  **{t: str(it[t][j]) for t in TAGS}, **{k: bool(v[j]) for k, v in out.items()}} for j in range(n)]
+        metrics = self.metrics(columns(items))
+        notes = [f"{int((~valid).sum())} of {n} items left out (failed image or caption): every score is over "
+                 f"the other {int(valid.sum())}, so it is not comparable with a run over all items"] if (~valid).any() else []
+        return BenchResult("winoground", head_label(head), reader.backbone["name"], str(reader.path), metrics, items,
+                           {"items": n, "invalid": int((~valid).sum())}, notes)
+
+    @staticmethod
+    def metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:
+        valid = cols["valid"].astype(bool)
+        return winoground_metrics({k: cols[k][valid].astype(bool) for k in OUTCOMES},
+                                  {t: cols[t][valid] for t in TAGS})
