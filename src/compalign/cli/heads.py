@@ -66,6 +66,8 @@ def score(
     index: str | None = typer.Option(None, help="retrieval first stage: flat (exact, default) | ivf | hnsw | auto"),
     rerank: int | None = typer.Option(None, help="retrieval: re-score each query's top K with --head / --checkpoint"),
     json_out: Path | None = typer.Option(None, "--json", help="write metrics and per-item outcomes here"),
+    bootstrap: int = typer.Option(1000, min=0, help="bootstrap replicates (items resampled within each subset) for "
+                                  "the metrics' 95% intervals (0: none)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Score HEAD (or the trained head in CHECKPOINT) on BENCH from CACHE and print the table."""
@@ -98,11 +100,17 @@ def score(
         if c.get("items") and c.get("invalid", 0) == c["items"]:
             raise InputError(f"all {c['items']} items of {cache} use a failed image or caption: nothing to score. "
                              f"See why with `compalign cache info {cache}`.")
+        from ..evaluate.uncertainty import bootstrap_intervals
+
+        intervals = bootstrap_intervals(benchmark, result.items, n=bootstrap) if bootstrap else {}
     table = Table(title=f"{bench} · head={result.head} · backbone={result.backbone}")
     table.add_column("metric")
     table.add_column("%", justify="right")
+    if intervals:
+        table.add_column("95% CI", justify="right")
     for name, value in result.metrics.items():
-        table.add_row(name, _fmt(value))
+        ci = intervals.get(name)
+        table.add_row(name, _fmt(value), *([f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else ""] if intervals else []))
     print_table(table)
     c = result.counts
     print(f"{c.get('items', 0)} items, {c.get('invalid', 0)} left out (failed image or caption)")
@@ -110,7 +118,12 @@ def score(
         console.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result.to_json(), indent=1))
+        out = result.to_json()
+        items = out.pop("items")  # kept last, after what a reader of the file looks for first
+        # BenchResult has no intervals or precision of its own: the file gets them here (scoring runs in fp32)
+        out.update(precision="fp32", **({"intervals": intervals, "bootstrap": {"n": bootstrap, "seed": 0, "level": 0.95}}
+                                        if intervals else {}), items=items)
+        json_out.write_text(json.dumps(out, indent=1))
         print(f"wrote {json_out}")
 
 
@@ -179,6 +192,11 @@ def print_table(table: Table) -> None:
     from rich.console import Console
 
     Console().print(table)
+
+
+from .compare import compare  # noqa: E402
+
+app.command()(compare)
 
 
 if __name__ == "__main__":
