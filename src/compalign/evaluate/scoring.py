@@ -38,6 +38,17 @@ def score_pairs(reader: CacheReader, head: Head, image_keys: np.ndarray, text_ke
     return out
 
 
+def score_two_by_two(reader: CacheReader, head: Head, i0: np.ndarray, i1: np.ndarray, c0: np.ndarray,
+                     c1: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Every (caption, image) score of items with two images and two captions, in one call.
+
+    Returns ({"c0i0", "c1i0", "c0i1", "c1i1"}: (n,) scores, valid (n,)); invalid where any of the four is NaN.
+    """
+    n = len(i0)
+    s = score_pairs(reader, head, np.concatenate([i0, i0, i1, i1]), np.concatenate([c0, c1, c0, c1])).reshape(4, n)
+    return dict(zip(("c0i0", "c1i0", "c0i1", "c1i1"), s)), ~np.isnan(s).any(axis=0)
+
+
 def score_text_pairs(reader: CacheReader, head: Head, a_keys: np.ndarray, b_keys: np.ndarray) -> np.ndarray:
     head.attach(reader)
     ar, br = reader.rows("texts", a_keys), reader.rows("texts", b_keys)

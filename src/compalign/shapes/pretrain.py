@@ -39,6 +39,7 @@ from compalign.core.device import resolve_device
 from compalign.core.files import atomic_write, atomic_write_with
 from compalign.core.training import symmetric_infonce
 from compalign.shapes.augment import augment_batch, augment_data
+from compalign.shapes.writer import read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -174,14 +175,7 @@ def build_model(model_cfg: dict[str, Any], seed: int) -> tuple[torch.nn.Module, 
 def _read_pairs(path: Path, world: str | Path) -> list[dict[str, Any]]:
     """The rows of train/pairs.jsonl; a damaged line is named with its number and the command that rewrites it."""
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path} line {n} is not valid JSON ({e}); rebuild the world with "
-                             f"`compalign shapes make --out {world} --force`") from None
+    for n, row in read_jsonl(path, world):
         if not isinstance(row, dict) or not isinstance(row.get("image"), str) or not isinstance(row.get("caption"), str):
             raise InputError(f"{path} line {n} is not an {{image, caption}} row; rebuild the world with "
                              f"`compalign shapes make --out {world} --force`")

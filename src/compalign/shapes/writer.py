@@ -546,6 +546,20 @@ def load_world_config(world_dir: str | Path) -> WorldConfig:
         raise InputError(f"{path}: {e}") from None
 
 
+def read_jsonl(path: Path, world: str | Path = "WORLD") -> list[tuple[int, Any]]:
+    """(line number, row) of a world's JSONL file; a damaged line is named with the command that rewrites it."""
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((n, json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path} line {n} is not valid JSON ({e}); rebuild the world with "
+                             f"`compalign shapes make --out {world} --force`") from None
+    return rows
+
+
 def load_scenes(path: str | Path) -> dict[str, Scene]:
     """scenes.jsonl (or negative_scenes.jsonl's ``negative_scene`` rows) -> {image name: Scene}."""
     path = Path(path)
@@ -553,14 +567,7 @@ def load_scenes(path: str | Path) -> dict[str, Scene]:
         raise MissingFileError(f"{path} is missing: pass a split folder of a shapes world "
                                "(written by `compalign shapes make --out WORLD`)")
     out: dict[str, Scene] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path} line {n} is not valid JSON ({e}); rebuild the world with "
-                             "`compalign shapes make --out WORLD --force`") from None
+    for n, row in read_jsonl(path):
         try:
             row = row.get("negative_scene", row) if isinstance(row, dict) else row
             out[row["image"]] = Scene.from_json(row)

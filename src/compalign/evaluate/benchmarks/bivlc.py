@@ -9,7 +9,7 @@ import numpy as np
 from ...cache.reader import CacheReader
 from ...heads.base import Head
 from ..metrics import bivlc_metrics, bivlc_outcomes
-from ..scoring import score_pairs
+from ..scoring import score_two_by_two
 from .base import Benchmark, BenchResult, columns, head_label, register_benchmark
 
 OUTCOMES = ("Ipos2T", "Ineg2T", "Tpos2I", "Tneg2I", "I2T", "T2I", "Group")
@@ -25,13 +25,10 @@ class BiVLC(Benchmark):
         self.check(reader)
         it = reader.items
         n = len(it["id"])
-        i0, i1, c0, c1 = it["image"], it["negative_image"], it["caption"], it["negative_caption"]
-        s = score_pairs(reader, head, np.concatenate([i0, i0, i1, i1]), np.concatenate([c0, c1, c0, c1]))
-        c0i0, c1i0, c0i1, c1i1 = s[:n], s[n:2 * n], s[2 * n:3 * n], s[3 * n:]
-        valid = ~np.isnan(s.reshape(4, n)).any(axis=0)
+        s, valid = score_two_by_two(reader, head, it["image"], it["negative_image"], it["caption"], it["negative_caption"])
         if (~valid).any():
             log.warning("%d items use a failed image or caption and are left out", int((~valid).sum()))
-        out = bivlc_outcomes(c0i0, c1i0, c0i1, c1i1)
+        out = bivlc_outcomes(s["c0i0"], s["c1i0"], s["c0i1"], s["c1i1"])
         items = [{"id": str(it["id"][j]), "subset": f"{it['type'][j]}/{it['subtype'][j]}", "valid": bool(valid[j]),
                   **{k: bool(v[j]) for k, v in out.items()}} for j in range(n)]
         metrics = self.metrics(columns(items))

@@ -9,7 +9,7 @@ import numpy as np
 from ...cache.reader import CacheReader
 from ...heads.base import Head
 from ..metrics import pct
-from ..scoring import score_pairs
+from ..scoring import score_two_by_two
 from .base import Benchmark, BenchResult, columns, head_label, register_benchmark
 
 OUTCOMES = ("text", "image", "group")
@@ -48,14 +48,10 @@ class Winoground(Benchmark):
         self.check(reader)
         it = reader.items
         n = len(it["id"])
-        i0, i1, c0, c1 = it["image_0"], it["image_1"], it["caption_0"], it["caption_1"]
-        # One call, four blocks of n: (c0,i0), (c1,i0), (c0,i1), (c1,i1).
-        s = score_pairs(reader, head, np.concatenate([i0, i0, i1, i1]), np.concatenate([c0, c1, c0, c1]))
-        c0i0, c1i0, c0i1, c1i1 = s.reshape(4, n)
-        valid = ~np.isnan(s.reshape(4, n)).any(axis=0)
+        s, valid = score_two_by_two(reader, head, it["image_0"], it["image_1"], it["caption_0"], it["caption_1"])
         if (~valid).any():
             log.warning("%d items use a failed image or caption and are left out", int((~valid).sum()))
-        out = winoground_outcomes(c0i0, c1i0, c0i1, c1i1)
+        out = winoground_outcomes(s["c0i0"], s["c1i0"], s["c0i1"], s["c1i1"])
         # `subset` is the collapsed tag (Object / Relation / Both), the grouping the paper's tables lead with.
         items = [{"id": str(it["id"][j]), "subset": str(it["collapsed_tag"][j]), "valid": bool(valid[j]),
                   **{t: str(it[t][j]) for t in TAGS}, **{k: bool(v[j]) for k, v in out.items()}} for j in range(n)]

@@ -39,6 +39,13 @@ def read_text(path: Path) -> str:
                           f"e.g. `iconv -f latin1 -t utf-8 {path.name} > utf8-{path.name}`") from None
 
 
+def parquet_image_bytes(cell: object) -> bytes | None:
+    """The bytes of a parquet image cell: the Hub's Image feature {"bytes", "path"}, or raw bytes."""
+    if isinstance(cell, dict):
+        return cell.get("bytes")
+    return cell if isinstance(cell, bytes) else None
+
+
 def content_key(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 

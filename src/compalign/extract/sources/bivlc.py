@@ -6,15 +6,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from .base import Plan, PlanBuilder, SourceError, register_source
+from .base import Plan, PlanBuilder, SourceError, parquet_image_bytes, register_source
 
 COLUMNS = ("image", "caption", "negative_caption", "negative_image", "type", "subtype")
-
-
-def _image_bytes(cell: object) -> bytes | None:
-    if isinstance(cell, dict):
-        return cell.get("bytes")
-    return cell if isinstance(cell, bytes) else None
 
 
 @register_source("bivlc")
@@ -42,8 +36,8 @@ def plan_bivlc(root: Path) -> Plan:
                 id=f"{path.stem}/{r}",
                 type=str(row.get("type") or ""),
                 subtype=str(row.get("subtype") or ""),
-                image=b.image_bytes(_image_bytes(row["image"]), f"{where}:image"),
-                negative_image=b.image_bytes(_image_bytes(row["negative_image"]), f"{where}:negative_image"),
+                image=b.image_bytes(parquet_image_bytes(row["image"]), f"{where}:image"),
+                negative_image=b.image_bytes(parquet_image_bytes(row["negative_image"]), f"{where}:negative_image"),
                 caption=b.text(texts[0]),
                 negative_caption=b.text(texts[1]),
             )

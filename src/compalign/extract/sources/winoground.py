@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from .base import Plan, PlanBuilder, SourceError, register_source
+from .base import Plan, PlanBuilder, SourceError, parquet_image_bytes, register_source
 
 # What the items need; num_main_preds is in the official files but nothing here reads it, so it is not required.
 COLUMNS = ("id", "image_0", "image_1", "caption_0", "caption_1", "tag", "secondary_tag", "collapsed_tag")
@@ -18,12 +18,6 @@ COLUMNS = ("id", "image_0", "image_1", "caption_0", "caption_1", "tag", "seconda
 # repo hold examples.jsonl + images.zip instead of parquet; the Hub's parquet conversion then has the layout.
 FIX = ("download it with `huggingface-cli download facebook/winoground --repo-type dataset --local-dir {root}` "
        "(add `--revision refs/convert/parquet` if that gives examples.jsonl and images.zip instead of parquet)")
-
-
-def _image_bytes(cell: object) -> bytes | None:
-    if isinstance(cell, dict):  # the Hub's Image feature: {"bytes": ..., "path": ...}
-        return cell.get("bytes")
-    return cell if isinstance(cell, bytes) else None
 
 
 @register_source("winoground")
@@ -61,8 +55,8 @@ def plan_winoground(root: Path) -> Plan:
                 id=ident,
                 # A row without image bytes is kept: the image becomes a recorded extraction failure
                 # (`file#row:image_0`) and the benchmark counts the item invalid instead of losing it silently.
-                image_0=b.image_bytes(_image_bytes(row["image_0"]), f"{where}:image_0"),
-                image_1=b.image_bytes(_image_bytes(row["image_1"]), f"{where}:image_1"),
+                image_0=b.image_bytes(parquet_image_bytes(row["image_0"]), f"{where}:image_0"),
+                image_1=b.image_bytes(parquet_image_bytes(row["image_1"]), f"{where}:image_1"),
                 caption_0=b.text(row["caption_0"]),
                 caption_1=b.text(row["caption_1"]),
                 tag=str(row["tag"] or ""),
