@@ -55,6 +55,7 @@ def exact_topk(queries: np.ndarray, gallery: np.ndarray, k: int, block: int = 40
     k = min(k, len(gallery))
     extra = min(len(gallery), k + 8)  # a few past k, so that scores tied at the k-th place are ordered by the rule
     ids = np.empty((len(queries), extra), np.int64)
+    block = max(1, min(block, 2**28 // max(1, len(gallery))))  # a (block, N) float32 score block stays <= 1 GiB
     for b in range(0, len(queries), block):
         s = queries[b:b + block] @ gallery.T  # (q, n)
         ids[b:b + block] = np.argpartition(-s, extra - 1, axis=1)[:, :extra] if extra < s.shape[1] else np.arange(extra)
