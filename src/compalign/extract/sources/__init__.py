@@ -1,6 +1,6 @@
 """Data sources: each reads one on-disk format into a Plan (unique images, unique texts, items)."""
 
-from . import bivlc, karpathy, pairs, sugarcrepe, winoground  # noqa: F401  (registers the sources)
+from . import aro, bivlc, karpathy, pairs, sugarcrepe, winoground  # noqa: F401  (registers the sources)
 from .base import ImageRef, Plan, SourceError, content_key, list_sources, plan_source, text_key
 
 __all__ = ["ImageRef", "Plan", "SourceError", "content_key", "list_sources", "plan_source", "text_key"]

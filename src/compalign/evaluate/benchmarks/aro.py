@@ -1,0 +1,143 @@
+"""ARO VG-Relation / VG-Attribution: item correct iff s(crop, true caption) > s(crop, false caption) (strict).
+
+Metrics (percent): `vg_relation`, `vg_attribution`: accuracy over the subset's items; `vg_relation/macro`:
+the mean over relation names of the per-relation accuracy, and `vg_attribution/macro`: the mean over
+attribute pairs of the per-pair accuracy, counting only pairs with at least 25 items, as the official
+code does (`evaluate_scores` of VG_Attribution skips smaller pairs; VG_Relation keeps every relation).
+The paper's VG-Relation / VG-Attribution numbers are these macro means.
+A tie is wrong, as in the official code (argmax over [false, true] picks the first on a tie).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from ...cache.reader import CacheReader
+from ...heads.base import Head
+from ..metrics import pct
+from ..scoring import score_pairs
+from .base import Benchmark, BenchResult, columns, head_label, register_benchmark
+
+log = logging.getLogger(__name__)
+
+SUBSETS = ("vg_relation", "vg_attribution")
+MIN_GROUP = {"vg_relation": 1, "vg_attribution": 25}  # the official per-group count thresholds of the macro
+
+
+def aro_metrics(correct: np.ndarray, subset: np.ndarray, group: np.ndarray,
+                min_group: dict[str, int] = MIN_GROUP) -> dict[str, float]:
+    correct, subset, group = np.asarray(correct, bool), np.asarray(subset), np.asarray(group)
+    out: dict[str, float] = {}
+    for s in np.unique(subset).tolist():
+        mask = subset == s
+        out[s] = pct(correct[mask])
+        names, inverse, counts = np.unique(group[mask], return_inverse=True, return_counts=True)
+        hits = np.bincount(inverse, weights=correct[mask], minlength=len(names))
+        keep = counts >= min_group.get(s, 1)
+        out[f"{s}/macro"] = float(np.mean(100.0 * hits[keep] / counts[keep])) if keep.any() else float("nan")
+    return out
+
+
+def aro_outcomes(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(correct, valid): strict `>`; an item with a NaN score is invalid (and not correct)."""
+    valid = ~(np.isnan(pos) | np.isnan(neg))
+    return valid & (pos > neg), valid
+
+
+@register_benchmark("aro")
+class ARO(Benchmark):
+    source = "aro"
+
+    def evaluate(self, reader: CacheReader, head: Head) -> BenchResult:
+        self.check(reader)
+        it = reader.items
+        n = len(it["id"])
+        s = score_pairs(reader, head, np.concatenate([it["image"], it["image"]]),
+                        np.concatenate([it["caption"], it["negative_caption"]]))
+        pos, neg = s[:n], s[n:]
+        correct, valid = aro_outcomes(pos, neg)
+        if (~valid).any():
+            log.warning("%d items use a failed image or caption and are left out", int((~valid).sum()))
+        items = [{"id": str(i), "subset": str(sub), "group": str(g), "pos": float(p), "neg": float(q),
+                  "correct": bool(c), "valid": bool(v)}
+                 for i, sub, g, p, q, c, v in zip(it["id"], it["subset"], it["group"], pos, neg, correct, valid)]
+        metrics = self.metrics(columns(items))
+        present = set(it["subset"].tolist())
+        notes = [f"{s} absent: only {', '.join(sorted(present))} scored" for s in SUBSETS if s not in present]
+        for s in sorted(present):
+            if np.isnan(metrics.get(f"{s}/macro", 0.0)):
+                notes.append(f"{s}/macro is NaN: no group has the {MIN_GROUP.get(s, 1)} valid items the official "
+                             "macro needs")
+        if (~valid).any():
+            notes.append(f"{int((~valid).sum())} of {n} items left out (failed image or caption): every score is "
+                         f"over the other {int(valid.sum())}, so it is not comparable with a run over all items")
+        return BenchResult("aro", head_label(head), reader.backbone["name"], str(reader.path), metrics, items,
+                           {"items": n, "invalid": int((~valid).sum())}, notes)
+
+    @staticmethod
+    def metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:
+        valid = cols["valid"].astype(bool)
+        return aro_metrics(cols["correct"][valid].astype(bool), cols["subset"][valid], cols["group"][valid])
+
+
+ORDER_PERTURBATIONS = ("nouns_adj", "allbut_nouns_adj", "within_trigrams", "trigrams")  # item columns of aro_order
+
+
+def order_outcomes(pos: np.ndarray, negs: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(beats (n, 4), correct (n,), valid (n,)) from pos (n,), negs (n, 4) and same (n, 4): the perturbed caption is
+    the true caption's very text (a caption whose shuffle changes nothing). Such a perturbation is no negative and is
+    beaten vacuously, as in the official code, where argmax over identical scores picks the true caption; every other
+    comparison is strict, so a tie with a different text is wrong."""
+    valid = ~(np.isnan(pos) | np.isnan(negs).any(axis=1))
+    beats = same | (pos[:, None] > negs)
+    return beats & valid[:, None], beats.all(axis=1) & valid, valid
+
+
+@register_benchmark("aro_order")
+class AROOrder(Benchmark):
+    """COCO-Order / Flickr30k-Order: correct iff the true caption outscores all four word-order perturbations.
+
+    Metrics: `<dataset>_order` (the paper's Precision@1 over the 5 captions) and `<dataset>_order/<perturbation>`
+    (the share of items whose true caption beats that perturbation). The perturbations are made by a rule-based
+    stand-in for the official spaCy tagger (see compalign.extract.sources.aro), so numbers are close to the paper's.
+    """
+
+    source = "aro_order"
+
+    def evaluate(self, reader: CacheReader, head: Head) -> BenchResult:
+        self.check(reader)
+        it = reader.items
+        n = len(it["id"])
+        negs_keys = [it[p] for p in ORDER_PERTURBATIONS]
+        s = score_pairs(reader, head, np.concatenate([it["image"]] * 5), np.concatenate([it["caption"], *negs_keys]))
+        pos, negs = s[:n], s[n:].reshape(4, n).T
+        same = np.stack([k == it["caption"] for k in negs_keys], axis=1)
+        beats, correct, valid = order_outcomes(pos, negs, same)
+        if (~valid).any():
+            log.warning("%d items use a failed image or caption and are left out", int((~valid).sum()))
+        items = [{"id": str(it["id"][j]), "subset": str(it["subset"][j]), "pos": float(pos[j]),
+                  **{f"neg_{p}": float(negs[j, k]) for k, p in enumerate(ORDER_PERTURBATIONS)},
+                  **{f"beats_{p}": bool(beats[j, k]) for k, p in enumerate(ORDER_PERTURBATIONS)},
+                  "correct": bool(correct[j]), "valid": bool(valid[j])} for j in range(n)]
+        metrics = self.metrics(columns(items))
+        notes = [f"perturbations by a rule-based stand-in for spaCy's tagger; {int(same.any(axis=1).sum())} of {n} "
+                 "items have a perturbation identical to the true caption (beaten vacuously, as in the official code)"]
+        if (~valid).any():
+            notes.append(f"{int((~valid).sum())} of {n} items left out (failed image or caption): every score is "
+                         f"over the other {int(valid.sum())}, so it is not comparable with a run over all items")
+        return BenchResult("aro_order", head_label(head), reader.backbone["name"], str(reader.path), metrics, items,
+                           {"items": n, "invalid": int((~valid).sum())}, notes)
+
+    @staticmethod
+    def metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:
+        valid = cols["valid"].astype(bool)
+        subset = cols["subset"][valid]
+        out: dict[str, float] = {}
+        for s in np.unique(subset).tolist():
+            mask = subset == s
+            out[s] = pct(cols["correct"][valid][mask].astype(bool))
+            for p in ORDER_PERTURBATIONS:
+                out[f"{s}/{p}"] = pct(cols[f"beats_{p}"][valid][mask].astype(bool))
+        return out
