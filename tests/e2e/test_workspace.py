@@ -51,7 +51,9 @@ def test_the_three_user_commands_run_as_written(workspace, monkeypatch):
     res = CliRunner().invoke(heads_app, ["score", "--bench", "bivlc", "--json", "global.json"])
     assert res.exit_code == 0 and "cache: caches/tiny-bivlc.zarr" in res.output, res.output
     # the 10-scene test_ood world has 48 BiVLC items
-    assert json.loads((workspace / "global.json").read_text())["counts"] == {"items": 48, "invalid": 0}
+    d = json.loads((workspace / "global.json").read_text())
+    swaps = sum(i["subset"].startswith("swap/") for i in d["items"])  # bag-of-words-proof: the swaps, no others
+    assert d["counts"] == {"items": 48, "invalid": 0, "bow_proof": swaps} and 0 < swaps < 48
 
     res = CliRunner().invoke(heads_app, ["score", "--bench", "bivlc", "--head", "tflocal", "--json", "tflocal.json"])
     assert res.exit_code == 0 and "checkpoint: runs/tflocal" in res.output, res.output

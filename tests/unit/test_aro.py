@@ -152,9 +152,12 @@ def test_end_to_end_extract_and_score_equals_direct_crop_encoding(root, cache):
     r = open_cache(cache)
     result = bench.evaluate(r, create_head("global"))
     rows = RELATIONS + ATTRIBUTES
-    assert len(result.items) == len(rows) and result.counts == {"items": len(rows), "invalid": 0}
-    assert {"id", "subset", "group", "pos", "neg", "correct", "valid"} == set(result.items[0])
-    assert set(result.metrics) == {"vg_relation", "vg_relation/macro", "vg_attribution", "vg_attribution/macro"}
+    assert len(result.items) == len(rows) and result.counts == {"items": len(rows), "invalid": 0, "bow_proof": len(rows)}
+    assert {"id", "subset", "group", "pos", "neg", "correct", "valid", "bow_proof"} == set(result.items[0])
+    names = {"vg_relation", "vg_relation/macro", "vg_attribution", "vg_attribution/macro"}
+    # every false caption swaps the true one's own words: the bag-of-words-proof subset is the whole benchmark
+    assert set(result.metrics) == names | {f"bow_proof/{k}" for k in names}
+    assert all(result.metrics[f"bow_proof/{k}"] == result.metrics[k] for k in names)
     assert _same(bench.metrics(columns(result.items)), result.metrics)
     # Every score equals encoding my own crop of the box with the same backbone.
     bb = load_backbone("tiny")
@@ -329,7 +332,9 @@ def test_order_plan_and_end_to_end(tmp_path):
     extract(ExtractConfig(model="tiny", data="aro_order", root=str(root), out=str(out), workers=0))
     bench = BENCHMARKS.create("aro_order")
     result = bench.evaluate(open_cache(out), create_head("global"))
-    assert set(result.metrics) == {"coco_order", *(f"coco_order/{p}" for p in PERTURBATIONS)}
+    names = {"coco_order", *(f"coco_order/{p}" for p in PERTURBATIONS)}
+    assert set(result.metrics) == names | {f"bow_proof/{k}" for k in names}  # shuffles keep the caption's words
+    assert result.counts["bow_proof"] == len(result.items) and all(x["bow_proof"] for x in result.items)
     assert result.metrics == bench.metrics(columns(result.items))
     for x in result.items:
         assert x["correct"] == all(x[f"beats_{p}"] for p in PERTURBATIONS)

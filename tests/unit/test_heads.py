@@ -25,7 +25,8 @@ def image_batch(n: int, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {"global": rng.normal(size=(n, SPEC.embed_dim)).astype(np.float32),
             "patches": rng.normal(size=(n, SPEC.n_patches, SPEC.image_width)).astype(np.float16),
-            "prefix": rng.normal(size=(n, SPEC.n_prefix, SPEC.image_width)).astype(np.float16)}
+            "prefix": rng.normal(size=(n, SPEC.n_prefix, SPEC.image_width)).astype(np.float16),
+            "status": np.ones(n, dtype=np.int8)}  # extraction status (1 = ok): what `blind` reads instead of features
 
 
 def text_batch(n: int, seed: int = 1) -> dict[str, np.ndarray]:
@@ -63,7 +64,7 @@ HEADS = list_heads()
 
 
 def test_registry_has_the_design_heads_and_a_tiny_test_variant():
-    assert {"global", "global_mlp", "maxsim", "tflocal", "tflocal_tiny"} <= set(HEADS)
+    assert {"blind", "global", "global_mlp", "maxsim", "tflocal", "tflocal_tiny"} <= set(HEADS)
     with pytest.raises(KeyError, match="available"):
         create_head("no-such-head")
     with pytest.raises(ValueError, match="unknown option"):
@@ -73,7 +74,8 @@ def test_registry_has_the_design_heads_and_a_tiny_test_variant():
 @pytest.mark.parametrize("name", HEADS)
 def test_shapes_no_nan_and_pairs_equal_the_matrix_diagonal(name):
     head = build(name)
-    assert all(f in ("global", *TOKEN_FIELDS) for f in (*head.needs_images, *head.needs_texts))
+    assert all(f in ("global", *TOKEN_FIELDS) for f in head.needs_texts)
+    assert all(f in ("global", "status", *TOKEN_FIELDS) for f in head.needs_images)
     images, texts = image_batch(5), text_batch(5)
     im, tx = embed(head, images, texts)
     pairs, matrix = head.score_pairs(im, tx), head.score_matrix(im, tx)
@@ -165,3 +167,29 @@ def test_same_config_same_initial_weights():
     a, b = build("tflocal_tiny"), build("tflocal_tiny")
     for (n, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(p, q), n
+
+
+def test_blind_never_reads_an_image_and_fit_learns_which_caption_is_positive():
+    head = build("blind")
+    assert head.needs_images == ("status",)
+    texts = text_batch(6)
+    tx = head.embed_texts(fields(texts, head.needs_texts, True))
+    a = head.score_matrix(head.embed_images({"status": np.ones(4, np.int8)}), tx)
+    assert a.shape == (4, 6) and (a == a[0]).all()  # every image row the same: the score is the caption's alone
+    # Positives differ from negatives along one direction, the one the initial weights get wrong: the fit must learn it.
+    rng = np.random.default_rng(0)
+    direction = np.zeros(SPEC.embed_dim, np.float32)
+    direction[3] = 1.0
+    base = rng.normal(size=(200, SPEC.embed_dim)).astype(np.float32)
+
+    def wins(pos, neg):
+        none = np.zeros((len(pos), 0), np.float32)
+        s = [head.score_pairs(none, head.embed_texts({"global": x})) for x in (pos, neg)]
+        return s[0] > s[1]
+
+    if wins(base + 2 * direction, base - 2 * direction).mean() > 0.5:
+        direction = -direction
+    pos, neg = base + 2 * direction, base - 2 * direction
+    assert wins(pos[150:], neg[150:]).mean() < 0.5
+    loss = head.fit(pos[:150], neg[:150], steps=200)
+    assert loss < 0.1 and wins(pos[150:], neg[150:]).all()  # the 50 held-out pairs: all right after fitting

@@ -190,7 +190,10 @@ def test_a_trained_head_scores_benchmarks_and_refuses_another_backbone(world_cac
     assert {s: int((subset == s).sum()) for s in want_n} == want_n and all(i["valid"] for i in out.items)
     np.testing.assert_array_equal(correct, [i["pos"] > i["neg"] for i in out.items])  # strict: a tie is wrong
     m = out.metrics
-    assert set(m) == {*want_n, "replace", "swap", "add", "macro", "micro"}
+    bow = np.array([i["bow_proof"] for i in out.items])  # the world's swaps reorder the positive's own words
+    assert set(np.unique(subset[bow]).tolist()) == {"swap_att", "swap_obj"}
+    assert set(m) == {*want_n, "replace", "swap", "add", "macro", "micro",
+                      *(f"bow_proof/{k}" for k in ("swap_att", "swap_obj", "swap", "macro", "micro"))}
     for s in want_n:
         assert m[s] == pytest.approx(100 * correct[subset == s].mean(), abs=1e-9), s
     for cat in ("replace", "swap", "add"):

@@ -7,7 +7,9 @@ import itertools
 import numpy as np
 import pytest
 
-from compalign.evaluate.metrics import bivlc_metrics, bivlc_outcomes, sugarcrepe_metrics
+from compalign.evaluate.benchmarks.base import columns, with_bow_proof
+from compalign.evaluate.benchmarks.sugarcrepe import SugarCrepe
+from compalign.evaluate.metrics import bivlc_metrics, bivlc_outcomes, same_words, sugarcrepe_metrics, words
 
 
 def test_sugarcrepe_tie_counts_as_wrong_and_means_are_exact():
@@ -51,3 +53,38 @@ def test_bivlc_ties_are_wrong_and_types_split():
     m = bivlc_metrics(bivlc_outcomes(c0i0, c1i0, c0i1, c1i1), np.array(["swap", "add"]))
     assert m["swap/Group"] == 100.0 and m["add/Group"] == 0.0 and m["Group"] == 50.0
     assert m["add/Ipos2T"] == 100.0 and m["add/Ineg2T"] == 0.0 and m["add/Tpos2I"] == 0.0
+
+
+@pytest.mark.parametrize("a, b, same", [
+    ("A red car and a blue house.", "a blue car and a red house", True),  # case and punctuation are not words
+    ("A man on a motorcycle is waving at two men.", "Two men on a motorcycle are waving at a man.", False),  # is/are
+    ("the dog chases the cat", "the cat chases the dog", True),
+    ("the dog chases the cat", "the cat chases the dog dog", False),  # a multiset: counts matter
+    ("the dog chases the cat", "the cat chases a dog", False),
+    ("a man's hat", "a hat's man", False),  # "man's" is one word, not "man" + "s"
+    ("two dogs", "two  dogs ", True),
+    ("", "", True),
+])
+def test_same_words_is_multiset_equality_of_lowercased_words(a, b, same):
+    assert same_words(np.array([a]), np.array([b])).tolist() == [same]
+
+
+def test_words_are_sorted_lowercased_tokens():
+    assert words("The cat, the DOG's bowl!") == ("bowl", "cat", "dog's", "the", "the")
+
+
+def test_bow_proof_metrics_are_the_metrics_of_the_bow_proof_items_only():
+    # 6 items: swap_att rows 0-2 (rows 0, 1 bag-of-words-proof), replace_obj rows 3-5 (none).
+    items = [{"id": str(i), "subset": s, "correct": c, "valid": v, "bow_proof": b}
+             for i, (s, c, v, b) in enumerate([("swap_att", True, True, True), ("swap_att", False, True, True),
+                                               ("swap_att", True, True, False), ("replace_obj", True, True, False),
+                                               ("replace_obj", False, True, False), ("replace_obj", True, False, False)])]
+    m = SugarCrepe.metrics(columns(items))
+    assert m["swap_att"] == pytest.approx(200 / 3) and m["replace_obj"] == 50.0  # the invalid row is left out
+    assert {k: v for k, v in m.items() if k.startswith("bow_proof/")} == {
+        "bow_proof/swap_att": 50.0, "bow_proof/swap": 50.0, "bow_proof/macro": 50.0, "bow_proof/micro": 50.0}
+    for it in items:
+        it["bow_proof"] = False
+    assert not any(k.startswith("bow_proof/") for k in SugarCrepe.metrics(columns(items)))  # no such items: no metric
+    no_field = [{k: v for k, v in it.items() if k != "bow_proof"} for it in items]  # a JSON from before the field
+    assert with_bow_proof(lambda cols: {"n": float(len(cols["id"]))}, columns(no_field)) == {"n": 6.0}

@@ -82,7 +82,7 @@ def test_score_cli_reads_only_the_cache(sugarcrepe_tiny_cache, tmp_path):
               for gz in sorted((DATA / "sugarcrepe").glob("*.json.gz"))}
     subset = np.array([i["subset"] for i in d["items"]])
     assert {s: int((subset == s).sum()) for s in want_n} == want_n and sum(want_n.values()) == 7511
-    assert d["counts"] == {"items": 7511, "invalid": 0} and all(i["valid"] for i in d["items"])
+    assert d["counts"] == {"items": 7511, "invalid": 0, "bow_proof": 572} and all(i["valid"] for i in d["items"])
     # The JSON's metrics are the accuracies of its own items (strict >: a tie is wrong) ...
     pos, neg = np.array([i["pos"] for i in d["items"]]), np.array([i["neg"] for i in d["items"]])
     correct = np.array([i["correct"] for i in d["items"]])
@@ -96,6 +96,14 @@ def test_score_cli_reads_only_the_cache(sugarcrepe_tiny_cache, tmp_path):
     assert m["macro"] == pytest.approx(np.mean([m[s] for s in want_n]), abs=1e-9)  # the mean of the subsets
     assert m["micro"] == pytest.approx(sum(m[s] * n for s, n in want_n.items()) / 7511, abs=1e-9)  # item-weighted
     assert m["micro"] == pytest.approx(100 * correct.mean(), abs=1e-9) and m["macro"] != pytest.approx(m["micro"])
+    # The bag-of-words-proof subset: the swaps whose negative reorders the positive's very words, nothing else.
+    bow = np.array([i["bow_proof"] for i in d["items"]])
+    assert {s: int(bow[subset == s].sum()) for s in want_n} == {
+        "add_att": 0, "add_obj": 0, "replace_att": 0, "replace_obj": 0, "replace_rel": 0, "swap_att": 408, "swap_obj": 164}
+    for s in ("swap_att", "swap_obj"):
+        assert m[f"bow_proof/{s}"] == pytest.approx(100 * correct[bow & (subset == s)].mean(), abs=1e-9), s
+    assert m["bow_proof/micro"] == pytest.approx(100 * correct[bow].mean(), abs=1e-9)
+    assert not any(k.startswith("bow_proof/replace") or k.startswith("bow_proof/add") for k in m)
     # ... and those items score what numpy's cosine of the cached global embeddings gives.
     r = CacheReader(sugarcrepe_tiny_cache)
     it = r.items

@@ -116,7 +116,7 @@ def test_global_outcomes_and_metrics_equal_numpy_cosines_of_the_cache(scpp):
     itt, tot = (ip1 > ineg) & (ip2 > ineg), (tp1p2 > tp1n) & (tp1p2 > tp2n)
     assert 0 < itt.sum() < len(itt) and 0 < tot.sum() < len(tot)  # both outcomes occur: the test can tell
     assert [i["id"] for i in result.items] == it["id"][pp].tolist()
-    assert set(result.items[0]) == {"id", "subset", "valid", "ITT", "TOT"}
+    assert set(result.items[0]) == {"id", "subset", "valid", "ITT", "TOT", "bow_proof"}
     np.testing.assert_array_equal([i["ITT"] for i in result.items], itt)
     np.testing.assert_array_equal([i["TOT"] for i in result.items], tot)
     subset = it["subset"][pp]
@@ -129,7 +129,7 @@ def test_global_outcomes_and_metrics_equal_numpy_cosines_of_the_cache(scpp):
         assert m[o] == pytest.approx(np.mean(list(per.values())), abs=1e-9)
         assert m[f"micro/{o}"] == pytest.approx(100 * v.mean(), abs=1e-9)
     assert bench.metrics(columns(result.items)) == result.metrics  # recomputable from its own records
-    assert result.counts == {"items": 25, "invalid": 0}
+    assert result.counts == {"items": 25, "invalid": 0, "bow_proof": 0}
     assert result.notes == ["1 of 26 items have no caption2 (subsets add_att: SugarCrepe, not SugarCrepe++) and are left out"]
 
 

@@ -130,7 +130,7 @@ def test_global_outcomes_and_metrics_equal_numpy_cosines_of_the_cache(wino):
     assert [i["id"] for i in result.items] == [str(k) for k in range(64)] == it["id"].tolist()
     valid = np.array([k != 37 for k in range(64)])
     np.testing.assert_array_equal([i["valid"] for i in result.items], valid)
-    assert result.counts == {"items": 64, "invalid": 1} and "1 of 64 items left out" in result.notes[0]
+    assert result.counts == {"items": 64, "invalid": 1, "bow_proof": 64} and "1 of 64 items left out" in result.notes[0]
     # Independently: the four cosines of each valid item from the cached global embeddings, in float64.
     im = {c: _unit(r.read("images", "global", r.rows("images", it[c][valid]))) for c in ("image_0", "image_1")}
     tx = {c: _unit(r.read("texts", "global", r.rows("texts", it[c][valid]))) for c in ("caption_0", "caption_1")}

@@ -13,6 +13,7 @@ with the shard named and the command that rewrites it; `require_complete` refuse
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections import OrderedDict
@@ -153,6 +154,14 @@ class CacheReader:
     def items(self) -> dict[str, np.ndarray]:
         g = self.root["items"]
         return {name: g[name][:] for name, _ in sorted(g.arrays())}
+
+    def select_items(self, rows: np.ndarray) -> CacheReader:
+        """The same store with only items `rows` (in that order): a benchmark scores a subset of its items, e.g. one
+        fold of a cross-validation. The open store and arrays are shared; the decoded-shard caches are its own."""
+        view = copy.copy(self)
+        view._lru, view._lru_bytes, view._whole, view._whole_bytes = OrderedDict(), 0, {}, 0
+        view.__dict__["items"] = {k: v[rows] for k, v in self.items.items()}
+        return view
 
     def projection(self, name: Literal["image", "text", "text_bias"]) -> np.ndarray | None:
         key = f"proj/{name}"

@@ -65,6 +65,8 @@ def score(
     untrained: bool = typer.Option(False, "--untrained", help="score a trainable head at its random initialisation"),
     index: str | None = typer.Option(None, help="retrieval first stage: flat (exact, default) | ivf | hnsw | auto"),
     rerank: int | None = typer.Option(None, help="retrieval: re-score each query's top K with --head / --checkpoint"),
+    folds: int | None = typer.Option(None, help="--head blind: cross-validate the text-only control on the benchmark's "
+                                     "own items in K folds (no train cache needed)"),
     json_out: Path | None = typer.Option(None, "--json", help="write metrics and per-item outcomes here"),
     bootstrap: int = typer.Option(1000, min=0, help="bootstrap replicates (items resampled within each subset) for "
                                   "the metrics' 95% intervals (0: none)"),
@@ -78,7 +80,10 @@ def score(
         if cache is None:
             cache = find_cache(benchmark.source, f"--bench {bench} reads")
             console.print(f"cache: {cache}")
-        if checkpoint is None and head is not None and not untrained and HEADS.meta(head)["trainable"]:
+        if folds is not None and (head != "blind" or checkpoint is not None or untrained):
+            raise InputError("--folds cross-validates the blind control: use it with --head blind alone "
+                             "(no --checkpoint, no --untrained)")
+        if checkpoint is None and head is not None and not untrained and folds is None and HEADS.meta(head)["trainable"]:
             checkpoint = find_run(head)
             if checkpoint is not None:
                 console.print(f"checkpoint: {checkpoint}")
@@ -90,12 +95,20 @@ def score(
                 raise InputError(f"--head {head} disagrees with the checkpoint's head {h.name!r}; pass one of them")
         else:
             h = create_head(head or "global")
-            if h.trainable and not untrained:
+            if h.trainable and not untrained and folds is None:
+                blind = (f" For the blind control, `--folds 5` fits it on {bench}'s own items instead."
+                         if h.name == "blind" else "")
                 raise InputError(f"head {h.name!r} is trainable and no --checkpoint was given: its weights would be random. "
                                  f"Train it (`compalign-heads train {h.name} --cache {cache} --out RUN_DIR`) and pass "
-                                 "--checkpoint RUN_DIR, or pass --untrained to score the random initialisation on purpose.")
+                                 "--checkpoint RUN_DIR, or pass --untrained to score the random initialisation on purpose."
+                                 + blind)
         reader = CacheReader(cache)
-        result = benchmark.evaluate(reader, h)
+        if folds is not None:
+            from ..evaluate.blind import cross_validate_blind
+
+            result = cross_validate_blind(benchmark, reader, folds=folds)
+        else:
+            result = benchmark.evaluate(reader, h)
         c = result.counts
         if c.get("items") and c.get("invalid", 0) == c["items"]:
             raise InputError(f"all {c['items']} items of {cache} use a failed image or caption: nothing to score. "
@@ -113,7 +126,8 @@ def score(
         table.add_row(name, _fmt(value), *([f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else ""] if intervals else []))
     print_table(table)
     c = result.counts
-    print(f"{c.get('items', 0)} items, {c.get('invalid', 0)} left out (failed image or caption)")
+    print(f"{c.get('items', 0)} items, {c.get('invalid', 0)} left out (failed image or caption)"
+          + (f"; {c['bow_proof']} bag-of-words-proof (bow_proof/*)" if c.get("bow_proof") else ""))
     for note in result.notes:
         console.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)
     if json_out:

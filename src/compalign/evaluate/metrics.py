@@ -6,6 +6,8 @@ they are left out of every mean and counted by the caller.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 SUGARCREPE_CATEGORIES = {"replace": ("replace_att", "replace_obj", "replace_rel"),
@@ -80,3 +82,20 @@ def first_hit(ranked_owner: np.ndarray, target: np.ndarray) -> np.ndarray:
 def recall_at(ranks: np.ndarray, prefix: str, ks: tuple[int, ...] = RETRIEVAL_KS) -> dict[str, float]:
     """`{prefix}_R@k`: percent of queries whose first hit is in the top k."""
     return {f"{prefix}_R@{k}": pct(np.asarray(ranks) < k) for k in ks}
+
+
+WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")  # "man's" is one word; punctuation and case are not words
+
+
+def words(text: str) -> tuple[str, ...]:
+    """The caption's bag of words: lower-cased word tokens, sorted (a multiset, as a tuple)."""
+    return tuple(sorted(WORD.findall(text.lower())))
+
+
+def same_words(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(n,) bool: caption a[i] and b[i] have exactly the same words, each as many times (order aside).
+
+    A bag-of-words scorer gives such a pair equal scores, so on items whose negative has the positive's very
+    words it is at chance by construction (wrong under the strict `>`): the bag-of-words-proof subset.
+    """
+    return np.fromiter((words(x) == words(y) for x, y in zip(a.tolist(), b.tolist())), dtype=bool, count=len(a))

@@ -1,7 +1,7 @@
 """Alignment heads: registry names are stable; every head scores aligned pairs and full matrices.
 
-`global` (no training), `global_mlp` (trainable, global embeddings only), `maxsim` (training-free late
-interaction), `tflocal` (trainable transformer over patch + token embeddings), and their variants.
+`global` (no training), `blind` (text-only control), `global_mlp` (trainable, global embeddings only),
+`maxsim` (training-free late interaction), `tflocal` (trainable transformer over patch + token embeddings), and their variants.
 Checkpoints: `save_head` / `load_head` (safetensors + JSON); training: `heads.train.train_head`.
 
 Each head's module is imported when that head is first asked for (torch only for the heads that need it);
@@ -15,6 +15,7 @@ from typing import Any
 from .base import HEADS, CacheSpec, Head, TorchHead, create_head, describe_head, list_heads, register_head, register_variant
 
 HEADS.provide({
+    "blind": "compalign.heads.blind",
     "global": "compalign.heads.global_head",
     **{n: "compalign.heads.global_mlp" for n in ("global_mlp", "global_mlp_tiny")},
     **{n: "compalign.heads.maxsim" for n in ("maxsim", "maxsim_l2")},

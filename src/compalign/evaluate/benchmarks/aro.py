@@ -4,7 +4,9 @@ Metrics (percent): `vg_relation`, `vg_attribution`: accuracy over the subset's i
 the mean over relation names of the per-relation accuracy, and `vg_attribution/macro`: the mean over
 attribute pairs of the per-pair accuracy, counting only pairs with at least 25 items, as the official
 code does (`evaluate_scores` of VG_Attribution skips smaller pairs; VG_Relation keeps every relation).
-The paper's VG-Relation / VG-Attribution numbers are these macro means.
+The paper's VG-Relation / VG-Attribution numbers are these macro means. `bow_proof/<metric>`: the same over the
+items whose false caption has exactly the true caption's words (VG-Relation swaps subject and object, VG-Attribution
+the two attributes; COCO/Flickr30k-Order only reorder words, so nearly all their items are bag-of-words-proof).
 A tie is wrong, as in the official code (argmax over [false, true] picks the first on a tie).
 """
 
@@ -18,7 +20,7 @@ from ...cache.reader import CacheReader
 from ...heads.base import Head
 from ..metrics import pct
 from ..scoring import score_pairs
-from .base import Benchmark, BenchResult, columns, head_label, register_benchmark
+from .base import BOW_PROOF, Benchmark, BenchResult, bow_proof, columns, head_label, register_benchmark, with_bow_proof
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,7 @@ def aro_outcomes(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarr
 @register_benchmark("aro")
 class ARO(Benchmark):
     source = "aro"
+    contrasts = (("caption", "negative_caption"),)
 
     def evaluate(self, reader: CacheReader, head: Head) -> BenchResult:
         self.check(reader)
@@ -60,9 +63,10 @@ class ARO(Benchmark):
         correct, valid = aro_outcomes(pos, neg)
         if (~valid).any():
             log.warning("%d items use a failed image or caption and are left out", int((~valid).sum()))
+        bow = bow_proof(reader, it["caption"], it["negative_caption"])
         items = [{"id": str(i), "subset": str(sub), "group": str(g), "pos": float(p), "neg": float(q),
-                  "correct": bool(c), "valid": bool(v)}
-                 for i, sub, g, p, q, c, v in zip(it["id"], it["subset"], it["group"], pos, neg, correct, valid)]
+                  "correct": bool(c), "valid": bool(v), BOW_PROOF: bool(b)}
+                 for i, sub, g, p, q, c, v, b in zip(it["id"], it["subset"], it["group"], pos, neg, correct, valid, bow)]
         metrics = self.metrics(columns(items))
         present = set(it["subset"].tolist())
         notes = [f"{s} absent: only {', '.join(sorted(present))} scored" for s in SUBSETS if s not in present]
@@ -74,12 +78,16 @@ class ARO(Benchmark):
             notes.append(f"{int((~valid).sum())} of {n} items left out (failed image or caption): every score is "
                          f"over the other {int(valid.sum())}, so it is not comparable with a run over all items")
         return BenchResult("aro", head_label(head), reader.backbone["name"], str(reader.path), metrics, items,
-                           {"items": n, "invalid": int((~valid).sum())}, notes)
+                           {"items": n, "invalid": int((~valid).sum()), BOW_PROOF: int(bow.sum())}, notes)
 
     @staticmethod
     def metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:
-        valid = cols["valid"].astype(bool)
-        return aro_metrics(cols["correct"][valid].astype(bool), cols["subset"][valid], cols["group"][valid])
+        return with_bow_proof(_aro_metrics, cols)
+
+
+def _aro_metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:
+    valid = cols["valid"].astype(bool)
+    return aro_metrics(cols["correct"][valid].astype(bool), cols["subset"][valid], cols["group"][valid])
 
 
 ORDER_PERTURBATIONS = ("nouns_adj", "allbut_nouns_adj", "within_trigrams", "trigrams")  # item columns of aro_order
@@ -105,6 +113,7 @@ class AROOrder(Benchmark):
     """
 
     source = "aro_order"
+    contrasts = tuple(("caption", p) for p in ORDER_PERTURBATIONS)
 
     def evaluate(self, reader: CacheReader, head: Head) -> BenchResult:
         self.check(reader)
@@ -115,12 +124,13 @@ class AROOrder(Benchmark):
         pos, negs = s[:n], s[n:].reshape(4, n).T
         same = np.stack([k == it["caption"] for k in negs_keys], axis=1)
         beats, correct, valid = order_outcomes(pos, negs, same)
+        bow = bow_proof(reader, it["caption"], *negs_keys)  # every perturbation reorders the caption's own words
         if (~valid).any():
             log.warning("%d items use a failed image or caption and are left out", int((~valid).sum()))
         items = [{"id": str(it["id"][j]), "subset": str(it["subset"][j]), "pos": float(pos[j]),
                   **{f"neg_{p}": float(negs[j, k]) for k, p in enumerate(ORDER_PERTURBATIONS)},
                   **{f"beats_{p}": bool(beats[j, k]) for k, p in enumerate(ORDER_PERTURBATIONS)},
-                  "correct": bool(correct[j]), "valid": bool(valid[j])} for j in range(n)]
+                  "correct": bool(correct[j]), "valid": bool(valid[j]), BOW_PROOF: bool(bow[j])} for j in range(n)]
         metrics = self.metrics(columns(items))
         notes = [f"perturbations by a rule-based stand-in for spaCy's tagger; {int(same.any(axis=1).sum())} of {n} "
                  "items have a perturbation identical to the true caption (beaten vacuously, as in the official code)"]
@@ -128,16 +138,20 @@ class AROOrder(Benchmark):
             notes.append(f"{int((~valid).sum())} of {n} items left out (failed image or caption): every score is "
                          f"over the other {int(valid.sum())}, so it is not comparable with a run over all items")
         return BenchResult("aro_order", head_label(head), reader.backbone["name"], str(reader.path), metrics, items,
-                           {"items": n, "invalid": int((~valid).sum())}, notes)
+                           {"items": n, "invalid": int((~valid).sum()), BOW_PROOF: int(bow.sum())}, notes)
 
     @staticmethod
     def metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:
-        valid = cols["valid"].astype(bool)
-        subset = cols["subset"][valid]
-        out: dict[str, float] = {}
-        for s in np.unique(subset).tolist():
-            mask = subset == s
-            out[s] = pct(cols["correct"][valid][mask].astype(bool))
-            for p in ORDER_PERTURBATIONS:
-                out[f"{s}/{p}"] = pct(cols[f"beats_{p}"][valid][mask].astype(bool))
-        return out
+        return with_bow_proof(_order_metrics, cols)
+
+
+def _order_metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:
+    valid = cols["valid"].astype(bool)
+    subset = cols["subset"][valid]
+    out: dict[str, float] = {}
+    for s in np.unique(subset).tolist():
+        mask = subset == s
+        out[s] = pct(cols["correct"][valid][mask].astype(bool))
+        for p in ORDER_PERTURBATIONS:
+            out[f"{s}/{p}"] = pct(cols[f"beats_{p}"][valid][mask].astype(bool))
+    return out

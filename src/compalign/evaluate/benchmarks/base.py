@@ -12,6 +12,7 @@ from ...cache.reader import CacheReader
 from ...core import InputError
 from ...core.registry import Registry
 from ...heads.base import Head
+from ..metrics import same_words
 
 
 @dataclass
@@ -33,6 +34,9 @@ class BenchResult:
 class Benchmark:
     name: ClassVar[str]
     source: ClassVar[str]  # the data kind the cache must have been extracted from
+    # (positive, negative) item columns of text keys: the comparisons where one caption must beat another for the
+    # same image. The blind control is fitted on them; none where every caption is some image's positive (Winoground).
+    contrasts: ClassVar[tuple[tuple[str, str], ...]] = ()
 
     def __init__(self, **options: object) -> None:
         """Benchmarks with options (retrieval's --index, --rerank) take them in their own __init__."""
@@ -82,3 +86,26 @@ def columns(items: list[dict[str, Any]]) -> dict[str, np.ndarray]:
 
 def head_label(head: Head) -> str:
     return getattr(head, "label", head.name)
+
+
+BOW_PROOF = "bow_proof"  # item field, metric prefix and count name of the bag-of-words-proof subset
+
+
+def bow_proof(reader: CacheReader, positive: np.ndarray, *negatives: np.ndarray) -> np.ndarray:
+    """(n,) bool: every negative caption of the item has exactly the positive's words (text keys in, strings read)."""
+    strings = reader.column("texts/strings")
+    pos = strings[reader.rows("texts", positive)]
+    out = np.ones(len(positive), dtype=bool)
+    for neg in negatives:
+        out &= same_words(pos, strings[reader.rows("texts", neg)])
+    return out
+
+
+def with_bow_proof(metrics: Callable[[dict[str, np.ndarray]], dict[str, float]],
+                   cols: dict[str, np.ndarray]) -> dict[str, float]:
+    """`metrics(cols)`, then the same metrics over the bag-of-words-proof items only, as `bow_proof/<name>`."""
+    out = metrics(cols)
+    keep = cols[BOW_PROOF].astype(bool) if BOW_PROOF in cols else np.zeros(0, bool)
+    if keep.any():
+        out.update({f"{BOW_PROOF}/{k}": v for k, v in metrics({c: v[keep] for c, v in cols.items()}).items()})
+    return out

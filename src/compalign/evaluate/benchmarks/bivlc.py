@@ -1,4 +1,7 @@
-"""BiVLC: two images x two captions per item; I2T, T2I and Group, overall and per type."""
+"""BiVLC: two images x two captions per item; I2T, T2I and Group, overall and per type.
+
+`bow_proof/<metric>`: the same over the items whose negative caption has exactly the positive's words.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from ...cache.reader import CacheReader
 from ...heads.base import Head
 from ..metrics import bivlc_metrics, bivlc_outcomes
 from ..scoring import score_two_by_two
-from .base import Benchmark, BenchResult, columns, head_label, register_benchmark
+from .base import BOW_PROOF, Benchmark, BenchResult, bow_proof, columns, head_label, register_benchmark, with_bow_proof
 
 OUTCOMES = ("Ipos2T", "Ineg2T", "Tpos2I", "Tneg2I", "I2T", "T2I", "Group")
 
@@ -20,6 +23,7 @@ log = logging.getLogger(__name__)
 @register_benchmark("bivlc")
 class BiVLC(Benchmark):
     source = "bivlc"
+    contrasts = (("caption", "negative_caption"),)
 
     def evaluate(self, reader: CacheReader, head: Head) -> BenchResult:
         self.check(reader)
@@ -29,14 +33,19 @@ class BiVLC(Benchmark):
         if (~valid).any():
             log.warning("%d items use a failed image or caption and are left out", int((~valid).sum()))
         out = bivlc_outcomes(s["c0i0"], s["c1i0"], s["c0i1"], s["c1i1"])
+        bow = bow_proof(reader, it["caption"], it["negative_caption"])
         items = [{"id": str(it["id"][j]), "subset": f"{it['type'][j]}/{it['subtype'][j]}", "valid": bool(valid[j]),
-                  **{k: bool(v[j]) for k, v in out.items()}} for j in range(n)]
+                  BOW_PROOF: bool(bow[j]), **{k: bool(v[j]) for k, v in out.items()}} for j in range(n)]
         metrics = self.metrics(columns(items))
         return BenchResult("bivlc", head_label(head), reader.backbone["name"], str(reader.path), metrics, items,
-                           {"items": n, "invalid": int((~valid).sum())})
+                           {"items": n, "invalid": int((~valid).sum()), BOW_PROOF: int(bow.sum())})
 
     @staticmethod
     def metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:
-        valid = cols["valid"].astype(bool)
-        types = np.array([s.split("/")[0] for s in cols["subset"][valid].tolist()])
-        return bivlc_metrics({k: cols[k][valid].astype(bool) for k in OUTCOMES}, types)
+        return with_bow_proof(_metrics, cols)
+
+
+def _metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:
+    valid = cols["valid"].astype(bool)
+    types = np.array([s.split("/")[0] for s in cols["subset"][valid].tolist()])
+    return bivlc_metrics({k: cols[k][valid].astype(bool) for k in OUTCOMES}, types)

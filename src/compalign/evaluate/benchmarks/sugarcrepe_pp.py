@@ -4,7 +4,9 @@ ITT (image-to-text): s(I,P1) > s(I,N) and s(I,P2) > s(I,N).
 TOT (text-only):     t(P1,P2) > t(P1,N) and t(P1,P2) > t(P2,N); needs a head with a text-text score.
 Strict `>`: a tie is wrong. Metrics per subset (`swap_att/ITT`), per category (`swap/ITT`, item-weighted),
 the macro mean of the subsets present (`ITT`, `TOT`, as the paper averages) and the item-weighted
-micro mean (`micro/ITT`, `micro/TOT`).
+micro mean (`micro/ITT`, `micro/TOT`). `bow_proof/<metric>`: the same over the items whose negative has exactly
+P1's words (P1 is the caption the negative was made from; P2 is a paraphrase, so a bag-of-words scorer still sees a
+difference between P2 and N, and is at chance only on the P1 half of ITT and on TOT's P1 comparison).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from ...core import InputError
 from ...heads.base import Head
 from ..metrics import sugarcrepe_metrics, sugarcrepe_pp_outcomes
 from ..scoring import score_pairs, score_text_pairs
-from .base import Benchmark, BenchResult, columns, head_label, register_benchmark
+from .base import BOW_PROOF, Benchmark, BenchResult, bow_proof, columns, head_label, register_benchmark, with_bow_proof
 
 SUBSETS = ("replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")  # SugarCrepe++ has no add_*
 OUTCOMES = ("ITT", "TOT")
@@ -35,6 +37,7 @@ def _text_scores(reader: CacheReader, head: Head, a: np.ndarray, b: np.ndarray, 
 @register_benchmark("sugarcrepe_pp")
 class SugarCrepePP(Benchmark):
     source = "sugarcrepe"  # the sugarcrepe source reads the SugarCrepe++ list files into a caption2 column
+    contrasts = (("caption", "negative_caption"), ("caption2", "negative_caption"))
 
     def check(self, reader: CacheReader) -> None:
         super().check(reader)
@@ -70,7 +73,8 @@ class SugarCrepePP(Benchmark):
         valid = ~np.isnan(s).any(axis=0) & (~np.isnan(t).any(axis=0) if t is not None else True)
         if (~valid).any():
             log.warning("%d items use a failed image or caption and are left out", int((~valid).sum()))
-        items = [{"id": str(ids[j]), "subset": str(subset[j]), "valid": bool(valid[j]),
+        bow = bow_proof(reader, p1, neg)
+        items = [{"id": str(ids[j]), "subset": str(subset[j]), "valid": bool(valid[j]), BOW_PROOF: bool(bow[j]),
                   **{k: bool(v[j]) for k, v in out.items()}} for j in range(m)]
         metrics = self.metrics(columns(items))
         absent = [x for x in SUBSETS if x not in set(subset.tolist())]
@@ -78,16 +82,20 @@ class SugarCrepePP(Benchmark):
             notes.append(f"{len(SUBSETS) - len(absent)} of {len(SUBSETS)} subsets present (absent: {', '.join(absent)}): "
                          "the macro and category means cover only the subsets present")
         return BenchResult("sugarcrepe_pp", head_label(head), reader.backbone["name"], str(reader.path), metrics,
-                           items, {"items": m, "invalid": int((~valid).sum())}, notes)
+                           items, {"items": m, "invalid": int((~valid).sum()), BOW_PROOF: int(bow.sum())}, notes)
 
     @staticmethod
     def metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:
-        valid = cols["valid"].astype(bool)
-        out: dict[str, float] = {}
-        for o in OUTCOMES:
-            if o not in cols:  # TOT: the head had no text-text score
-                continue
-            per = sugarcrepe_metrics(cols[o][valid].astype(bool), cols["subset"][valid])
-            rename = {"macro": o, "micro": f"micro/{o}"}
-            out.update({rename.get(k, f"{k}/{o}"): v for k, v in per.items()})
-        return out
+        return with_bow_proof(_metrics, cols)
+
+
+def _metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:
+    valid = cols["valid"].astype(bool)
+    out: dict[str, float] = {}
+    for o in OUTCOMES:
+        if o not in cols:  # TOT: the head had no text-text score
+            continue
+        per = sugarcrepe_metrics(cols[o][valid].astype(bool), cols["subset"][valid])
+        rename = {"macro": o, "micro": f"micro/{o}"}
+        out.update({rename.get(k, f"{k}/{o}"): v for k, v in per.items()})
+    return out

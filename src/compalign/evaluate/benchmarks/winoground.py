@@ -1,4 +1,8 @@
-"""Winoground: two images x two captions with the same words; text, image and group scores, overall and per tag."""
+"""Winoground: two images x two captions with the same words; text, image and group scores, overall and per tag.
+
+`bow_proof/<metric>`: the same over the items whose two captions have exactly the same words (most of Winoground
+by design; a few pairs differ in a word or its form).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from ...cache.reader import CacheReader
 from ...heads.base import Head
 from ..metrics import pct
 from ..scoring import score_two_by_two
-from .base import Benchmark, BenchResult, columns, head_label, register_benchmark
+from .base import BOW_PROOF, Benchmark, BenchResult, bow_proof, columns, head_label, register_benchmark, with_bow_proof
 
 OUTCOMES = ("text", "image", "group")
 TAGS = ("tag", "secondary_tag", "collapsed_tag")  # item columns the per-tag metrics group by
@@ -53,16 +57,21 @@ class Winoground(Benchmark):
             log.warning("%d items use a failed image or caption and are left out", int((~valid).sum()))
         out = winoground_outcomes(s["c0i0"], s["c1i0"], s["c0i1"], s["c1i1"])
         # `subset` is the collapsed tag (Object / Relation / Both), the grouping the paper's tables lead with.
+        bow = bow_proof(reader, it["caption_0"], it["caption_1"])
         items = [{"id": str(it["id"][j]), "subset": str(it["collapsed_tag"][j]), "valid": bool(valid[j]),
-                  **{t: str(it[t][j]) for t in TAGS}, **{k: bool(v[j]) for k, v in out.items()}} for j in range(n)]
+                  BOW_PROOF: bool(bow[j]), **{t: str(it[t][j]) for t in TAGS}, **{k: bool(v[j]) for k, v in out.items()}}
+                 for j in range(n)]
         metrics = self.metrics(columns(items))
         notes = [f"{int((~valid).sum())} of {n} items left out (failed image or caption): every score is over "
                  f"the other {int(valid.sum())}, so it is not comparable with a run over all items"] if (~valid).any() else []
         return BenchResult("winoground", head_label(head), reader.backbone["name"], str(reader.path), metrics, items,
-                           {"items": n, "invalid": int((~valid).sum())}, notes)
+                           {"items": n, "invalid": int((~valid).sum()), BOW_PROOF: int(bow.sum())}, notes)
 
     @staticmethod
     def metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:
-        valid = cols["valid"].astype(bool)
-        return winoground_metrics({k: cols[k][valid].astype(bool) for k in OUTCOMES},
-                                  {t: cols[t][valid] for t in TAGS})
+        return with_bow_proof(_metrics, cols)
+
+
+def _metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:
+    valid = cols["valid"].astype(bool)
+    return winoground_metrics({k: cols[k][valid].astype(bool) for k in OUTCOMES}, {t: cols[t][valid] for t in TAGS})
