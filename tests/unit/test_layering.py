@@ -1,5 +1,7 @@
 """Imports run one way (DESIGN.md): core <- cache <- heads <- evaluate; extract and shapes use core and cache; cli on top.
 
+`text` (caption segments) sits on core beside cache: every part but cache and core may use it.
+
 Every import in the package is read from the source (module-level and function-local alike), so an arrow
 that runs back up fails here instead of waiting for review.
 """
@@ -12,12 +14,13 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[2] / "src" / "compalign"
 ALLOWED = {  # part -> the parts it may import (besides itself and the package root's __version__)
     "core": set(),
+    "text": {"core"},  # caption segments: plain text rules, usable by every part above core but cache
     "cache": {"core"},
-    "heads": {"core", "cache"},
-    "evaluate": {"core", "cache", "heads"},
-    "extract": {"core", "cache"},
-    "shapes": {"core", "cache"},
-    "cli": {"core", "cache", "heads", "evaluate", "extract", "shapes"},
+    "heads": {"core", "cache", "text"},
+    "evaluate": {"core", "cache", "heads", "text"},
+    "extract": {"core", "cache", "text"},
+    "shapes": {"core", "cache", "text"},
+    "cli": {"core", "cache", "heads", "evaluate", "extract", "shapes", "text"},
 }
 
 
