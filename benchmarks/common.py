@@ -1,9 +1,11 @@
-"""Helpers shared by the benchmark scripts (stand-in data, a fixed random-init checkpoint)."""
+"""Helpers shared by the benchmark scripts (stand-in data, a fixed random-init checkpoint).
+
+The SugarCrepe stand-in itself is the tests' (tests/standin.py, beside the JSONs it reads): one writer of
+the annotation files, whichever images go with them.
+"""
 
 from __future__ import annotations
 
-import gzip
-import json
 import sys
 from pathlib import Path
 
@@ -11,7 +13,9 @@ import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
-SUGARCREPE_JSONS = REPO / "tests" / "data" / "sugarcrepe"
+sys.path.insert(0, str(REPO / "tests"))
+from standin import SUGARCREPE_JSONS as SUGARCREPE_JSONS  # noqa: E402  (re-exported for text_cut.py)
+from standin import sugarcrepe_standin as _standin  # noqa: E402
 
 
 def coco_like_image(seed: int, size: tuple[int, int] = (480, 640)) -> Image.Image:
@@ -24,19 +28,8 @@ def coco_like_image(seed: int, size: tuple[int, int] = (480, 640)) -> Image.Imag
 
 
 def sugarcrepe_standin(root: Path, size: tuple[int, int] = (480, 640)) -> Path:
-    """The 7 real SugarCrepe JSONs + a distinct generated JPEG at every COCO file name (cached)."""
-    images = root / "val2017"
-    names: set[str] = set()
-    root.mkdir(parents=True, exist_ok=True)
-    for gz in sorted(SUGARCREPE_JSONS.glob("*.json.gz")):
-        text = gzip.decompress(gz.read_bytes()).decode()
-        (root / gz.name[:-3]).write_text(text)
-        names.update(r["filename"] for r in json.loads(text).values())
-    images.mkdir(exist_ok=True)
-    for i, name in enumerate(sorted(names)):
-        if not (images / name).exists():
-            coco_like_image(i, size).save(images / name, quality=90)
-    return root
+    """The 7 real SugarCrepe JSONs + a distinct `coco_like_image` JPEG at every COCO file name (cached)."""
+    return _standin(root, lambda i: coco_like_image(i, size), keep_existing=True)
 
 
 def random_checkpoint(model: str, path: Path, seed: int = 0) -> Path:

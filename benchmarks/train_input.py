@@ -24,10 +24,11 @@ import torch
 from common import log
 
 from compalign.cache.reader import CacheReader
+from compalign.core.training import param_groups
 from compalign.heads import create_head
 from compalign.heads.data import Planner, gather_batch, load_pairs
 from compalign.heads.losses import get_loss
-from compalign.heads.train import TrainConfig, _param_groups, batch_scores
+from compalign.heads.train import TrainConfig, batch_scores
 
 
 def default_cache(work: Path) -> Path:
@@ -82,7 +83,7 @@ def main() -> None:
 
     needs = frozenset().union(*(get_loss(n)[1] for n in cfg.losses))
     head.to(dev).train()
-    opt = torch.optim.AdamW(_param_groups(head, cfg.weight_decay), lr=cfg.lr)
+    opt = torch.optim.AdamW(param_groups(head, cfg.weight_decay), lr=cfg.lr)
 
     def step(b) -> None:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):

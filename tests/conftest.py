@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from standin import DATA as DATA  # re-exported: test modules import DATA from here
+from standin import sugarcrepe_standin
 
 logging.getLogger().setLevel(logging.ERROR)  # open_clip logs config resolution on the root logger
 
@@ -31,28 +33,6 @@ def pairs_dir(tmp_path: Path) -> Path:
     rows = [{"image": f"img/{n}", "caption": f"a picture of thing number {i}"} for i, n in enumerate(names)]
     rows += [{"image": f"img/{names[i]}", "caption": "another caption that is a little longer " * (i + 1)} for i in range(4)]
     (root / "pairs.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    return root
-
-
-DATA = Path(__file__).parent / "data"
-
-
-def sugarcrepe_standin(root: Path, size: int = 32) -> Path:
-    """The real SugarCrepe JSONs plus a distinct generated JPEG at every COCO file name they use."""
-    import gzip
-
-    root.mkdir(parents=True, exist_ok=True)
-    names: set[str] = set()
-    for gz in sorted((DATA / "sugarcrepe").glob("*.json.gz")):
-        text = gzip.decompress(gz.read_bytes()).decode()
-        (root / gz.name[:-3]).write_text(text)
-        names.update(row["filename"] for row in json.loads(text).values())
-    images = root / "val2017"
-    images.mkdir(exist_ok=True)
-    for i, name in enumerate(sorted(names)):
-        rng = np.random.default_rng(i)
-        arr = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-        Image.fromarray(arr).save(images / name, quality=90)
     return root
 
 

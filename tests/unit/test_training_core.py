@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
+import numpy as np
 import pytest
 import torch
 
@@ -45,6 +49,40 @@ def test_param_groups_decay_matrices_only():
 
     assert ids(decay) == {id(m.proj.weight)}
     assert ids(rest) == {id(m.proj.bias), id(m.pos_embed), id(m.scale)}  # the frozen one in neither
+    decay, rest = param_groups(m, 0.05, spare=("proj",))  # other names spared: positions are then decayed
+    assert ids(decay) == {id(m.pos_embed)} and ids(rest) == {id(m.proj.weight), id(m.proj.bias), id(m.scale)}
+
+
+def test_the_shipped_backbone_recipe_gets_the_lr_and_groups_it_was_trained_with():
+    # shapes/pretrain.py once had its own schedule and groups; the shipped backbone was trained with them. The
+    # literals here were computed with that code: core's functions must give the same numbers, to the bit.
+    from compalign.core.assets import TINY_CHECKPOINT
+    from compalign.shapes.pretrain import NO_DECAY, PretrainConfig, build_model, default_model_cfg
+
+    record = json.loads((TINY_CHECKPOINT / "open_clip_config.json").read_text())["compalign"]["pretrain"]
+    cfg = PretrainConfig.from_dict(record)
+    assert (cfg.steps, cfg.warmup, cfg.lr, cfg.weight_decay) == (4000, 100, 2e-3, 0.1)
+    lrs = [cosine_lr(s, cfg.steps, cfg.warmup, cfg.lr) for s in range(cfg.steps)]
+    assert [lrs[s] for s in (0, 49, 98, 99, 100, 101, 2049, 2050, 3998, 3999)] == [
+        2e-05, 0.001, 0.00198, 0.002, 0.002, 0.0019999996755554286, 0.0010008055364907264, 0.001,
+        1.297778075781686e-09, 3.2444457154223726e-10]
+    # every one of the 4,000 steps, as float64 bytes
+    assert hashlib.sha256(np.array(lrs, np.float64).tobytes()).hexdigest() == (
+        "2666b9f2549cfb733a27609035ea4ea1d29ad6249d921763a2e6b9601739a9a0")
+
+    model, _, _ = build_model(default_model_cfg(), cfg.seed)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay, rest = param_groups(model, cfg.weight_decay, spare=NO_DECAY)
+    decayed, spared = [names[id(p)] for p in decay["params"]], [names[id(p)] for p in rest["params"]]
+    mats = ("attn.in_proj_weight", "attn.out_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+    assert decayed == ["text_projection", "visual.proj", "visual.conv1.weight",
+                       *(f"visual.transformer.resblocks.{i}.{m}" for i in range(4) for m in mats),
+                       *(f"transformer.resblocks.{i}.{m}" for i in range(3) for m in mats)]
+    assert spared == [n for n, _ in model.named_parameters() if n not in decayed] and len(spared) == 67  # the rest, in order
+    assert decay["weight_decay"] == 0.1 and rest["weight_decay"] == 0.0
+    # Core's default would decay the token embedding (2-D, no "pos"): the one parameter the recipe spares on top.
+    default_decay = {names[id(p)] for p in param_groups(model, cfg.weight_decay)[0]["params"]}
+    assert default_decay - set(decayed) == {"token_embedding.weight"}
 
 
 def test_optimizer_state_round_trips_through_tensors_and_json():

@@ -43,7 +43,8 @@ def _world(out: Path, n_train: int, n_test: int) -> Path:
 
 def _extract_one(model: str, data: str, root: Path, store: Path):
     """One extraction with the demo's settings (the two layers tflocal's variants read), with a progress bar."""
-    from ..extract.runner import ExtractConfig, extract
+    from ..extract.config import ExtractConfig
+    from ..extract.runner import extract
 
     cfg = ExtractConfig(model=model, data=data, root=str(root), out=str(store), batch_size=256, workers=1, layers=[-1, -2])
     with progress_bar() as bar:

@@ -51,7 +51,7 @@ def extract(
 ) -> None:
     """Encode every unique image and caption of a data source once and store their embeddings."""
     setup_logging(verbose)
-    from ..extract.runner import ExtractConfig
+    from ..extract.config import ExtractConfig
     from ..extract.runner import extract as run
 
     with user_errors():

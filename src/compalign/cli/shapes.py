@@ -282,7 +282,7 @@ def breakdown(
 ) -> None:
     """Split swap_att / swap_obj accuracy by what the negative swaps (colour, size, shape)."""
     from compalign.shapes.breakdown import breakdown as split_scores
-    from compalign.shapes.writer import load_world_config
+    from compalign.shapes.load import load_world_config
 
     with user_errors():  # a missing or damaged world, score file or split
         cfg = load_world_config(world)

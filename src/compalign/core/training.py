@@ -1,7 +1,8 @@
 """Training scaffolding that knows nothing of heads: schedule, AdamW groups, optimizer state, data parallel.
 
 - `cosine_lr`          linear warmup to `lr`, then a cosine down to `min_lr` (held there after `steps`).
-- `param_groups`       AdamW groups: weight decay on matrices, none on vectors, scalars and positions.
+- `param_groups`       AdamW groups: weight decay on matrices, none on vectors, scalars and positions (or on
+  whichever names the caller spares).
 - `optimizer_tensors`  an optimizer's state as flat tensors + JSON (safetensors-friendly: nothing pickled),
   `load_optimizer_tensors` its inverse.
 - `init_distributed`   (rank, world) under `torchrun`, (0, 1) without it.
@@ -31,13 +32,14 @@ def cosine_lr(step: int, steps: int, warmup: int, lr: float, min_lr: float = 0.0
     return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(1.0, t)))
 
 
-def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: `weight_decay` on trainable parameters with ndim >= 2 whose name has no "pos" (matrices),
-    0 on the rest (norms, biases, scales, learned positions)."""
+def param_groups(module: torch.nn.Module, weight_decay: float, spare: tuple[str, ...] = ("pos",)) -> list[dict[str, Any]]:
+    """AdamW groups: `weight_decay` on trainable parameters with ndim >= 2 whose name contains none of `spare`
+    (matrices), 0 on the rest (norms, biases, scales, and by default learned positions); both in
+    `named_parameters` order."""
     decay, rest = [], []
     for name, p in module.named_parameters():
         if p.requires_grad:
-            (decay if p.ndim >= 2 and "pos" not in name else rest).append(p)
+            (decay if p.ndim >= 2 and not any(s in name for s in spare) else rest).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 

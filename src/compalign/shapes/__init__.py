@@ -22,6 +22,8 @@ from compalign.shapes.captions import (
     sample_caption,
 )
 from compalign.shapes.config import WorldConfig
+from compalign.shapes.load import load_held_out, load_scenes, load_world_config
+from compalign.shapes.negative_image import negative_scene
 from compalign.shapes.render import list_shapes, render_png, render_scene
 from compalign.shapes.scene import (
     RELATIONS,
@@ -36,15 +38,7 @@ from compalign.shapes.scene import (
     relation_holds,
     sample_scene,
 )
-from compalign.shapes.writer import (
-    WorldExistsError,
-    WorldResult,
-    load_held_out,
-    load_scenes,
-    load_world_config,
-    negative_scene,
-    write_world,
-)
+from compalign.shapes.writer import WorldExistsError, WorldResult, write_world
 
 __all__ = [
     "NEGATIVE_KINDS",

@@ -38,7 +38,7 @@ _MIN_BACKGROUND_DISTANCE = 48 / 255
 def augment_data(data: TrainData, world: Path, preprocess: Any, tokenizer: Any, captions: list[str]) -> TrainData:
     """``data`` plus what the augmentations need: background and colour maps, colour-less captions, rules."""
     from compalign.shapes import load_scenes
-    from compalign.shapes.writer import load_held_out, load_world_config
+    from compalign.shapes.load import load_held_out, load_world_config
 
     wcfg = load_world_config(world)
     if wcfg.noise_std > 0:  # the masks below find pixels by their exact flat colour

@@ -37,9 +37,9 @@ from compalign.core.assets import MODEL_CONFIG_DIR
 from compalign.core.decode import DecodeError, decode_image
 from compalign.core.device import resolve_device
 from compalign.core.files import atomic_write, atomic_write_with
-from compalign.core.training import symmetric_infonce
+from compalign.core.training import cosine_lr, param_groups, symmetric_infonce
 from compalign.shapes.augment import augment_batch, augment_data
-from compalign.shapes.writer import read_jsonl
+from compalign.shapes.load import read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -242,21 +242,10 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
     return symmetric_infonce(logit_scale * image_features @ text_features.T)  # (B, B) logits
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay, rest = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        no_decay = p.ndim < 2 or "embedding" in name or "logit_scale" in name or "ln" in name or name.endswith("bias")
-        (rest if no_decay else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
-
-
-def _lr_at(step: int, cfg: PretrainConfig) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * t))
+# Names spared weight decay besides every vector and scalar: the token and positional embeddings (_CompactVocab
+# relies on unused token rows never moving), the norms ("ln") and, as the recipe always said, biases and the logit
+# scale (both vectors or scalars in every open_clip model, so "bias" anywhere in a name spares what a trailing one did).
+NO_DECAY = ("embedding", "logit_scale", "ln", "bias")
 
 
 def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
@@ -334,15 +323,16 @@ def _train(model: torch.nn.Module, data: TrainData, cfg: PretrainConfig, progres
     dev = resolve_device(cfg.device)
     model.to(dev)
     pixels, tokens = data.pixels.to(dev), data.tokens.to(dev)  # the whole world fits (20k images = 1 GB)
-    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay, spare=NO_DECAY), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
     if cfg.augments and data.tokens_grey is None:
         raise ValueError("p_background / p_grey / p_recolour need the data loaded with load_train_data(..., augment=True)")
     aug_gen = torch.Generator().manual_seed(cfg.seed + 1)  # its own stream: the batch order stays the same
     model.train()
     losses: list[float] = []
     for step, (img, cap) in enumerate(_batches(data, cfg.batch_size, cfg.steps, gen)):
+        lr = cosine_lr(step, cfg.steps, cfg.warmup, cfg.lr)  # warmup, then a cosine to 0
         for group in opt.param_groups:
-            group["lr"] = _lr_at(step, cfg)
+            group["lr"] = lr
         if cfg.augments:
             x, t = augment_batch(pixels, tokens, img, cap, data, cfg, aug_gen)
         else:
@@ -360,7 +350,7 @@ def _train(model: torch.nn.Module, data: TrainData, cfg: PretrainConfig, progres
         losses.append(loss.item())
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             recent = losses[-cfg.log_every :]
-            logger.info("step %d/%d loss %.4f (lr %.2e)", step + 1, cfg.steps, sum(recent) / len(recent), _lr_at(step, cfg))
+            logger.info("step %d/%d loss %.4f (lr %.2e)", step + 1, cfg.steps, sum(recent) / len(recent), lr)
         if progress:
             progress(step + 1, cfg.steps, losses[-1])
     model.cpu().eval()

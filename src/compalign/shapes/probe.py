@@ -27,8 +27,8 @@ from compalign.cache.reader import CacheReader
 from compalign.core import InputError, MissingFileError
 from compalign.shapes.captions import caption_is_true, parse_caption
 from compalign.shapes.config import WorldConfig
+from compalign.shapes.load import load_held_out, load_scenes, load_world_config
 from compalign.shapes.scene import Scene
-from compalign.shapes.writer import load_held_out, load_scenes, load_world_config
 
 logger = logging.getLogger(__name__)
 

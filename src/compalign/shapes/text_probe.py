@@ -23,8 +23,8 @@ import numpy as np
 from compalign.cache.reader import CacheReader
 from compalign.core import InputError
 from compalign.shapes.captions import parse_caption
+from compalign.shapes.load import load_world_config
 from compalign.shapes.probe import ProbeConfig, linear_probe
-from compalign.shapes.writer import load_world_config
 
 ATTRS: tuple[str, ...] = ("colour", "size")
 

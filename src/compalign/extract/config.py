@@ -1,0 +1,43 @@
+"""What one extraction run is asked to do (`compalign extract`'s options, checked once).
+
+Its own file because two parts read it: the runner (batch size, device, workers) and the store setup,
+which records the settings that change stored values and refuses a resume that does not match them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..core import InputError
+
+
+@dataclass
+class ExtractConfig:
+    model: str  # preset, open_clip name, `local-dir:` folder
+    data: str  # data source kind: pairs | sugarcrepe | bivlc
+    root: str  # where the source lives
+    out: str  # the store to create or resume
+    pretrained: str | None = None  # open_clip pretrained tag (presets bring their own)
+    batch_size: int = 64  # images / captions per forward pass
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    workers: int = 1  # image decoding processes (0 = in this process)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype for the forward pass
+    layers: list[int] = field(default_factory=lambda: [-1])  # token layers kept; -1 = final
+    shard_rows: int = 256  # rows per shard (the unit of writing and of resume)
+    chunk_rows: int = 16  # rows per inner chunk of token arrays (the unit of a random read)
+    overwrite: bool = False  # start again instead of resuming
+    seed: int = 0  # for random-init backbones
+    exif_transpose: bool = False  # rotate by the EXIF orientation tag (off: open_clip's own pipeline ignores it too)
+    split: str | None = None  # the split to read, for sources that have splits (karpathy: test by default)
+
+    def __post_init__(self) -> None:
+        if -1 not in self.layers:
+            self.layers = [-1, *self.layers]
+        self.layers = sorted(set(self.layers), key=lambda x: (x != -1, -x))
+        for flag, value, least in (("--batch-size", self.batch_size, 1), ("--shard-rows", self.shard_rows, 1),
+                                   ("--workers", self.workers, 0), ("chunk_rows", self.chunk_rows, 1)):
+            if value < least:
+                raise InputError(f"{flag} must be at least {least} (got {value})")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise InputError(f"--precision is fp32, bf16 or fp16 (got {self.precision!r})")
