@@ -34,13 +34,20 @@ def text_batch(n: int, seed: int = 1) -> dict[str, np.ndarray]:
     lengths = rng.integers(2, SPEC.text_len + 1, n).astype(np.int16)
     tokens = rng.normal(size=(n, SPEC.text_len, SPEC.text_width)).astype(np.float16)
     tokens[np.arange(SPEC.text_len)[None, :] >= lengths[:, None]] = 0  # the cache stores zeros after `lengths`
-    return {"global": rng.normal(size=(n, SPEC.embed_dim)).astype(np.float32), "tokens": tokens, "lengths": lengths}
+    segment_mask = np.arange(3)[None, :] < rng.integers(0, 4, n)[:, None]  # 0 to 3 segments per caption
+    segment_mask[0] = [True, True, False]
+    segment_mask[1] = False  # a caption without segments
+    segments = rng.normal(size=(n, 3, SPEC.embed_dim)).astype(np.float32) * segment_mask[..., None]  # zero-padded
+    return {"global": rng.normal(size=(n, SPEC.embed_dim)).astype(np.float32), "tokens": tokens, "lengths": lengths,
+            "segments": segments, "segment_mask": segment_mask}
 
 
 def fields(batch: dict[str, np.ndarray], need: tuple[str, ...], texts: bool) -> dict[str, np.ndarray]:
     out = {k: batch[k] for k in need}
     if texts and "tokens" in need:
         out["lengths"] = batch["lengths"]
+    if texts and "segments" in need:
+        out["segment_mask"] = batch["segment_mask"]
     return out
 
 
@@ -74,7 +81,7 @@ def test_registry_has_the_design_heads_and_a_tiny_test_variant():
 @pytest.mark.parametrize("name", HEADS)
 def test_shapes_no_nan_and_pairs_equal_the_matrix_diagonal(name):
     head = build(name)
-    assert all(f in ("global", *TOKEN_FIELDS) for f in head.needs_texts)
+    assert all(f in ("global", "segments", *TOKEN_FIELDS) for f in head.needs_texts)
     assert all(f in ("global", "status", *TOKEN_FIELDS) for f in head.needs_images)
     images, texts = image_batch(5), text_batch(5)
     im, tx = embed(head, images, texts)

@@ -31,6 +31,7 @@ from .store import COMPLETE_CHUNKS, FAILED, OK, CacheError, Layout, chunk_file, 
 
 Kind = Literal["images", "texts"]
 TOKEN_FIELDS = ("patches", "prefix", "tokens")  # fields stored once per extracted layer
+SEGMENTS = "segments"  # a text field gathered from the segments table, not stored per row
 
 
 class CacheReader:
@@ -155,6 +156,35 @@ class CacheReader:
         g = self.root["items"]
         return {name: g[name][:] for name, _ in sorted(g.arrays())}
 
+    @cached_property
+    def segments(self) -> dict[str, np.ndarray]:
+        """The segments table ({caption, segment, kind}: text keys, kinds), empty for a store without segments."""
+        if "segments" not in self.root:
+            return {}
+        g = self.root["segments"]
+        return {name: g[name][:] for name, _ in sorted(g.arrays())}
+
+    @cached_property
+    def _segment_index(self) -> tuple[np.ndarray, np.ndarray]:
+        """CSR of text row -> segment text rows: (offsets (M + 1,), rows (S,)), segments in caption order."""
+        seg = self.segments
+        if not seg:
+            raise NotFoundError(f"{self.path} has no caption segments; re-extract with `--segments rules`")
+        cap, rows = self.rows("texts", seg["caption"]), self.rows("texts", seg["segment"])
+        order = np.argsort(cap, kind="stable")
+        counts = np.bincount(cap, minlength=self.layout.n_texts)
+        return np.concatenate([[0], np.cumsum(counts)]), rows[order]
+
+    def segment_rows(self, rows: np.ndarray) -> np.ndarray:
+        """(B, S) text rows of each caption's segments, -1 padded; S = the most segments any of them has."""
+        offsets, seg = self._segment_index
+        lo, n = offsets[rows], offsets[rows + 1] - offsets[rows]
+        width = int(n.max(initial=0))
+        out = np.full((len(rows), width), -1, dtype=np.int64)
+        mask = np.arange(width)[None, :] < n[:, None]
+        out[mask] = seg[(lo[:, None] + np.arange(width)[None, :])[mask]]
+        return out
+
     def select_items(self, rows: np.ndarray) -> CacheReader:
         """The same store with only items `rows` (in that order): a benchmark scores a subset of its items, e.g. one
         fold of a cross-validation. The open store and arrays are shared; the decoded-shard caches are its own."""
@@ -199,10 +229,19 @@ class CacheReader:
         return out
 
     def gather(self, kind: Kind, fields: tuple[str, ...], rows: np.ndarray, layer: int = -1) -> dict[str, np.ndarray]:
-        """`fields` of `rows` as one batch: token fields from `layer`, the rest from the top; `lengths` with tokens."""
-        batch = {f: self.read(kind, f, rows, layer if f in TOKEN_FIELDS else -1) for f in fields}
+        """`fields` of `rows` as one batch: token fields from `layer`, the rest from the top; `lengths` with tokens.
+
+        `segments` (texts) is each caption's segments' global embeddings, (B, S, E) zero-padded, with
+        `segment_mask` (B, S) bool."""
+        batch = {f: self.read(kind, f, rows, layer if f in TOKEN_FIELDS else -1) for f in fields if f != SEGMENTS}
         if kind == "texts" and "tokens" in fields:
             batch["lengths"] = self.read("texts", "lengths", rows)
+        if kind == "texts" and SEGMENTS in fields:
+            seg = self.segment_rows(rows)  # (B, S)
+            mask = (seg >= 0) & self.ok("texts")[np.maximum(seg, 0)]  # a segment that failed to encode is absent
+            emb = np.zeros((*seg.shape, self.layout.embed_dim), dtype=np.float32)
+            emb[mask] = self.read("texts", "global", seg[mask])
+            batch[SEGMENTS], batch["segment_mask"] = emb, mask
         return batch
 
     def _resident(self, arr: zarr.Array) -> np.ndarray | None:

@@ -16,6 +16,8 @@ Layout (N images, M texts, E joint width, P patches, K prefix tokens, W tower wi
     texts/layers/<l>/tokens
     proj/{image,text,text_bias}  linear token -> joint maps, where the tower has them
     items/<column>   (n_items,) str, the source's items referencing rows by key
+    segments/{caption,segment,kind}  (S,) str, optional (`extract --segments`): segment `segment` (a text key,
+                               its string encoded as a row of texts/ like any caption) of caption `caption`
     .done/{images,texts}/<shard>  marker files: a shard is done only after its data is durable;
                                each lists its chunk files with their size and sha256 (`verify_shard`)
 
@@ -86,8 +88,8 @@ def _array(g: zarr.Group, name: str, shape: tuple[int, ...], dtype: Any, lay: La
 
 def create_store(path: Path, lay: Layout, attrs: dict[str, Any], items: dict[str, list[str]],
                  image_keys: list[str], image_origins: list[str], text_keys: list[str], texts: list[str],
-                 projections: dict[str, np.ndarray]) -> zarr.Group:
-    """Preallocate every array; key/string columns and items are written now, features later by shard."""
+                 projections: dict[str, np.ndarray], segments: dict[str, list[str]] | None = None) -> zarr.Group:
+    """Preallocate every array; key/string columns, items and segments are written now, features later by shard."""
     root = zarr.open_group(str(path), mode="w")
     root.attrs.update({"schema": SCHEMA, **attrs, "layout": lay.__dict__, COMPLETE_CHUNKS: True})
     N, M = lay.n_images, lay.n_texts
@@ -114,17 +116,21 @@ def create_store(path: Path, lay: Layout, attrs: dict[str, Any], items: dict[str
     pg = root.create_group("proj")
     for name, mat in projections.items():
         pg.create_array(name, data=np.asarray(mat, dtype="float32"), config=EVERY_CHUNK)
-    ig = root.create_group("items")
-    n_items = len(next(iter(items.values()))) if items else 0
-    for col, values in items.items():
-        a = ig.create_array(col, shape=(n_items,), dtype=str, chunks=(max(1, n_items),), fill_value="",
-                            config=EVERY_CHUNK)
-        if n_items:
-            a[:] = np.asarray(values, dtype=str)
+    for name, table in (("items", items), *((("segments", segments),) if segments else ())):
+        _table(root.create_group(name), table)
     for kind in ("images", "texts"):
         (path / ".done" / kind).mkdir(parents=True, exist_ok=True)
     fsync_tree(path)
     return root
+
+
+def _table(g: zarr.Group, columns: dict[str, list[str]]) -> None:
+    """String columns of one length, each one chunk (written once, at creation)."""
+    n = len(next(iter(columns.values()))) if columns else 0
+    for col, values in columns.items():
+        a = g.create_array(col, shape=(n,), dtype=str, chunks=(max(1, n),), fill_value="", config=EVERY_CHUNK)
+        if n:
+            a[:] = np.asarray(values, dtype=str)
 
 
 def n_shards(n_rows: int, shard_rows: int) -> int:
@@ -220,7 +226,8 @@ def resume_command(attrs: dict[str, Any], out: Path | str) -> str:
         cmd += f" --pretrained {b['pretrained']}"
     layers = [l for l in ext["layers"] if l != -1]
     extra = {"--batch-size": (ext["batch_size"], 64), "--shard-rows": (ext["shard_rows"], 256),
-             "--precision": (ext["precision"], "fp32"), "--layers": (",".join(map(str, layers)), "")}
+             "--precision": (ext["precision"], "fp32"), "--layers": (",".join(map(str, layers)), ""),
+             "--segments": (ext.get("segments", "none"), "none")}
     return cmd + "".join(f" {flag} {v}" for flag, (v, default) in extra.items() if v != default)
 
 

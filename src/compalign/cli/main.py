@@ -47,6 +47,8 @@ def extract(
     overwrite: bool = typer.Option(False, help="replace the compalign store at --out instead of resuming it"),
     exif_transpose: bool = typer.Option(False, help="apply EXIF orientation before preprocessing (open_clip does not)"),
     split: str | None = typer.Option(None, help="the split to read where the source has splits (karpathy: test)"),
+    segments: str = typer.Option("none", help="none | rules: also encode each caption's object, attribute and "
+                                 "relation segments (for the region heads)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Encode every unique image and caption of a data source once and store their embeddings."""
@@ -58,7 +60,7 @@ def extract(
         cfg = ExtractConfig(model=model, data=data, root=str(root), out=str(out), pretrained=pretrained,
                             batch_size=batch_size, device=device, workers=workers, precision=precision,  # type: ignore[arg-type]
                             layers=_layers(layers), shard_rows=shard_rows, overwrite=overwrite,
-                            exif_transpose=exif_transpose, split=split)
+                            exif_transpose=exif_transpose, split=split, segments=segments)  # type: ignore[arg-type]
         with progress_bar() as bar:
             summary = run(cfg, StageProgress(bar))
     out_console = Console()

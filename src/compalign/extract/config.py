@@ -30,6 +30,7 @@ class ExtractConfig:
     seed: int = 0  # for random-init backbones
     exif_transpose: bool = False  # rotate by the EXIF orientation tag (off: open_clip's own pipeline ignores it too)
     split: str | None = None  # the split to read, for sources that have splits (karpathy: test by default)
+    segments: Literal["none", "rules"] = "none"  # caption segments encoded beside the captions (extract.segments)
 
     def __post_init__(self) -> None:
         if -1 not in self.layers:
@@ -41,3 +42,5 @@ class ExtractConfig:
                 raise InputError(f"{flag} must be at least {least} (got {value})")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise InputError(f"--precision is fp32, bf16 or fp16 (got {self.precision!r})")
+        if self.segments not in ("none", "rules"):
+            raise InputError(f"--segments is none or rules (got {self.segments!r})")

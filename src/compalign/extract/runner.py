@@ -27,6 +27,7 @@ from ..core.device import resolve_device
 from .backbones import load_backbone
 from .config import ExtractConfig
 from .image_rows import ImageRows, collate_rows
+from .segments import add_segments
 from .shards import ShardWriter, finish_image_shard, new_image_shard
 from .sources import plan_source
 from .store_setup import open_or_create, pending_shards
@@ -77,6 +78,8 @@ def extract(cfg: ExtractConfig, progress: Progress | None = None) -> ExtractSumm
 def _extract(cfg: ExtractConfig, out: Path, progress: Progress | None) -> ExtractSummary:
     t0 = time.perf_counter()
     plan = plan_source(cfg.data, cfg.root, cfg.split)
+    if cfg.segments != "none":
+        plan = add_segments(plan)
     for p in plan.problems:
         log.warning("%s", p)
     device = str(resolve_device(cfg.device))

@@ -59,6 +59,8 @@ def _settings(cfg: ExtractConfig, text_len: int) -> dict[str, Any]:
            "shard_rows": cfg.shard_rows, "chunk_rows": cfg.chunk_rows, "text_len": text_len}
     if cfg.exif_transpose:  # only when on, so stores made before the option existed still resume
         out["exif_transpose"] = True
+    if cfg.segments != "none":  # likewise
+        out["segments"] = cfg.segments
     return out
 
 
@@ -135,7 +137,7 @@ def open_or_create(cfg: ExtractConfig, bb: Backbone, plan: Plan, order: np.ndarr
         shutil.rmtree(tmp)
     texts = [plan.texts[i] for i in order]
     create_store(tmp, lay, attrs, plan.items, [r.key for r in plan.images], [r.origin for r in plan.images],
-                 [text_key(t) for t in texts], texts, proj)
+                 [text_key(t) for t in texts], texts, proj, plan.segments)
     tmp.rename(out)  # an empty folder at `out` is replaced by the rename
     return open_store(out, "r+"), notes
 

@@ -19,6 +19,7 @@ HEADS.provide({
     "global": "compalign.heads.global_head",
     **{n: "compalign.heads.global_mlp" for n in ("global_mlp", "global_mlp_tiny")},
     **{n: "compalign.heads.maxsim" for n in ("maxsim", "maxsim_l2")},
+    **{n: "compalign.heads.regions" for n in ("regions_roi", "regions_roi_only")},
     **{n: "compalign.heads.tflocal" for n in ("tflocal", "tflocal_coloc", "tflocal_deep", "tflocal_l2", "tflocal_max",
                                               "tflocal_nores", "tflocal_proj", "tflocal_tiny")},
 })

@@ -73,6 +73,7 @@ class Plan:
     problems: list[str] = field(default_factory=list)  # rows skipped or partly ignored
     notes: list[str] = field(default_factory=list)  # about the source as a whole (e.g. subsets absent)
     info: dict[str, str] = field(default_factory=dict)  # what the source is (dataset, split), kept in the store
+    segments: dict[str, list[str]] = field(default_factory=dict)  # {caption, segment, kind}: see extract.segments
     @property
     def fingerprint(self) -> str:
         h = hashlib.sha256()
