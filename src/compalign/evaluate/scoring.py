@@ -38,6 +38,12 @@ def score_pairs(reader: CacheReader, head: Head, image_keys: np.ndarray, text_ke
     return out
 
 
+def score_captions(reader: CacheReader, head: Head, images: np.ndarray, *captions: np.ndarray) -> np.ndarray:
+    """(k, n) scores of each of k caption columns against the same n images, in one call (NaN where failed)."""
+    n = len(images)
+    return score_pairs(reader, head, np.tile(images, len(captions)), np.concatenate(captions)).reshape(len(captions), n)
+
+
 def score_two_by_two(reader: CacheReader, head: Head, i0: np.ndarray, i1: np.ndarray, c0: np.ndarray,
                      c1: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Every (caption, image) score of items with two images and two captions, in one call.

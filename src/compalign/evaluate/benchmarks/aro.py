@@ -12,17 +12,13 @@ A tie is wrong, as in the official code (argmax over [false, true] picks the fir
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 
 from ...cache.reader import CacheReader
 from ...heads.base import Head
 from ..metrics import pct
-from ..scoring import score_pairs
-from .base import BOW_PROOF, Benchmark, BenchResult, bow_proof, columns, head_label, register_benchmark, with_bow_proof
-
-log = logging.getLogger(__name__)
+from ..scoring import score_captions
+from .base import BOW_PROOF, Benchmark, BenchResult, bow_proof, columns, head_label, register_benchmark, warn_invalid
 
 SUBSETS = ("vg_relation", "vg_attribution")
 MIN_GROUP = {"vg_relation": 1, "vg_attribution": 25}  # the official per-group count thresholds of the macro
@@ -57,12 +53,9 @@ class ARO(Benchmark):
         self.check(reader)
         it = reader.items
         n = len(it["id"])
-        s = score_pairs(reader, head, np.concatenate([it["image"], it["image"]]),
-                        np.concatenate([it["caption"], it["negative_caption"]]))
-        pos, neg = s[:n], s[n:]
+        pos, neg = score_captions(reader, head, it["image"], it["caption"], it["negative_caption"])
         correct, valid = aro_outcomes(pos, neg)
-        if (~valid).any():
-            log.warning("%d items use a failed image or caption and are left out", int((~valid).sum()))
+        warn_invalid(valid)
         bow = bow_proof(reader, it["caption"], it["negative_caption"])
         items = [{"id": str(i), "subset": str(sub), "group": str(g), "pos": float(p), "neg": float(q),
                   "correct": bool(c), "valid": bool(v), BOW_PROOF: bool(b)}
@@ -81,13 +74,8 @@ class ARO(Benchmark):
                            {"items": n, "invalid": int((~valid).sum()), BOW_PROOF: int(bow.sum())}, notes)
 
     @staticmethod
-    def metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:
-        return with_bow_proof(_aro_metrics, cols)
-
-
-def _aro_metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:
-    valid = cols["valid"].astype(bool)
-    return aro_metrics(cols["correct"][valid].astype(bool), cols["subset"][valid], cols["group"][valid])
+    def item_metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:
+        return aro_metrics(cols["correct"].astype(bool), cols["subset"], cols["group"])
 
 
 ORDER_PERTURBATIONS = ("nouns_adj", "allbut_nouns_adj", "within_trigrams", "trigrams")  # item columns of aro_order
@@ -120,13 +108,12 @@ class AROOrder(Benchmark):
         it = reader.items
         n = len(it["id"])
         negs_keys = [it[p] for p in ORDER_PERTURBATIONS]
-        s = score_pairs(reader, head, np.concatenate([it["image"]] * 5), np.concatenate([it["caption"], *negs_keys]))
-        pos, negs = s[:n], s[n:].reshape(4, n).T
+        s = score_captions(reader, head, it["image"], it["caption"], *negs_keys)  # (5, n)
+        pos, negs = s[0], s[1:].T
         same = np.stack([k == it["caption"] for k in negs_keys], axis=1)
         beats, correct, valid = order_outcomes(pos, negs, same)
         bow = bow_proof(reader, it["caption"], *negs_keys)  # every perturbation reorders the caption's own words
-        if (~valid).any():
-            log.warning("%d items use a failed image or caption and are left out", int((~valid).sum()))
+        warn_invalid(valid)
         items = [{"id": str(it["id"][j]), "subset": str(it["subset"][j]), "pos": float(pos[j]),
                   **{f"neg_{p}": float(negs[j, k]) for k, p in enumerate(ORDER_PERTURBATIONS)},
                   **{f"beats_{p}": bool(beats[j, k]) for k, p in enumerate(ORDER_PERTURBATIONS)},
@@ -141,17 +128,11 @@ class AROOrder(Benchmark):
                            {"items": n, "invalid": int((~valid).sum()), BOW_PROOF: int(bow.sum())}, notes)
 
     @staticmethod
-    def metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:
-        return with_bow_proof(_order_metrics, cols)
-
-
-def _order_metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:
-    valid = cols["valid"].astype(bool)
-    subset = cols["subset"][valid]
-    out: dict[str, float] = {}
-    for s in np.unique(subset).tolist():
-        mask = subset == s
-        out[s] = pct(cols["correct"][valid][mask].astype(bool))
-        for p in ORDER_PERTURBATIONS:
-            out[f"{s}/{p}"] = pct(cols[f"beats_{p}"][valid][mask].astype(bool))
-    return out
+    def item_metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for s in np.unique(cols["subset"]).tolist():
+            mask = cols["subset"] == s
+            out[s] = pct(cols["correct"][mask].astype(bool))
+            for p in ORDER_PERTURBATIONS:
+                out[f"{s}/{p}"] = pct(cols[f"beats_{p}"][mask].astype(bool))
+        return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -46,10 +47,24 @@ class Benchmark:
     def evaluate(self, reader: CacheReader, head: Head) -> BenchResult:
         raise NotImplementedError
 
-    @staticmethod
-    def metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:
+    @classmethod
+    def metrics(cls, cols: dict[str, np.ndarray]) -> dict[str, float]:
         """The metrics from per-item columns (`columns(result.items)`), so a result's numbers can be recomputed
-        from its own JSON: bootstrap intervals resample the rows, `compare` pairs two runs row by row."""
+        from its own JSON: bootstrap intervals resample the rows, `compare` pairs two runs row by row.
+
+        `item_metrics` over the valid items (a failed image or caption leaves its item out of every mean), then
+        the same over the bag-of-words-proof ones, as `bow_proof/<name>`."""
+        if "valid" in cols:
+            cols = _rows(cols, cols["valid"].astype(bool))
+        out = cls.item_metrics(cols)
+        bow = cols[BOW_PROOF].astype(bool) if BOW_PROOF in cols else None
+        if bow is not None and bow.any():
+            out.update({f"{BOW_PROOF}/{k}": v for k, v in cls.item_metrics(_rows(cols, bow)).items()})
+        return out
+
+    @staticmethod
+    def item_metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:
+        """The benchmark's own metrics from the columns of the items to count (valid ones only)."""
         raise NotImplementedError
 
     def check(self, reader: CacheReader) -> None:
@@ -59,6 +74,8 @@ class Benchmark:
             raise InputError(f"{reader.path} was extracted from a {kind!r} source; --bench {self.name} needs "
                              f"`compalign extract --data {self.source}`")
 
+
+log = logging.getLogger("compalign.evaluate.benchmarks")
 
 BENCHMARKS: Registry[type[Benchmark]] = Registry("benchmark")
 
@@ -101,11 +118,10 @@ def bow_proof(reader: CacheReader, positive: np.ndarray, *negatives: np.ndarray)
     return out
 
 
-def with_bow_proof(metrics: Callable[[dict[str, np.ndarray]], dict[str, float]],
-                   cols: dict[str, np.ndarray]) -> dict[str, float]:
-    """`metrics(cols)`, then the same metrics over the bag-of-words-proof items only, as `bow_proof/<name>`."""
-    out = metrics(cols)
-    keep = cols[BOW_PROOF].astype(bool) if BOW_PROOF in cols else np.zeros(0, bool)
-    if keep.any():
-        out.update({f"{BOW_PROOF}/{k}": v for k, v in metrics({c: v[keep] for c, v in cols.items()}).items()})
-    return out
+def _rows(cols: dict[str, np.ndarray], keep: np.ndarray) -> dict[str, np.ndarray]:
+    return {k: v[keep] for k, v in cols.items()}
+
+
+def warn_invalid(valid: np.ndarray) -> None:
+    if (~valid).any():
+        log.warning("%d items use a failed image or caption and are left out", int((~valid).sum()))

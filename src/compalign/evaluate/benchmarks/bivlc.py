@@ -5,19 +5,16 @@
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 
 from ...cache.reader import CacheReader
 from ...heads.base import Head
 from ..metrics import bivlc_metrics, bivlc_outcomes
 from ..scoring import score_two_by_two
-from .base import BOW_PROOF, Benchmark, BenchResult, bow_proof, columns, head_label, register_benchmark, with_bow_proof
+from .base import BOW_PROOF, Benchmark, BenchResult, bow_proof, columns, head_label, register_benchmark, warn_invalid
 
 OUTCOMES = ("Ipos2T", "Ineg2T", "Tpos2I", "Tneg2I", "I2T", "T2I", "Group")
 
-log = logging.getLogger(__name__)
 
 
 @register_benchmark("bivlc")
@@ -30,8 +27,7 @@ class BiVLC(Benchmark):
         it = reader.items
         n = len(it["id"])
         s, valid = score_two_by_two(reader, head, it["image"], it["negative_image"], it["caption"], it["negative_caption"])
-        if (~valid).any():
-            log.warning("%d items use a failed image or caption and are left out", int((~valid).sum()))
+        warn_invalid(valid)
         out = bivlc_outcomes(s["c0i0"], s["c1i0"], s["c0i1"], s["c1i1"])
         bow = bow_proof(reader, it["caption"], it["negative_caption"])
         items = [{"id": str(it["id"][j]), "subset": f"{it['type'][j]}/{it['subtype'][j]}", "valid": bool(valid[j]),
@@ -41,11 +37,6 @@ class BiVLC(Benchmark):
                            {"items": n, "invalid": int((~valid).sum()), BOW_PROOF: int(bow.sum())})
 
     @staticmethod
-    def metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:
-        return with_bow_proof(_metrics, cols)
-
-
-def _metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:
-    valid = cols["valid"].astype(bool)
-    types = np.array([s.split("/")[0] for s in cols["subset"][valid].tolist()])
-    return bivlc_metrics({k: cols[k][valid].astype(bool) for k in OUTCOMES}, types)
+    def item_metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:
+        types = np.array([s.split("/")[0] for s in cols["subset"].tolist()])
+        return bivlc_metrics({k: cols[k].astype(bool) for k in OUTCOMES}, types)

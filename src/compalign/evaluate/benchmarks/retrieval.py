@@ -13,8 +13,6 @@ annotation order; second stage: the first stage's order).
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 
 from ...cache.reader import CacheReader
@@ -24,8 +22,6 @@ from ..metrics import MISS, RETRIEVAL_KS, first_hit, recall_at
 from ..scoring import score_pairs
 from ..search import IndexKind, build_index, normalise
 from .base import Benchmark, BenchResult, columns, head_label, register_benchmark
-
-log = logging.getLogger(__name__)
 
 
 class _Gallery:
@@ -100,7 +96,7 @@ class Retrieval(Benchmark):
                            {"items": len(g.ann), "images": len(g.image_keys), "invalid": g.invalid}, notes)
 
     @staticmethod
-    def metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:
+    def item_metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:
         ranks = np.array([MISS if r is None else r - 1 for r in cols["rank"].tolist()], dtype=np.int64)
         return {**recall_at(ranks[cols["subset"] == "t2i"], "t2i"), **recall_at(ranks[cols["subset"] == "i2t"], "i2t")}
 

@@ -6,17 +6,13 @@ swap_att and swap_obj, none of the other subsets), where a bag-of-words scorer i
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 
 from ...cache.reader import CacheReader
 from ...heads.base import Head
 from ..metrics import SUGARCREPE_CATEGORIES, sugarcrepe_metrics
-from ..scoring import score_pairs
-from .base import BOW_PROOF, Benchmark, BenchResult, bow_proof, columns, head_label, register_benchmark, with_bow_proof
-
-log = logging.getLogger(__name__)
+from ..scoring import score_captions
+from .base import BOW_PROOF, Benchmark, BenchResult, bow_proof, columns, head_label, register_benchmark, warn_invalid
 
 
 @register_benchmark("sugarcrepe")
@@ -28,13 +24,9 @@ class SugarCrepe(Benchmark):
         self.check(reader)
         it = reader.items
         n = len(it["id"])
-        # One call scores positives and negatives together: (2n,) -> halves.
-        s = score_pairs(reader, head, np.concatenate([it["image"], it["image"]]),
-                        np.concatenate([it["caption"], it["negative_caption"]]))
-        pos, neg = s[:n], s[n:]
+        pos, neg = score_captions(reader, head, it["image"], it["caption"], it["negative_caption"])
         valid = ~(np.isnan(pos) | np.isnan(neg))
-        if (~valid).any():
-            log.warning("%d items use a failed image or caption and are left out", int((~valid).sum()))
+        warn_invalid(valid)
         correct = pos > neg
         bow = bow_proof(reader, it["caption"], it["negative_caption"])
         items = [{"id": str(i), "subset": str(sub), "pos": float(p), "neg": float(q), "correct": bool(c), "valid": bool(v),
@@ -48,10 +40,5 @@ class SugarCrepe(Benchmark):
                            {"items": n, "invalid": int((~valid).sum()), BOW_PROOF: int(bow.sum())}, notes)
 
     @staticmethod
-    def metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:
-        return with_bow_proof(_metrics, cols)
-
-
-def _metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:
-    valid = cols["valid"].astype(bool)
-    return sugarcrepe_metrics(cols["correct"][valid].astype(bool), cols["subset"][valid])
+    def item_metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:
+        return sugarcrepe_metrics(cols["correct"].astype(bool), cols["subset"])

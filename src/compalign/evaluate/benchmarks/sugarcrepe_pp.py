@@ -11,21 +11,18 @@ difference between P2 and N, and is at chance only on the P1 half of ITT and on 
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 
 from ...cache.reader import CacheReader
 from ...core import InputError
 from ...heads.base import Head
 from ..metrics import sugarcrepe_metrics, sugarcrepe_pp_outcomes
-from ..scoring import score_pairs, score_text_pairs
-from .base import BOW_PROOF, Benchmark, BenchResult, bow_proof, columns, head_label, register_benchmark, with_bow_proof
+from ..scoring import score_captions, score_text_pairs
+from .base import BOW_PROOF, Benchmark, BenchResult, bow_proof, columns, head_label, register_benchmark, warn_invalid
 
 SUBSETS = ("replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")  # SugarCrepe++ has no add_*
 OUTCOMES = ("ITT", "TOT")
 
-log = logging.getLogger(__name__)
 
 
 def _text_scores(reader: CacheReader, head: Head, a: np.ndarray, b: np.ndarray, batch_size: int = 8192) -> np.ndarray:
@@ -63,7 +60,7 @@ class SugarCrepePP(Benchmark):
             notes.append(f"{len(it['id']) - m} of {len(it['id'])} items have no caption2 (subsets {', '.join(without)}: "
                          "SugarCrepe, not SugarCrepe++) and are left out")
         # Image-text: one call, three blocks of m: (I,P1), (I,P2), (I,N).
-        s = score_pairs(reader, head, np.concatenate([img, img, img]), np.concatenate([p1, p2, neg])).reshape(3, m)
+        s = score_captions(reader, head, img, p1, p2, neg)
         try:  # Text-text: (P1,P2), (P1,N), (P2,N).
             t = _text_scores(reader, head, np.concatenate([p1, p1, p2]), np.concatenate([p2, neg, neg])).reshape(3, m)
         except NotImplementedError:
@@ -71,8 +68,7 @@ class SugarCrepePP(Benchmark):
             notes.append(f"head {head_label(head)!r} has no text-text score: TOT is absent, only ITT is reported")
         out = sugarcrepe_pp_outcomes(*s, *(t if t is not None else (None, None, None)))
         valid = ~np.isnan(s).any(axis=0) & (~np.isnan(t).any(axis=0) if t is not None else True)
-        if (~valid).any():
-            log.warning("%d items use a failed image or caption and are left out", int((~valid).sum()))
+        warn_invalid(valid)
         bow = bow_proof(reader, p1, neg)
         items = [{"id": str(ids[j]), "subset": str(subset[j]), "valid": bool(valid[j]), BOW_PROOF: bool(bow[j]),
                   **{k: bool(v[j]) for k, v in out.items()}} for j in range(m)]
@@ -85,17 +81,12 @@ class SugarCrepePP(Benchmark):
                            items, {"items": m, "invalid": int((~valid).sum()), BOW_PROOF: int(bow.sum())}, notes)
 
     @staticmethod
-    def metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:
-        return with_bow_proof(_metrics, cols)
-
-
-def _metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:
-    valid = cols["valid"].astype(bool)
-    out: dict[str, float] = {}
-    for o in OUTCOMES:
-        if o not in cols:  # TOT: the head had no text-text score
-            continue
-        per = sugarcrepe_metrics(cols[o][valid].astype(bool), cols["subset"][valid])
-        rename = {"macro": o, "micro": f"micro/{o}"}
-        out.update({rename.get(k, f"{k}/{o}"): v for k, v in per.items()})
-    return out
+    def item_metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for o in OUTCOMES:
+            if o not in cols:  # TOT: the head had no text-text score
+                continue
+            per = sugarcrepe_metrics(cols[o].astype(bool), cols["subset"])
+            rename = {"macro": o, "micro": f"micro/{o}"}
+            out.update({rename.get(k, f"{k}/{o}"): v for k, v in per.items()})
+        return out

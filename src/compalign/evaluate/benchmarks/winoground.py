@@ -6,20 +6,17 @@ by design; a few pairs differ in a word or its form).
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 
 from ...cache.reader import CacheReader
 from ...heads.base import Head
 from ..metrics import pct
 from ..scoring import score_two_by_two
-from .base import BOW_PROOF, Benchmark, BenchResult, bow_proof, columns, head_label, register_benchmark, with_bow_proof
+from .base import BOW_PROOF, Benchmark, BenchResult, bow_proof, columns, head_label, register_benchmark, warn_invalid
 
 OUTCOMES = ("text", "image", "group")
 TAGS = ("tag", "secondary_tag", "collapsed_tag")  # item columns the per-tag metrics group by
 
-log = logging.getLogger(__name__)
 
 
 def winoground_outcomes(c0i0: np.ndarray, c1i0: np.ndarray, c0i1: np.ndarray, c1i1: np.ndarray) -> dict[str, np.ndarray]:
@@ -53,8 +50,7 @@ class Winoground(Benchmark):
         it = reader.items
         n = len(it["id"])
         s, valid = score_two_by_two(reader, head, it["image_0"], it["image_1"], it["caption_0"], it["caption_1"])
-        if (~valid).any():
-            log.warning("%d items use a failed image or caption and are left out", int((~valid).sum()))
+        warn_invalid(valid)
         out = winoground_outcomes(s["c0i0"], s["c1i0"], s["c0i1"], s["c1i1"])
         # `subset` is the collapsed tag (Object / Relation / Both), the grouping the paper's tables lead with.
         bow = bow_proof(reader, it["caption_0"], it["caption_1"])
@@ -68,10 +64,5 @@ class Winoground(Benchmark):
                            {"items": n, "invalid": int((~valid).sum()), BOW_PROOF: int(bow.sum())}, notes)
 
     @staticmethod
-    def metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:
-        return with_bow_proof(_metrics, cols)
-
-
-def _metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:
-    valid = cols["valid"].astype(bool)
-    return winoground_metrics({k: cols[k][valid].astype(bool) for k in OUTCOMES}, {t: cols[t][valid] for t in TAGS})
+    def item_metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:
+        return winoground_metrics({k: cols[k].astype(bool) for k in OUTCOMES}, {t: cols[t] for t in TAGS})
