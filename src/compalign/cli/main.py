@@ -131,8 +131,10 @@ def info(store: Path = typer.Argument(..., help="a compalign cache (Zarr folder 
 
 
 from .demo import demo  # noqa: E402
+from .study import study  # noqa: E402
 
 app.command()(demo)
+app.command()(study)
 
 
 @cache_app.command("export")

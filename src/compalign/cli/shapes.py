@@ -302,3 +302,8 @@ def breakdown(
             cells.append(f"{100 * c / n:.1f} (n={n})" if n else "—")
         table.add_row(head, *cells)
     _print_result(table)
+
+
+from .finetune import finetune  # noqa: E402
+
+app.command()(finetune)

@@ -9,6 +9,8 @@
 - `data_parallel`      a module wrapped in `DistributedDataParallel`: gradients are averaged over ranks in
   buckets, overlapped with backward, for whatever runs through the wrapper's forward.
 - `deterministic_cpu`  deterministic kernels and a thread count while training on CPU, restored after.
+- `symmetric_infonce`, `hardneg_loss`, `igc_loss`, `tgc_loss`  the contrastive losses over logits that the heads'
+  loss registry and the tiny backbone's end-to-end fine-tuning (shapes/finetune.py) share.
 """
 
 from __future__ import annotations
@@ -101,3 +103,30 @@ def symmetric_infonce(logits: torch.Tensor) -> torch.Tensor:
     """CLIP's loss over a (B, B) matrix of logits whose diagonal holds the matching pairs."""
     target = torch.arange(logits.shape[0], device=logits.device)
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+# -- hard-negative contrasts: the pure math the heads' losses and the end-to-end fine-tuning share ------------
+
+
+def hardneg_loss(pos: torch.Tensor, hard: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """2-way cross-entropy of each positive against each of its hard negatives, averaged over the valid ones:
+    mean_{b,k: mask} -log(e^pos_b / (e^pos_b + e^hard_bk)) = mean softplus(hard_bk - pos_b).
+    pos (B,) and hard (B, K) are logits; mask (B, K) bool is False where item b has no k-th negative."""
+    m = mask.float()
+    return (F.softplus(hard - pos[:, None]) * m).sum() / m.sum().clamp(min=1)
+
+
+def igc_loss(matrix: torch.Tensor, hard: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Image-grounded contrast (DeGLA's IGC): image b picks its caption among the batch's captions and its own
+    hard negatives, one (B + K)-way softmax per image: -log(e^M_bb / (sum_j e^M_bj + sum_{k: mask} e^hard_bk)).
+    matrix (B, B) image-caption logits (diagonal = matching pairs), hard (B, K) logits, mask (B, K) bool."""
+    logits = torch.cat([matrix, hard.masked_fill(~mask, float("-inf"))], dim=1)  # (B, B + K); column b is the positive
+    return F.cross_entropy(logits, torch.arange(matrix.shape[0], device=logits.device))
+
+
+def tgc_loss(pos: torch.Tensor, text_hard: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Text-grounded contrast (DeGLA's TGC): the caption is the anchor, and its positive must beat its own hard
+    negatives in text space, one (1 + K)-way softmax per caption: -log(e^pos_b / (e^pos_b + sum_{k: mask} e^th_bk)).
+    pos (B,) the positive's logit, text_hard (B, K) t(c_b, n_bk) logits, mask (B, K) bool."""
+    logits = torch.cat([pos[:, None], text_hard.masked_fill(~mask, float("-inf"))], dim=1)  # (B, 1 + K); column 0 is the positive
+    return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))

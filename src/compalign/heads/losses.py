@@ -18,11 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..core import InputError
 from ..core.registry import Registry
-from ..core.training import symmetric_infonce
+from ..core.training import hardneg_loss, igc_loss, symmetric_infonce, tgc_loss
 
 
 @dataclass
@@ -51,10 +50,6 @@ def get_loss(name: str) -> tuple[LossFn, frozenset[str]]:
     return LOSSES.get(name), LOSSES.meta(name)["needs"]
 
 
-def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (x * mask).sum() / mask.sum().clamp(min=1)
-
-
 @register_loss("infonce", {"matrix"})
 def infonce(s: Scores) -> torch.Tensor:
     return symmetric_infonce(s.matrix)
@@ -63,22 +58,17 @@ def infonce(s: Scores) -> torch.Tensor:
 @register_loss("hardneg", {"hard"})
 def hardneg(s: Scores) -> torch.Tensor:
     # 2-way CE with the positive as the target: -log σ(pos - neg) = softplus(neg - pos)
-    return _masked_mean(F.softplus(s.hard - s.pos[:, None]), s.hard_mask.float())
+    return hardneg_loss(s.pos, s.hard, s.hard_mask)
 
 
 @register_loss("igc", {"matrix", "hard"})
 def igc(s: Scores) -> torch.Tensor:
-    hard = s.hard.masked_fill(~s.hard_mask, float("-inf"))
-    logits = torch.cat([s.matrix, hard], dim=1)  # (B, B + K); column b is the positive
-    target = torch.arange(s.matrix.shape[0], device=logits.device)
-    return F.cross_entropy(logits, target)
+    return igc_loss(s.matrix, s.hard, s.hard_mask)  # (B, B + K) softmax per image; column b is the positive
 
 
 @register_loss("tgc", {"text_hard"})
 def tgc(s: Scores) -> torch.Tensor:
-    th = s.text_hard.masked_fill(~s.hard_mask, float("-inf"))
-    logits = torch.cat([s.pos[:, None], th], dim=1)  # (B, 1 + K); column 0 is the positive
-    return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
+    return tgc_loss(s.pos, s.text_hard, s.hard_mask)  # (B, 1 + K) softmax per caption; column 0 is s(I, c)
 
 
 def parse_losses(spec: str) -> dict[str, float]:
