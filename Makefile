@@ -10,7 +10,7 @@ ROOT    ?=
 OUT     ?= caches/$(MODEL)-$(DATA).zarr
 ARGS    ?=
 
-.PHONY: install test demo extract backbone lint bench clean
+.PHONY: install test demo study extract backbone lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -25,6 +25,11 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/compalign demo --out demo
+
+# The study's whole comparison on the synthetic world (ARGS=--quick for a small version); the table goes to docs/.
+study: $(STAMP)
+	$(BIN)/compalign study --out study $(ARGS)
+	cp study/results.md docs/study.md
 
 # make extract MODEL=siglip2 DATA=sugarcrepe ROOT=/data/sugarcrepe [OUT=...] [ARGS="--batch-size 128"]
 extract: $(STAMP)
