@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from compalign.cache.reader import REGIONS
 from compalign.heads import CacheSpec, TorchHead, create_head, list_heads, load_head, save_head
 from compalign.heads.base import TOKEN_FIELDS
 
@@ -23,10 +24,17 @@ SPEC = CacheSpec(embed_dim=12, image_width=10, text_width=8, n_patches=9, n_pref
 
 def image_batch(n: int, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
+    oracle_mask = np.arange(4)[None, :] < rng.integers(0, 5, n)[:, None]  # 0 to 4 object boxes per image
+    oracle_mask[0] = [True, True, True, False]
+    if n > 2:
+        oracle_mask[2] = False  # an image without boxes
     return {"global": rng.normal(size=(n, SPEC.embed_dim)).astype(np.float32),
             "patches": rng.normal(size=(n, SPEC.n_patches, SPEC.image_width)).astype(np.float16),
             "prefix": rng.normal(size=(n, SPEC.n_prefix, SPEC.image_width)).astype(np.float16),
-            "status": np.ones(n, dtype=np.int8)}  # extraction status (1 = ok): what `blind` reads instead of features
+            "status": np.ones(n, dtype=np.int8),  # extraction status (1 = ok): what `blind` reads instead of features
+            "regions_crops": rng.normal(size=(n, 5, SPEC.embed_dim)).astype(np.float32),  # `extract --crops grid`
+            "regions_oracle": rng.normal(size=(n, 4, SPEC.embed_dim)).astype(np.float32) * oracle_mask[..., None],
+            "regions_oracle_mask": oracle_mask}
 
 
 def text_batch(n: int, seed: int = 1) -> dict[str, np.ndarray]:
@@ -48,6 +56,8 @@ def fields(batch: dict[str, np.ndarray], need: tuple[str, ...], texts: bool) -> 
         out["lengths"] = batch["lengths"]
     if texts and "segments" in need:
         out["segment_mask"] = batch["segment_mask"]
+    if not texts and "regions_oracle" in need:
+        out["regions_oracle_mask"] = batch["regions_oracle_mask"]
     return out
 
 
@@ -82,7 +92,7 @@ def test_registry_has_the_design_heads_and_a_tiny_test_variant():
 def test_shapes_no_nan_and_pairs_equal_the_matrix_diagonal(name):
     head = build(name)
     assert all(f in ("global", "segments", *TOKEN_FIELDS) for f in head.needs_texts)
-    assert all(f in ("global", "status", *TOKEN_FIELDS) for f in head.needs_images)
+    assert all(f in ("global", "status", *TOKEN_FIELDS, *REGIONS) for f in head.needs_images)
     images, texts = image_batch(5), text_batch(5)
     im, tx = embed(head, images, texts)
     pairs, matrix = head.score_pairs(im, tx), head.score_matrix(im, tx)

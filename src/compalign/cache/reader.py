@@ -32,6 +32,8 @@ from .store import COMPLETE_CHUNKS, FAILED, OK, CacheError, Layout, chunk_file, 
 Kind = Literal["images", "texts"]
 TOKEN_FIELDS = ("patches", "prefix", "tokens")  # fields stored once per extracted layer
 SEGMENTS = "segments"  # a text field gathered from the segments table, not stored per row
+# Image fields gathered from images/regions/ (`extract --crops`): field -> (array, the --crops that makes it).
+REGIONS = {"regions_crops": ("crops", "grid"), "regions_oracle": ("oracle", "oracle")}
 
 
 class CacheReader:
@@ -228,12 +230,27 @@ class CacheReader:
             out[at] = self._shard(arr, int(s))[rows[at] - s * step]
         return out
 
+    def has_regions(self, field: str) -> bool:
+        """Does the store hold the image regions of `field` (`regions_crops`, `regions_oracle`)?"""
+        return f"images/regions/{REGIONS[field][0]}" in self.root
+
+    def require_regions(self, field: str) -> None:
+        """Refuse a store without the regions of `field`, naming the extraction flag that makes them."""
+        if not self.has_regions(field):
+            name, flag = REGIONS[field]
+            more = " (a shapes world's benchmark folder: its true object boxes)" if flag == "oracle" else ""
+            raise NotFoundError(f"{self.path} has no {name} regions (images/regions/{name}); re-extract with "
+                                f"`--crops {flag}`{more}")
+
     def gather(self, kind: Kind, fields: tuple[str, ...], rows: np.ndarray, layer: int = -1) -> dict[str, np.ndarray]:
         """`fields` of `rows` as one batch: token fields from `layer`, the rest from the top; `lengths` with tokens.
 
         `segments` (texts) is each caption's segments' global embeddings, (B, S, E) zero-padded, with
-        `segment_mask` (B, S) bool."""
-        batch = {f: self.read(kind, f, rows, layer if f in TOKEN_FIELDS else -1) for f in fields if f != SEGMENTS}
+        `segment_mask` (B, S) bool. `regions_crops` (images) is the (B, R, E) global embeddings of each image's
+        grid crops (`extract --crops grid`); `regions_oracle` the (B, R, E) embeddings of its true object boxes,
+        zero-padded, with `regions_oracle_mask` (B, R) bool (`extract --crops oracle`)."""
+        stored = [f for f in fields if f != SEGMENTS and not (kind == "images" and f in REGIONS)]
+        batch = {f: self.read(kind, f, rows, layer if f in TOKEN_FIELDS else -1) for f in stored}
         if kind == "texts" and "tokens" in fields:
             batch["lengths"] = self.read("texts", "lengths", rows)
         if kind == "texts" and SEGMENTS in fields:
@@ -242,6 +259,13 @@ class CacheReader:
             emb = np.zeros((*seg.shape, self.layout.embed_dim), dtype=np.float32)
             emb[mask] = self.read("texts", "global", seg[mask])
             batch[SEGMENTS], batch["segment_mask"] = emb, mask
+        for f in fields:
+            if kind == "images" and f in REGIONS:
+                self.require_regions(f)
+                name = REGIONS[f][0]
+                batch[f] = self.read("images", f"regions/{name}", rows)
+                if name == "oracle":
+                    batch[f + "_mask"] = self.read("images", "regions/oracle_mask", rows)
         return batch
 
     def _resident(self, arr: zarr.Array) -> np.ndarray | None:

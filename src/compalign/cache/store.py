@@ -10,6 +10,13 @@ Layout (N images, M texts, E joint width, P patches, K prefix tokens, W tower wi
     images/patches   (N, P, W) float16, final layer, final norm applied
     images/prefix    (N, K, W) float16, class/register tokens of the same layer
     images/layers/<l>/{patches,prefix}   other requested layers (l < 0 counts from the top)
+    images/regions/crops        (N, R, E) float32, optional (`extract --crops grid`): the global embedding of each
+                               box cropped from the image and encoded alone; the R boxes are attrs
+                               extraction.crops.boxes ([x0, y0, x1, y1] in fractions, y down)
+    images/regions/oracle       (N, R, E) float32, optional (`extract --crops oracle`, or `grid+oracle` for both): the
+                               same for the synthetic world's true object boxes, R = the most objects any image has
+    images/regions/oracle_mask  (N, R) bool, the slots holding an encoded crop: a row's own boxes (none if it failed)
+    images/regions/oracle_boxes (N, R, 4) float64, each row's boxes in fractions, zero past its own
     texts/keys, strings, status, error, lengths (int16), truncated (bool)
     texts/global     (M, E)    float32
     texts/tokens     (M, L, W) float16, zero after `lengths`
@@ -88,8 +95,11 @@ def _array(g: zarr.Group, name: str, shape: tuple[int, ...], dtype: Any, lay: La
 
 def create_store(path: Path, lay: Layout, attrs: dict[str, Any], items: dict[str, list[str]],
                  image_keys: list[str], image_origins: list[str], text_keys: list[str], texts: list[str],
-                 projections: dict[str, np.ndarray], segments: dict[str, list[str]] | None = None) -> zarr.Group:
-    """Preallocate every array; key/string columns, items and segments are written now, features later by shard."""
+                 projections: dict[str, np.ndarray], segments: dict[str, list[str]] | None = None,
+                 regions: dict[str, tuple[tuple[int, ...], str]] | None = None) -> zarr.Group:
+    """Preallocate every array; key/string columns, items and segments are written now, features later by shard.
+
+    `regions`: extra image arrays {path under images/: (shape of one row, dtype)}, written with the image shards."""
     root = zarr.open_group(str(path), mode="w")
     root.attrs.update({"schema": SCHEMA, **attrs, "layout": lay.__dict__, COMPLETE_CHUNKS: True})
     N, M = lay.n_images, lay.n_texts
@@ -110,6 +120,9 @@ def create_store(path: Path, lay: Layout, attrs: dict[str, Any], items: dict[str
         gi = im if layer == -1 else im.require_group(f"layers/{layer}")
         _array(gi, "patches", (N, lay.n_patches, lay.image_width), "float16", lay, big=True)
         _array(gi, "prefix", (N, lay.n_prefix, lay.image_width), "float16", lay, big=True)
+    for name, (shape, dtype) in (regions or {}).items():
+        folder, _, leaf = name.rpartition("/")
+        _array(im.require_group(folder) if folder else im, leaf, (N, *shape), dtype, lay)
     for layer in lay.layers_text:
         gt = tx if layer == -1 else tx.require_group(f"layers/{layer}")
         _array(gt, "tokens", (M, lay.text_len, lay.text_width), "float16", lay, big=True)
@@ -227,7 +240,8 @@ def resume_command(attrs: dict[str, Any], out: Path | str) -> str:
     layers = [l for l in ext["layers"] if l != -1]
     extra = {"--batch-size": (ext["batch_size"], 64), "--shard-rows": (ext["shard_rows"], 256),
              "--precision": (ext["precision"], "fp32"), "--layers": (",".join(map(str, layers)), ""),
-             "--segments": (ext.get("segments", "none"), "none")}
+             "--segments": (ext.get("segments", "none"), "none"),
+             "--crops": ((ext.get("crops") or {}).get("spec", "none"), "none")}
     return cmd + "".join(f" {flag} {v}" for flag, (v, default) in extra.items() if v != default)
 
 

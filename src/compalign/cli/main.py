@@ -49,6 +49,9 @@ def extract(
     split: str | None = typer.Option(None, help="the split to read where the source has splits (karpathy: test)"),
     segments: str = typer.Option("none", help="none | rules: also encode each caption's object, attribute and "
                                  "relation segments (for the region heads)"),
+    crops: str = typer.Option("none", help="none | grid | sizes like 1,2 or 1,2,3+halves | oracle | grid+oracle: also "
+                              "crop these boxes from every image and encode each (regions_crops / regions_oracle heads); "
+                              "grid = 1x1, 2x2, 3x3 + 4 overlapping halves; oracle = a shapes world's true object boxes"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Encode every unique image and caption of a data source once and store their embeddings."""
@@ -60,7 +63,8 @@ def extract(
         cfg = ExtractConfig(model=model, data=data, root=str(root), out=str(out), pretrained=pretrained,
                             batch_size=batch_size, device=device, workers=workers, precision=precision,  # type: ignore[arg-type]
                             layers=_layers(layers), shard_rows=shard_rows, overwrite=overwrite,
-                            exif_transpose=exif_transpose, split=split, segments=segments)  # type: ignore[arg-type]
+                            exif_transpose=exif_transpose, split=split, segments=segments,  # type: ignore[arg-type]
+                            crops=crops)
         with progress_bar() as bar:
             summary = run(cfg, StageProgress(bar))
     out_console = Console()

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..core import InputError
+from .crops import canonical_spec
 
 
 @dataclass
@@ -31,6 +32,7 @@ class ExtractConfig:
     exif_transpose: bool = False  # rotate by the EXIF orientation tag (off: open_clip's own pipeline ignores it too)
     split: str | None = None  # the split to read, for sources that have splits (karpathy: test by default)
     segments: Literal["none", "rules"] = "none"  # caption segments encoded beside the captions (extract.segments)
+    crops: str = "none"  # boxes cropped and encoded beside each image: none | grid | 1,2+halves | oracle | grid+oracle
 
     def __post_init__(self) -> None:
         if -1 not in self.layers:
@@ -44,3 +46,5 @@ class ExtractConfig:
             raise InputError(f"--precision is fp32, bf16 or fp16 (got {self.precision!r})")
         if self.segments not in ("none", "rules"):
             raise InputError(f"--segments is none or rules (got {self.segments!r})")
+        if self.crops != "none":
+            self.crops = canonical_spec(self.crops)  # refuses a malformed SPEC before anything is loaded

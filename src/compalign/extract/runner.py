@@ -1,9 +1,10 @@
 """The extraction runner: plan the source, open or create the store, encode the pending shards.
 
 Texts first (cheap), then images. Images are decoded and preprocessed in DataLoader workers
-(image_rows.py); the model runs in this process; a single writer thread writes whole shards
-(shards.py) so the model never waits on disk. Batches never cross a shard, so a resumed shard is
-computed exactly as before; which store is resumed and which shards are left is store_setup.py's.
+(image_rows.py), with `--crops` their boxes cut and preprocessed there too (crops.py); the model runs
+in this process; a single writer thread writes whole shards (shards.py) so the model never waits on disk.
+Batches never cross a shard, so a resumed shard is computed exactly as before; which store is resumed
+and which shards are left is store_setup.py's.
 This file is the loop itself: what runs on the model, in what order, and the summary of a run.
 """
 
@@ -26,6 +27,7 @@ from ..core import InputError, tree_bytes
 from ..core.device import resolve_device
 from .backbones import load_backbone
 from .config import ExtractConfig
+from .crops import CropPlan, plan_crops
 from .image_rows import ImageRows, collate_rows
 from .segments import add_segments
 from .shards import ShardWriter, finish_image_shard, new_image_shard
@@ -82,6 +84,7 @@ def _extract(cfg: ExtractConfig, out: Path, progress: Progress | None) -> Extrac
         plan = add_segments(plan)
     for p in plan.problems:
         log.warning("%s", p)
+    crops = plan_crops(cfg.crops, plan)  # before the model loads: a root without oracle boxes fails now
     device = str(resolve_device(cfg.device))
     _autocast(device, cfg.precision)  # refuse an impossible precision before a store is made
     bb = load_backbone(cfg.model, cfg.pretrained, device=device, seed=cfg.seed)
@@ -91,7 +94,7 @@ def _extract(cfg: ExtractConfig, out: Path, progress: Progress | None) -> Extrac
     order = np.argsort(lengths, kind="stable") if bb.causal_text else np.arange(len(plan.texts))
     text_len = int(lengths.max(initial=1)) if bb.causal_text else bb.context_length
     try:
-        root, notes = open_or_create(cfg, bb, plan, order, text_len, device)
+        root, notes = open_or_create(cfg, bb, plan, order, text_len, device, crops)
     except OSError as e:
         if e.errno not in NOT_WRITABLE:
             raise
@@ -102,7 +105,7 @@ def _extract(cfg: ExtractConfig, out: Path, progress: Progress | None) -> Extrac
         with _autocast(device, cfg.precision):
             w, s = _extract_texts(cfg, bb, plan, tok, order, text_len, out, writer, device, progress)
             written, skipped = written + w, skipped + s
-            w, s = _extract_images(cfg, bb, plan, out, writer, device, progress)
+            w, s = _extract_images(cfg, bb, plan, out, writer, device, progress, crops)
             written, skipped = written + w, skipped + s
     finally:
         writer.close()
@@ -166,7 +169,14 @@ def _extract_texts(cfg, bb, plan, tok, order, text_len, out, writer, device, pro
     return len(todo), skipped
 
 
-def _extract_images(cfg, bb, plan, out, writer, device, progress) -> tuple[int, int]:
+def _encode_crops(bb, crops: torch.Tensor, batch_size: int, device: str) -> np.ndarray:
+    """(C, E) global embeddings of (C, 3, H, W) preprocessed crops, `batch_size` crops per forward pass."""
+    out = [bb.encode_images(crops[c:c + batch_size].to(device, non_blocking=True), [-1]).global_.float().cpu().numpy()
+           for c in range(0, len(crops), batch_size)]
+    return np.concatenate(out)
+
+
+def _extract_images(cfg, bb, plan, out, writer, device, progress, crops: CropPlan | None = None) -> tuple[int, int]:
     N, R = len(plan.images), cfg.shard_rows
     todo, skipped = pending_shards(out, "images", N, R)
     done_rows = N - sum(min(R, N - s * R) for s in todo)
@@ -176,18 +186,20 @@ def _extract_images(cfg, bb, plan, out, writer, device, progress) -> tuple[int, 
         return 0, skipped
     batches = [list(range(b, min(min(N, (s + 1) * R), b + cfg.batch_size)))
                for s in todo for b in range(s * R, min(N, (s + 1) * R), cfg.batch_size)]
-    loader = DataLoader(ImageRows(plan.images, bb.preprocess, cfg.exif_transpose), batch_sampler=batches, collate_fn=collate_rows,
+    rows_ds = ImageRows(plan.images, bb.preprocess, cfg.exif_transpose, crops.row_boxes(N) if crops is not None else None)
+    loader = DataLoader(rows_ds, batch_sampler=batches, collate_fn=collate_rows,
                         num_workers=cfg.workers, pin_memory=device.startswith("cuda"),
                         persistent_workers=False, prefetch_factor=4 if cfg.workers else None)
     lay = Layout(**dict(open_store(out).attrs)["layout"])
     shard: dict[str, Any] | None = None
-    for rows, good, pixels, errors in loader:
+    for rows, good, pixels, errors, (crop_pixels, counts) in loader:
         s = rows[0] // R
         if shard is None or shard["s"] != s:
             if shard is not None:
                 writer.put("images", *finish_image_shard(shard))
             lo, hi = s * R, min(N, (s + 1) * R)
-            shard = new_image_shard(s, lo, hi - lo, lay, lay.layers)
+            regions = crops.shard_buffers(lo, hi - lo, lay.embed_dim) if crops is not None else None
+            shard = new_image_shard(s, lo, hi - lo, lay, lay.layers, regions)
         for r, e in errors.items():
             shard["status"][r - shard["lo"]] = FAILED
             shard["error"][r - shard["lo"]] = e
@@ -198,6 +210,8 @@ def _extract_images(cfg, bb, plan, out, writer, device, progress) -> tuple[int, 
             for l in lay.layers:
                 shard["patches", l][at] = enc.patches[l].float().cpu().numpy()
                 shard["prefix", l][at] = enc.prefix[l].float().cpu().numpy()
+            if crops is not None and crop_pixels is not None:  # (C, 3, H, W): every decoded row's crops
+                crops.record(shard["regions"], at, counts, _encode_crops(bb, crop_pixels, cfg.batch_size, device))
         done_rows += len(rows)
         if progress:
             progress("images", done_rows, N)

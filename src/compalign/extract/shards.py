@@ -49,11 +49,13 @@ class ShardWriter:
             raise self.error
 
 
-def new_image_shard(s: int, lo: int, n: int, lay: Layout, layers: list[int]) -> dict[Any, Any]:
-    """Zeroed buffers for image shard `s` (rows lo .. lo + n): global, status, error, and per layer
-    ("patches", l) / ("prefix", l)."""
+def new_image_shard(s: int, lo: int, n: int, lay: Layout, layers: list[int],
+                    regions: dict[str, np.ndarray] | None = None) -> dict[Any, Any]:
+    """Zeroed buffers for image shard `s` (rows lo .. lo + n): global, status, error, per layer
+    ("patches", l) / ("prefix", l), and `regions` ({store path under images/: buffer}, `--crops`)."""
     sh: dict[Any, Any] = {"s": s, "lo": lo, "global": np.zeros((n, lay.embed_dim), np.float32),
-                          "status": np.full(n, OK, np.int8), "error": np.full(n, "", dtype=object)}
+                          "status": np.full(n, OK, np.int8), "error": np.full(n, "", dtype=object),
+                          "regions": regions or {}}
     for l in layers:
         sh["patches", l] = np.zeros((n, lay.n_patches, lay.image_width), np.float16)
         sh["prefix", l] = np.zeros((n, lay.n_prefix, lay.image_width), np.float16)
@@ -62,7 +64,7 @@ def new_image_shard(s: int, lo: int, n: int, lay: Layout, layers: list[int]) -> 
 
 def finish_image_shard(sh: dict[Any, Any]) -> tuple[int, int, dict[str, np.ndarray]]:
     """(shard, first row, arrays by store name) of a filled `new_image_shard`: what `ShardWriter.put` takes."""
-    arrays = {"global": sh["global"], "status": sh["status"], "error": sh["error"].astype(str)}
+    arrays = {"global": sh["global"], "status": sh["status"], "error": sh["error"].astype(str), **sh["regions"]}
     for key, val in sh.items():
         if isinstance(key, tuple):
             name, l = key

@@ -24,6 +24,7 @@ from ..cache.store import CacheError, Layout, create_store, damaged_shards, done
 from ..core import InputError
 from .backbones import Backbone
 from .config import ExtractConfig
+from .crops import CropPlan
 from .sources import Plan, text_key
 from .target import is_store, remove_store
 
@@ -53,7 +54,7 @@ def _tower_layers(cfg: ExtractConfig, bb: Backbone) -> tuple[list[int], list[int
     return img, txt
 
 
-def _settings(cfg: ExtractConfig, text_len: int) -> dict[str, Any]:
+def _settings(cfg: ExtractConfig, text_len: int, crops: CropPlan | None = None) -> dict[str, Any]:
     # Everything that changes stored values; a resume must match it exactly.
     out = {"layers": cfg.layers, "precision": cfg.precision, "batch_size": cfg.batch_size,
            "shard_rows": cfg.shard_rows, "chunk_rows": cfg.chunk_rows, "text_len": text_len}
@@ -61,16 +62,25 @@ def _settings(cfg: ExtractConfig, text_len: int) -> dict[str, Any]:
         out["exif_transpose"] = True
     if cfg.segments != "none":  # likewise
         out["segments"] = cfg.segments
+    if crops is not None:  # likewise; the boxes themselves (grid) or their digest (oracle), not just the spec
+        out["crops"] = crops.settings()
     return out
 
 
 def _diff(have: Any, want: Any, at: str = "") -> str:
-    """The first field where two attr dicts differ, as `field: stored vs now`."""
+    """The first field where two attr dicts differ, as `field: stored vs now` (plain values before lists and
+    dicts, so `crops.spec` is named before the boxes it implies; long values cut short)."""
     if isinstance(have, dict) and isinstance(want, dict):
-        for k in sorted(set(have) | set(want)):
+        nested = lambda k: isinstance(have.get(k), (dict, list)) or isinstance(want.get(k), (dict, list))  # noqa: E731
+        for k in sorted(set(have) | set(want), key=lambda k: (nested(k), k)):
             if json.dumps(have.get(k)) != json.dumps(want.get(k)):
                 return _diff(have.get(k), want.get(k), f"{at}{k}.")
-    return f"{at.rstrip('.')} is {have!r} in the store, {want!r} now"
+    return f"{at.rstrip('.')} is {_short(have)} in the store, {_short(want)} now"
+
+
+def _short(value: Any, most: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= most else text[:most - 3] + "..."
 
 
 def _drop_damaged(out: Path) -> list[str]:
@@ -84,13 +94,14 @@ def _drop_damaged(out: Path) -> list[str]:
 
 
 def open_or_create(cfg: ExtractConfig, bb: Backbone, plan: Plan, order: np.ndarray,
-                   text_len: int, device: str) -> tuple[Any, list[str]]:
-    """(the store opened r+, notes on what was replaced or repaired); `order` is the stored caption order."""
+                   text_len: int, device: str, crops: CropPlan | None = None) -> tuple[Any, list[str]]:
+    """(the store opened r+, notes on what was replaced or repaired); `order` is the stored caption order;
+    `crops` the boxes `--crops` encodes (their arrays are created beside the image features)."""
     out = Path(cfg.out)
     attrs = {
         "compalign_version": __version__,
         "backbone": bb.meta,
-        "extraction": _settings(cfg, text_len),
+        "extraction": _settings(cfg, text_len, crops),
         "source": {"kind": plan.kind, "root": plan.root, "fingerprint": plan.fingerprint,
                    "problems": plan.problems, "notes": plan.notes, "info": plan.info,
                    "n_items": len(next(iter(plan.items.values()), []))},
@@ -137,7 +148,8 @@ def open_or_create(cfg: ExtractConfig, bb: Backbone, plan: Plan, order: np.ndarr
         shutil.rmtree(tmp)
     texts = [plan.texts[i] for i in order]
     create_store(tmp, lay, attrs, plan.items, [r.key for r in plan.images], [r.origin for r in plan.images],
-                 [text_key(t) for t in texts], texts, proj, plan.segments)
+                 [text_key(t) for t in texts], texts, proj, plan.segments,
+                 crops.arrays(lay.embed_dim) if crops is not None else None)
     tmp.rename(out)  # an empty folder at `out` is replaced by the rename
     return open_store(out, "r+"), notes
 

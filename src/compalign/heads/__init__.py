@@ -1,7 +1,8 @@
 """Alignment heads: registry names are stable; every head scores aligned pairs and full matrices.
 
 `global` (no training), `blind` (text-only control), `global_mlp` (trainable, global embeddings only),
-`maxsim` (training-free late interaction), `tflocal` (trainable transformer over patch + token embeddings), and their variants.
+`maxsim` (training-free late interaction), `regions_roi` / `regions_crops` / `regions_oracle` (training-free
+best region per caption segment), `tflocal` (trainable transformer over patch + token embeddings), and their variants.
 Checkpoints: `save_head` / `load_head` (safetensors + JSON); training: `heads.train.train_head`.
 
 Each head's module is imported when that head is first asked for (torch only for the heads that need it);
@@ -19,7 +20,8 @@ HEADS.provide({
     "global": "compalign.heads.global_head",
     **{n: "compalign.heads.global_mlp" for n in ("global_mlp", "global_mlp_tiny")},
     **{n: "compalign.heads.maxsim" for n in ("maxsim", "maxsim_l2")},
-    **{n: "compalign.heads.regions" for n in ("regions_roi", "regions_roi_only")},
+    **{n: "compalign.heads.regions" for n in ("regions_crops", "regions_crops_only", "regions_oracle",
+                                              "regions_oracle_only", "regions_roi", "regions_roi_only")},
     **{n: "compalign.heads.tflocal" for n in ("tflocal", "tflocal_coloc", "tflocal_deep", "tflocal_l2", "tflocal_max",
                                               "tflocal_nores", "tflocal_proj", "tflocal_tiny")},
 })

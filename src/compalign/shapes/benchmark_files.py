@@ -4,6 +4,11 @@ Each test split is written in the layouts the real benchmarks ship in, so the re
 (`--data sugarcrepe | bivlc | karpathy`) read it unchanged: SugarCrepe's {kind}.json, BiVLC's HF
 parquet, a Karpathy dataset_*.json. Bytes depend on the rows alone -- sorted JSON keys, fixed
 parquet settings -- so one pass and many workers give the same files.
+
+Each benchmark folder also gets boxes.jsonl, one {"image": file name, "boxes": [[x0, y0, x1, y1], ...]} per
+image: every object's box of the scene it renders, in fractions of the canvas, in the scene's object order.
+It is what `compalign extract --crops oracle` crops; the real benchmarks have no such file (and a SugarCrepe
+folder's *.json stay its subsets alone).
 """
 
 from __future__ import annotations
@@ -65,6 +70,12 @@ def write_train_files(out: Path, chunks: list[dict[str, list]]) -> dict[str, int
     return {"scenes": len(scenes), "pairs": len(pairs)}
 
 
+def _write_boxes(folder: Path, scenes: list[dict[str, Any]]) -> None:
+    """boxes.jsonl of the scenes rendered into `folder` (scene rows as scenes.jsonl holds them)."""
+    _write_jsonl(folder / "boxes.jsonl", [{"image": r["image"], "boxes": [[v / c for v, c in zip(o["box"], r["canvas"] * 2)]
+                                                                          for o in r["objects"]]} for r in scenes])
+
+
 def _write_sugarcrepe(folder: Path, chunks: list[dict[str, list]]) -> dict[str, int]:
     """{kind}.json per negative kind, items numbered "0", "1", ... in index order; items per kind."""
     sugarcrepe: dict[str, dict[str, dict[str, str]]] = {k: {} for k in NEGATIVE_KINDS}
@@ -75,6 +86,7 @@ def _write_sugarcrepe(folder: Path, chunks: list[dict[str, list]]) -> dict[str, 
         # Numeric id order like the real files (so no sort_keys at the top level).
         text = json.dumps({k: dict(sorted(v.items())) for k, v in items.items()}, ensure_ascii=True)
         (folder / f"{kind}.json").write_text(text, encoding="utf-8")
+    _write_boxes(folder, [r for c in chunks for r in c["scenes"]])  # every scene's image is in val2017/
     return {k: len(v) for k, v in sugarcrepe.items()}
 
 
@@ -88,6 +100,9 @@ def _write_bivlc(folder: Path, chunks: list[dict[str, list]]) -> dict[str, int]:
     table = pa.Table.from_pylist(bivlc, schema=_BIVLC_SCHEMA)
     pq.write_table(table, folder / "test.parquet", compression="snappy")
     _write_jsonl(folder / "negative_scenes.jsonl", neg_scenes)
+    used = {r["image"]["path"] for r in bivlc}
+    _write_boxes(folder, [r for c in chunks for r in c["scenes"] if r["image"] in used]
+                 + [r["negative_scene"] for r in neg_scenes])
     types = {t: sum(r["type"] == t for r in bivlc) for t in ("replace", "swap", "add")}
     return {"rows": len(bivlc), **types}
 
@@ -96,6 +111,7 @@ def _write_retrieval(folder: Path, chunks: list[dict[str, list]]) -> dict[str, i
     """dataset_shapes.json, the Karpathy layout (its images were copied by the chunks); images and captions."""
     images = [r for c in chunks for r in c["retrieval"]]
     (folder / "dataset_shapes.json").write_text(_dump({"dataset": "shapes", "images": images}), encoding="utf-8")
+    _write_boxes(folder, [r for c in chunks for r in c["scenes"]])  # every scene has its copy in images/
     return {"images": len(images), "captions": sum(len(r["sentences"]) for r in images)}
 
 

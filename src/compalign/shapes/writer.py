@@ -8,6 +8,7 @@ Layout (see ``write_world``)::
     DIR/{test_id,test_ood}/bivlc/test.parquet   (+ negative_scenes.jsonl: the scene of each negative image)
     DIR/{test_id,test_ood}/retrieval/dataset_shapes.json + images/   (Karpathy layout, several captions per image)
     DIR/{test_id,test_ood}/scenes.jsonl
+    DIR/{test_id,test_ood}/{sugarcrepe,bivlc,retrieval}/boxes.jsonl  every object box of each image, in fractions
 
 Every file is a pure function of the config: per-scene seeded streams, sorted JSON keys, fixed
 PNG and parquet settings, no timestamps -- so the same config gives byte-identical files.

@@ -46,6 +46,11 @@ def parquet_image_bytes(cell: object) -> bytes | None:
     return cell if isinstance(cell, bytes) else None
 
 
+def parquet_image_name(cell: object) -> str | None:
+    """The file name the Hub's Image feature keeps beside the bytes ({"bytes", "path"}), if any."""
+    return (cell.get("path") or None) if isinstance(cell, dict) else None
+
+
 def content_key(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
@@ -61,6 +66,12 @@ class ImageRef:
     path: str | None = None  # absolute path to read from
     data: bytes | None = None  # bytes held in memory (parquet sources)
     error: str | None = None  # known bad before decoding (missing, escapes the root)
+    name: str | None = None  # the file name a parquet cell gives its bytes (files: the origin's own name)
+
+    @property
+    def file_name(self) -> str:
+        """The image's file name: what names an image in a world's boxes.jsonl (`extract --crops oracle`)."""
+        return self.name or Path(self.origin).name
 
 
 @dataclass
@@ -135,13 +146,13 @@ class PlanBuilder:
         self._by_path[(str(base), rel)] = key
         return key
 
-    def image_bytes(self, data: bytes | None, origin: str) -> str:
+    def image_bytes(self, data: bytes | None, origin: str, name: str | None = None) -> str:
         if not data:
             key = "missing-" + text_key(origin)
-            self._images.setdefault(key, ImageRef(key=key, origin=origin, error=f"{origin}: no image bytes"))
+            self._images.setdefault(key, ImageRef(key=key, origin=origin, error=f"{origin}: no image bytes", name=name))
             return key
         key = content_key(data)
-        self._images.setdefault(key, ImageRef(key=key, origin=origin, data=data))
+        self._images.setdefault(key, ImageRef(key=key, origin=origin, data=data, name=name))
         return key
 
     def text(self, s: str) -> str:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from .base import Plan, PlanBuilder, SourceError, parquet_image_bytes, register_source
+from .base import Plan, PlanBuilder, SourceError, parquet_image_bytes, parquet_image_name, register_source
 
 COLUMNS = ("image", "caption", "negative_caption", "negative_image", "type", "subtype")
 
@@ -36,8 +36,8 @@ def plan_bivlc(root: Path) -> Plan:
                 id=f"{path.stem}/{r}",
                 type=str(row.get("type") or ""),
                 subtype=str(row.get("subtype") or ""),
-                image=b.image_bytes(parquet_image_bytes(row["image"]), f"{where}:image"),
-                negative_image=b.image_bytes(parquet_image_bytes(row["negative_image"]), f"{where}:negative_image"),
+                **{col: b.image_bytes(parquet_image_bytes(row[col]), f"{where}:{col}", parquet_image_name(row[col]))
+                   for col in ("image", "negative_image")},
                 caption=b.text(texts[0]),
                 negative_caption=b.text(texts[1]),
             )
