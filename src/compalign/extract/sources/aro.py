@@ -21,7 +21,6 @@ with " "; the groups of the official macro accuracy).
 from __future__ import annotations
 
 import io
-import json
 import os
 import random
 import re
@@ -31,7 +30,7 @@ from typing import Any
 
 from PIL import Image
 
-from .base import Plan, PlanBuilder, SourceError, read_text, register_source, text_key
+from .base import Plan, PlanBuilder, SourceError, read_json, register_source, text_key
 
 FILES = {"vg_relation": "visual_genome_relation.json", "vg_attribution": "visual_genome_attribution.json"}
 BOX = ("bbox_x", "bbox_y", "bbox_w", "bbox_h")
@@ -39,11 +38,7 @@ CAPTIONS = ("true_caption", "false_caption")
 
 
 def _load_list(path: Path) -> list[Any]:
-    try:
-        data = json.loads(read_text(path))  # read_text raises SourceError naming a non-UTF-8 byte's line
-    except json.JSONDecodeError as e:
-        raise SourceError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno} ({e.msg}). Re-download "
-                          "the file or fix it; compalign reads the official ARO JSON (a list of objects).") from None
+    data = read_json(path, "Re-download the file or fix it; compalign reads the official ARO JSON (a list of objects).")
     if not isinstance(data, list):
         raise SourceError(f"{path}: expected a JSON list of {{image_path, bbox_x, bbox_y, bbox_w, bbox_h, "
                           f"true_caption, false_caption}} objects, got {type(data).__name__}; is this the official file?")

@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ...core import CompalignError
 from ...core.registry import Registry
@@ -37,6 +38,15 @@ def read_text(path: Path) -> str:
         line = body.count(b"\n", 0, e.start) + 1
         raise SourceError(f"{path}: not UTF-8 text (byte 0x{body[e.start]:02x} on line {line}). Save it as UTF-8, "
                           f"e.g. `iconv -f latin1 -t utf-8 {path.name} > utf8-{path.name}`") from None
+
+
+def read_json(path: Path, fix: str) -> Any:
+    """An annotation file's JSON; malformed JSON raises SourceError naming the line, the column and `fix`."""
+    text = read_text(path)  # raises SourceError naming the line of a non-UTF-8 byte
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SourceError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno} ({e.msg}). {fix}") from None
 
 
 def parquet_image_bytes(cell: object) -> bytes | None:

@@ -13,11 +13,10 @@ survives dedup of identical image files and the three layouts agree). Captions a
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from .base import Plan, PlanBuilder, SourceError, read_text, register_source
+from .base import Plan, PlanBuilder, SourceError, read_json, read_text, register_source
 
 KARPATHY = ("dataset_coco.json", "dataset_flickr30k.json", "dataset_flickr8k.json")
 GLOBS = ("dataset_*.json", "captions_val*.json", "annotations/captions_val*.json", "*karpathy*.txt")
@@ -40,11 +39,7 @@ def _find(root: Path) -> tuple[Path, Path, list[Path]]:
 
 
 def _load_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(read_text(path))  # read_text raises SourceError naming a non-UTF-8 byte's line
-    except json.JSONDecodeError as e:
-        raise SourceError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno} ({e.msg}); re-download "
-                          "the file (Karpathy's dataset_*.json or COCO's captions_*.json)") from None
+    data = read_json(path, "Re-download the file (Karpathy's dataset_*.json or COCO's captions_*.json).")
     if not isinstance(data, dict):
         raise SourceError(f"{path}: expected a JSON object with an 'images' list, got {type(data).__name__}")
     return data

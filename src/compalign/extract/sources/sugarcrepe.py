@@ -5,10 +5,9 @@ Also reads SugarCrepe++-style lists (`[{id, filename, caption, caption2, negativ
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from .base import Plan, PlanBuilder, SourceError, read_text, register_source
+from .base import Plan, PlanBuilder, SourceError, read_json, register_source
 
 SUBSETS = ("add_att", "add_obj", "replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")
 REQUIRED = ("filename", "caption", "negative_caption")
@@ -22,12 +21,7 @@ def find_image_dir(root: Path) -> Path:
 
 
 def load_json(path: Path) -> object:
-    text = read_text(path)  # raises SourceError naming the line of a non-UTF-8 byte
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise SourceError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno} ({e.msg}). "
-                          "Re-download the file or fix it; compalign reads the official SugarCrepe JSON.") from None
+    return read_json(path, "Re-download the file or fix it; compalign reads the official SugarCrepe JSON.")
 
 
 @register_source("sugarcrepe")
