@@ -30,6 +30,7 @@ demo: $(STAMP)
 study: $(STAMP)
 	$(BIN)/compalign study --out study $(ARGS)
 	cp study/results.md docs/study.md
+	cp study/results.png docs/study.png
 
 # make extract MODEL=siglip2 DATA=sugarcrepe ROOT=/data/sugarcrepe [OUT=...] [ARGS="--batch-size 128"]
 extract: $(STAMP)
