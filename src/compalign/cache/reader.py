@@ -168,17 +168,22 @@ class CacheReader:
 
     @cached_property
     def _segment_index(self) -> tuple[np.ndarray, np.ndarray]:
-        """CSR of text row -> segment text rows: (offsets (M + 1,), rows (S,)), segments in caption order."""
+        """CSR of text row -> segment text rows: (offsets (M + 1,), rows (S,)), segments in caption order.
+
+        Built once per reader; a segment whose string failed to encode is left out here, so no batch reads the
+        status column again."""
         seg = self.segments
         if not seg:
             raise NotFoundError(f"{self.path} has no caption segments; re-extract with `--segments rules`")
         cap, rows = self.rows("texts", seg["caption"]), self.rows("texts", seg["segment"])
+        good = self.ok("texts")[rows]
+        cap, rows = cap[good], rows[good]
         order = np.argsort(cap, kind="stable")
         counts = np.bincount(cap, minlength=self.layout.n_texts)
         return np.concatenate([[0], np.cumsum(counts)]), rows[order]
 
     def segment_rows(self, rows: np.ndarray) -> np.ndarray:
-        """(B, S) text rows of each caption's segments, -1 padded; S = the most segments any of them has."""
+        """(B, S) text rows of each caption's encoded segments, -1 padded; S = the most segments any of them has."""
         offsets, seg = self._segment_index
         lo, n = offsets[rows], offsets[rows + 1] - offsets[rows]
         width = int(n.max(initial=0))
@@ -255,7 +260,7 @@ class CacheReader:
             batch["lengths"] = self.read("texts", "lengths", rows)
         if kind == "texts" and SEGMENTS in fields:
             seg = self.segment_rows(rows)  # (B, S)
-            mask = (seg >= 0) & self.ok("texts")[np.maximum(seg, 0)]  # a segment that failed to encode is absent
+            mask = seg >= 0
             emb = np.zeros((*seg.shape, self.layout.embed_dim), dtype=np.float32)
             emb[mask] = self.read("texts", "global", seg[mask])
             batch[SEGMENTS], batch["segment_mask"] = emb, mask
