@@ -16,6 +16,7 @@ import pytest
 import torch
 from conftest import make_images
 from PIL import Image
+from regions_check import expected_region_scores, unit
 from typer.testing import CliRunner
 
 from compalign.cache import CacheError, CacheReader
@@ -39,11 +40,6 @@ HAND = [(0, 0, 56, 40),
         (0, 13, 19, 27), (19, 13, 37, 27), (37, 13, 56, 27),
         (0, 27, 19, 40), (19, 27, 37, 40), (37, 27, 56, 40),
         (0, 0, 34, 40), (22, 0, 56, 40), (0, 0, 56, 24), (0, 16, 56, 40)]
-
-
-def _unit(x):
-    x = np.asarray(x, dtype=np.float64)
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
 def _chunks(store: Path) -> dict[str, bytes]:
@@ -166,21 +162,10 @@ def test_a_resume_with_other_crops_is_refused_naming_the_setting(grid_root, grid
 def test_regions_crops_scores_are_the_mixed_best_crop_cosines_of_the_cache(grid_cache, name, mix):
     r = CacheReader(grid_cache)
     result = create_benchmark("sugarcrepe").evaluate(r, create_head(name))
-    it = r.items
-    irows = r.rows("images", it["image"])
-    crops = _unit(r.read("images", "regions/crops", irows))  # (n, 18, E)
-    g_img = _unit(r.read("images", "global", irows))
-    for col, field in (("caption", "pos"), ("negative_caption", "neg")):
-        rows = r.rows("texts", it[col])
-        g = (g_img * _unit(r.read("texts", "global", rows))).sum(1)
-        want = []
-        for j, row in enumerate(rows):
-            seg = r.segment_rows(np.array([row]))[0]
-            seg = seg[seg >= 0]
-            assert len(seg) > 0
-            best = (_unit(r.read("texts", "global", seg)) @ crops[j].T).max(1)
-            want.append((1 - mix) * g[j] + mix * best.mean())
-        np.testing.assert_allclose([i[field] for i in result.items], want, atol=1e-5)
+    crops = unit(r.read("images", "regions/crops", r.rows("images", r.items["image"])))  # (n, 18, E)
+    want = expected_region_scores(r, list(crops), mix)
+    for field in ("pos", "neg"):
+        np.testing.assert_allclose([i[field] for i in result.items], want[field], atol=1e-5)
 
 
 # ---- the oracle: a shapes world's true object boxes ----------------------------------------------------------------
@@ -290,22 +275,13 @@ def test_one_store_holds_grid_and_oracle_crops_as_two_stores_would(oracle_caches
 def test_regions_oracle_scores_are_the_mixed_best_object_cosines_of_the_cache(oracle_caches, name, mix):
     r = CacheReader(oracle_caches["sugarcrepe"])
     result = create_benchmark("sugarcrepe").evaluate(r, create_head(name))
-    it = r.items
-    irows = r.rows("images", it["image"])
+    irows = r.rows("images", r.items["image"])
     regions = r.read("images", "regions/oracle", irows)
     mask = r.read("images", "regions/oracle_mask", irows)
-    g_img = _unit(r.read("images", "global", irows))
     assert len(result.items) == len(irows) > 20
-    for col, field in (("caption", "pos"), ("negative_caption", "neg")):
-        rows = r.rows("texts", it[col])
-        g = (g_img * _unit(r.read("texts", "global", rows))).sum(1)
-        want = []
-        for j, row in enumerate(rows):
-            seg = r.segment_rows(np.array([row]))[0]
-            seg = seg[seg >= 0]
-            best = (_unit(r.read("texts", "global", seg)) @ _unit(regions[j][mask[j]]).T).max(1)  # only its own boxes
-            want.append((1 - mix) * g[j] + mix * best.mean())
-        np.testing.assert_allclose([i[field] for i in result.items], want, atol=1e-5)
+    want = expected_region_scores(r, [unit(reg[m]) for reg, m in zip(regions, mask)], mix)  # only its own boxes
+    for field in ("pos", "neg"):
+        np.testing.assert_allclose([i[field] for i in result.items], want[field], atol=1e-5)
 
 
 # ---- messages ------------------------------------------------------------------------------------------------------

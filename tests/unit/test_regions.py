@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import mini_sugarcrepe
+from regions_check import expected_region_scores, unit
 
 from compalign.cache.reader import CacheReader
 from compalign.cache.store import resume_command
@@ -67,11 +68,6 @@ def test_a_store_without_segments_names_the_flag(mini_sc_cache):
         CacheReader(mini_sc_cache).segment_rows(np.array([0]))
 
 
-def _unit(x):
-    x = np.asarray(x, dtype=np.float64)
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
-
 @pytest.mark.parametrize("name, mix", [("regions_roi", 0.5), ("regions_roi_only", 1.0)])
 def test_regions_roi_scores_are_the_mixed_best_region_cosines_of_the_cache(seg_cache, name, mix):
     r = CacheReader(seg_cache)
@@ -80,17 +76,12 @@ def test_regions_roi_scores_are_the_mixed_best_region_cosines_of_the_cache(seg_c
     # numpy, from the cache: regions = pooled patches @ proj, each segment's best region, averaged, mixed
     patches = r.read("images", "patches", r.rows("images", it["image"])).astype(np.float64)  # (n, P, W)
     pool = patch_pooling(region_boxes(), int(np.sqrt(r.layout.n_patches)))
-    regions = _unit(np.einsum("rp,npw,we->nre", pool, patches, r.projection("image")))
-    g_img = _unit(r.read("images", "global", r.rows("images", it["image"])))
+    regions = unit(np.einsum("rp,npw,we->nre", pool, patches, r.projection("image")))
     strings = r.column("texts/strings")
-    for col, field in (("caption", "pos"), ("negative_caption", "neg")):
-        rows = r.rows("texts", it[col])
-        g = (g_img * _unit(r.read("texts", "global", rows))).sum(1)
-        want = []
-        for j, row in enumerate(rows):
+    for col in ("caption", "negative_caption"):  # every caption's segments are the segmenter's
+        for row in r.rows("texts", it[col]):
             seg_rows = r.segment_rows(np.array([row]))[0]
-            seg_rows = seg_rows[seg_rows >= 0]
-            assert len(seg_rows) == len(segment(str(strings[row])).segments) > 0
-            best = (_unit(r.read("texts", "global", seg_rows)) @ regions[j].T).max(1)
-            want.append((1 - mix) * g[j] + mix * best.mean())
-        np.testing.assert_allclose([i[field] for i in result.items], want, atol=1e-5)
+            assert (seg_rows >= 0).sum() == len(segment(str(strings[row])).segments) > 0
+    want = expected_region_scores(r, list(regions), mix)
+    for field in ("pos", "neg"):
+        np.testing.assert_allclose([i[field] for i in result.items], want[field], atol=1e-5)
