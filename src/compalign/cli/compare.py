@@ -135,30 +135,11 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], labels: list[str]) -> Non
 
 def _write_png(path: Path, title: str, rows: list[dict[str, Any]], labels: list[str]) -> None:
     """Grouped bars: a group per metric, a bar per run, its bootstrap interval as the error bar."""
-    import matplotlib
+    from .charts import grouped_bars
 
-    matplotlib.use("Agg")  # files only: no display needed, none opened
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    x = np.arange(len(rows))
-    width = 0.8 / len(labels)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(rows) * len(labels) + 2), 4.5))
-    for j, lb in enumerate(labels):
-        vals = np.array([r[lb]["value"] for r in rows])
-        cis = np.array([r[lb]["ci"] or [v, v] for r, v in zip(rows, vals)], dtype=float).reshape(len(rows), 2)
-        err = np.nan_to_num(np.abs(np.stack([vals - cis[:, 0], cis[:, 1] - vals])))  # below / above the top
-        ax.bar(x + (j - (len(labels) - 1) / 2) * width, vals, width, yerr=err, capsize=2, label=lb)
-    ax.set_xticks(x)
-    ax.set_xticklabels([r["metric"] for r in rows], rotation=45, ha="right")
-    ax.set_ylim(0, 100)
-    ax.set_ylabel("%")
-    ax.set_title(title)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1, 1))  # beside the axes: never over a bar or its interval
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    grouped_bars(path, [title], [r["metric"] for r in rows], {lb: [[r[lb]["value"] for r in rows]] for lb in labels},
+                 {lb: [[r[lb]["ci"] for r in rows]] for lb in labels},
+                 figsize=(max(6.0, 0.45 * len(rows) * len(labels) + 2), 4.5), legend_outside=True)
 
 
 def compare(

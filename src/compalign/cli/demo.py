@@ -152,28 +152,12 @@ def _table(results: dict, heads: list[str], benches: tuple[str, ...] = BENCHES,
 
 
 def _chart(results: dict, heads: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .charts import grouped_bars
 
     metrics = [(b, m) for b in BENCHES for m in SHOWN[b]]
-    fig, axes = plt.subplots(1, len(SPLITS), figsize=(14, 4.5), sharey=True)
-    width = 0.8 / max(1, len(heads))
-    for ax, split in zip(axes, SPLITS):
-        for h, head in enumerate(heads):
-            vals = [results.get((b, split, head), {}).get(m, float("nan")) for b, m in metrics]
-            ax.bar([i + h * width for i in range(len(metrics))], vals, width, label=head)
-        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(metrics))])
-        ax.set_xticklabels([LABEL[b] + m for b, m in metrics], rotation=45, ha="right")
-        ax.set_title(split)
-        ax.set_ylim(0, 100)
-        ax.grid(axis="y", alpha=0.3)
-    axes[0].set_ylabel("accuracy / recall %")
-    axes[0].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    series = {head: [[results.get((b, split, head), {}).get(m, float("nan")) for b, m in metrics] for split in SPLITS]
+              for head in heads}
+    grouped_bars(path, list(SPLITS), [LABEL[b] + m for b, m in metrics], series, ylabel="accuracy / recall %")
 
 
 def demo(

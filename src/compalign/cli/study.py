@@ -184,31 +184,15 @@ def _write(out: Path, rows: list[dict[str, Any]], title: str) -> list[Path]:
 
 
 def _chart(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .charts import grouped_bars
 
     shown = [("sugarcrepe", "swap_att"), ("sugarcrepe", "swap"), ("sugarcrepe", "macro"), ("bivlc", "Group"),
              ("retrieval", "t2i_R@1")]
-    fig, axes = plt.subplots(1, len(SPLITS), figsize=(14, 4.8), sharey=True)
-    width = 0.8 / max(1, len(rows))
-    for ax, split in zip(axes, SPLITS):
-        for j, r in enumerate(rows):
-            vals = [_cell(r, split, b, m)[0] for b, m in shown]
-            cis = [_cell(r, split, b, m)[1] or [v, v] for (b, m), v in zip(shown, vals)]
-            err = [[max(0.0, v - c[0]) for v, c in zip(vals, cis)], [max(0.0, c[1] - v) for v, c in zip(vals, cis)]]
-            ax.bar([i + j * width for i in range(len(shown))], vals, width, yerr=err, capsize=1.5, label=r["method"])
-        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(shown))])
-        ax.set_xticklabels([LABEL[b] + m for b, m in shown], rotation=30, ha="right")
-        ax.set_title(split)
-        ax.set_ylim(0, 100)
-        ax.grid(axis="y", alpha=0.3)
-    axes[0].set_ylabel("%")
-    axes[-1].legend(loc="upper left", bbox_to_anchor=(1, 1), fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    cells = {r["method"]: [[_cell(r, split, b, m) for b, m in shown] for split in SPLITS] for r in rows}
+    grouped_bars(path, list(SPLITS), [LABEL[b] + m for b, m in shown],
+                 {k: [[v for v, _ in panel] for panel in c] for k, c in cells.items()},
+                 {k: [[ci for _, ci in panel] for panel in c] for k, c in cells.items()},
+                 figsize=(14, 4.8), legend_outside=True, rotation=30)
 
 
 def study(
