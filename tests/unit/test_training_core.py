@@ -57,7 +57,8 @@ def test_the_shipped_backbone_recipe_gets_the_lr_and_groups_it_was_trained_with(
     # shapes/pretrain.py once had its own schedule and groups; the shipped backbone was trained with them. The
     # literals here were computed with that code: core's functions must give the same numbers, to the bit.
     from compalign.core.assets import TINY_CHECKPOINT
-    from compalign.shapes.pretrain import NO_DECAY, PretrainConfig, build_model, default_model_cfg
+    from compalign.shapes.pretrain import PretrainConfig, build_model, default_model_cfg
+    from compalign.shapes.recipe import NO_DECAY
 
     record = json.loads((TINY_CHECKPOINT / "open_clip_config.json").read_text())["compalign"]["pretrain"]
     cfg = PretrainConfig.from_dict(record)
