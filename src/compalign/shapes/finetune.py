@@ -67,7 +67,7 @@ from compalign.shapes.pretrain import (
     save_checkpoint,
     world_fingerprint,
 )
-from compalign.shapes.recipe import CompactVocab, ProgressFn, Recipe, run_steps, sample_batches
+from compalign.shapes.recipe import CompactVocab, ProgressFn, Recipe, TrainResult, run_steps, sample_batches
 from compalign.shapes.scene import Scene, SceneObject
 
 logger = logging.getLogger(__name__)
@@ -124,16 +124,6 @@ class FinetuneConfig(Recipe):
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FinetuneConfig:
         return config.from_dict(cls, data, "FinetuneConfig")
-
-
-@dataclass
-class FinetuneResult:
-    out: Path  # the checkpoint folder
-    losses: list[float]  # loss of every step
-    seconds: float  # training wall time (data loading excluded)
-    n_images: int
-    n_pairs: int
-    bytes: int  # size of the weights file
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -444,7 +434,7 @@ def finetune_backbone(
     backbone: str | Path = TINY_CHECKPOINT,
     progress: ProgressFn | None = None,
     seen: SeenFn | None = None,
-) -> FinetuneResult:
+) -> TrainResult:
     """Fine-tune ``backbone`` on ``world``'s train split with ``cfg.method``; save it to ``out`` (local-dir layout)."""
     cfg = cfg if cfg is not None else FinetuneConfig()
     resolve_device(cfg.device)  # refuse a missing GPU before loading anything
@@ -470,14 +460,13 @@ def finetune_backbone(
     path = save_checkpoint(model, base["model_cfg"], out, record)
     size = (path / WEIGHTS_NAME).stat().st_size
     logger.info("saved %s-fine-tuned backbone to %s after %.0f s", cfg.method, path, seconds)
-    return FinetuneResult(path, losses, seconds, len(data.train.image_names), int(len(data.negatives)), size)
+    return TrainResult(path, losses, seconds, len(data.train.image_names), int(len(data.negatives)), size)
 
 
 __all__ = [
     "METHODS",
     "FinetuneConfig",
     "FinetuneData",
-    "FinetuneResult",
     "composite_scene",
     "draw_negatives",
     "finetune_backbone",

@@ -38,7 +38,7 @@ from compalign.core.files import atomic_write, atomic_write_with
 from compalign.shapes.augment import augment_batch, augment_data
 from compalign.shapes.load import read_jsonl
 from compalign.shapes.losses import clip_loss
-from compalign.shapes.recipe import CompactVocab, ProgressFn, Recipe, run_steps, sample_batches
+from compalign.shapes.recipe import CompactVocab, ProgressFn, Recipe, TrainResult, run_steps, sample_batches
 
 logger = logging.getLogger(__name__)
 
@@ -105,16 +105,6 @@ class TrainData:
         order = torch.argsort(self.caption_image, stable=True)
         counts = torch.bincount(self.caption_image, minlength=len(self.image_names))
         return list(torch.split(order, counts.tolist()))
-
-
-@dataclass
-class PretrainResult:
-    out: Path  # the checkpoint folder
-    losses: list[float]  # loss of every step
-    seconds: float  # training wall time (data loading excluded)
-    n_images: int
-    n_captions: int
-    bytes: int  # size of the weights file
 
 
 # -- model -----------------------------------------------------------------------------------
@@ -283,7 +273,7 @@ def pretrain_backbone(
     cfg: PretrainConfig = PretrainConfig(),
     model_cfg: dict[str, Any] | None = None,
     progress: ProgressFn | None = None,
-) -> PretrainResult:
+) -> TrainResult:
     """Train the tiny backbone on ``world``'s train split and save it to ``out`` (local-dir layout)."""
     resolve_device(cfg.device)  # refuse a missing GPU before loading the world
     model_cfg = model_cfg if model_cfg is not None else default_model_cfg()
@@ -305,12 +295,11 @@ def pretrain_backbone(
     path = save_checkpoint(model, model_cfg, out, record, cfg.save_dtype)
     size = (path / WEIGHTS_NAME).stat().st_size
     logger.info("saved backbone to %s (%.1f MB) after %.0f s", path, size / 1e6, seconds)
-    return PretrainResult(path, losses, seconds, len(data.image_names), int(len(data.tokens)), size)
+    return TrainResult(path, losses, seconds, len(data.image_names), int(len(data.tokens)), size)
 
 
 __all__ = [
     "PretrainConfig",
-    "PretrainResult",
     "TrainData",
     "build_model",
     "default_model_cfg",

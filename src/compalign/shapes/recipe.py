@@ -11,6 +11,7 @@ import logging
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -69,6 +70,16 @@ class Recipe:
             raise InputError(f"{what}: threads and log_every must be >= 1")
         if self.lr <= 0 or self.warmup < 0 or self.weight_decay < 0 or self.grad_clip < 0:
             raise InputError(f"{what}: lr must be > 0, warmup, weight_decay and grad_clip >= 0")
+
+
+@dataclass
+class TrainResult:
+    out: Path  # the checkpoint folder
+    losses: list[float]  # loss of every step
+    seconds: float  # training wall time (data loading excluded)
+    n_images: int  # distinct training images
+    n_captions: int  # training captions (pretraining) / caption-negative pairs (fine-tuning)
+    bytes: int  # size of the weights file
 
 
 def sample_batches(data: TrainData, batch_size: int, steps: int, gen: torch.Generator
