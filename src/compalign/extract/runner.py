@@ -22,8 +22,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ..cache.location import Location, location
 from ..cache.store import FAILED, OK, CacheError, Layout, open_store
-from ..core import InputError, tree_bytes
+from ..core import InputError
 from ..core.device import resolve_device
 from .backbones import load_backbone
 from .config import ExtractConfig
@@ -71,13 +72,13 @@ def _autocast(device: str, precision: str):
 
 
 def extract(cfg: ExtractConfig, progress: Progress | None = None) -> ExtractSummary:
-    out = Path(cfg.out)
+    out = location(cfg.out, cfg.storage_options)  # a local folder or an object-storage prefix
     check_target(out, Path(cfg.root), cfg.overwrite)  # before loading anything: nothing is touched if refused
     with writer_lock(out):
         return _extract(cfg, out, progress)
 
 
-def _extract(cfg: ExtractConfig, out: Path, progress: Progress | None) -> ExtractSummary:
+def _extract(cfg: ExtractConfig, out: Location, progress: Progress | None) -> ExtractSummary:
     t0 = time.perf_counter()
     plan = plan_source(cfg.data, cfg.root, cfg.split)
     if cfg.segments != "none":
@@ -118,7 +119,7 @@ def _extract(cfg: ExtractConfig, out: Path, progress: Progress | None) -> Extrac
         image_failures=[(o, e) for _, o, e in reader.failures("images")],
         text_failures=[(o, e) for _, o, e in reader.failures("texts")],
         problems=plan.problems, shards_written=written, shards_skipped=skipped,
-        seconds=time.perf_counter() - t0, bytes_on_disk=tree_bytes(out),
+        seconds=time.perf_counter() - t0, bytes_on_disk=out.size(),
         replaced=next((n for n in notes if n.startswith("replaced")), None),
         repaired=[n for n in notes if not n.startswith("replaced")],
     )
