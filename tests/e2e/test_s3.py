@@ -50,7 +50,6 @@ def s3():
         fs = s3fs.S3FileSystem()
         fs.mkdir(BUCKET)
         yield fs
-        s3fs.S3FileSystem.clear_instance_cache()
     server.stop()
 
 
@@ -81,8 +80,13 @@ def test_extract_train_score_on_s3_equal_a_local_run(s3, tmp_path, monkeypatch):
     assert {**remote_attrs, "created": 0} == {**local_attrs, "created": 0}
     assert not s3.exists(f"{BUCKET}/caches/.sc.zarr.lock")  # the run released its lock
 
-    # Resume finds every shard done (their checksums read back from the bucket); --verify agrees.
-    assert "0 shards written" in " ".join(_ok(CliRunner().invoke(app, [*EXTRACT, "--root", str(root), "--out", url])).split())
+    # Resume rewrites a shard whose object is gone (and only that one); --verify then finds every shard intact.
+    lost = f"{BUCKET}/caches/sc.zarr/images/patches/c/1/0/0"
+    good = s3.cat_file(lost)
+    s3.rm_file(lost)
+    said = " ".join(_ok(CliRunner().invoke(app, [*EXTRACT, "--root", str(root), "--out", url])).split())
+    assert "images shard 1 was damaged (images/patches/c/1/0/0 is missing): rewritten" in said
+    assert "1 shards written" in said and s3.cat_file(lost) == good
     assert "verified: every done shard" in _ok(CliRunner().invoke(app, ["cache", "info", url, "--verify"]))
     # The endpoint as a storage option instead of the environment
     endpoint = os.environ["AWS_ENDPOINT_URL"]

@@ -83,9 +83,12 @@ def _short(value: Any, most: int = 80) -> str:
 
 
 def _drop_damaged(out: Location) -> list[str]:
-    """Verify every done shard against its marker's checksums; a damaged one loses its marker and is redone."""
+    """Verify every done shard against its marker's checksums; a damaged one loses its marker and is redone.
+
+    In object storage a resume compares sizes only: checksums would download the whole store, and an object
+    is whole or absent (a PUT is atomic); `compalign cache info --verify` still reads and checks every byte."""
     notes = []
-    for (kind, s), problems in damaged_shards(out).items():
+    for (kind, s), problems in damaged_shards(out, checksums=out.local).items():
         (out / ".done" / kind / f"{s:06d}").unlink()
         notes.append(f"{kind} shard {s} was damaged ({'; '.join(problems)}): rewritten")
         log.warning("%s", notes[-1])
