@@ -87,6 +87,8 @@ def test_extract_train_score_on_s3_equal_a_local_run(s3, tmp_path, monkeypatch):
     said = " ".join(_ok(CliRunner().invoke(app, [*EXTRACT, "--root", str(root), "--out", url])).split())
     assert "images shard 1 was damaged (images/patches/c/1/0/0 is missing): rewritten" in said
     assert "1 shards written" in said and s3.cat_file(lost) == good
+    said = " ".join(_ok(CliRunner().invoke(app, [*EXTRACT, "--root", str(root), "--out", url, "--overwrite"])).split())
+    assert f"replaced the store {url} ({len(keys)} files," in said and s3.cat_file(lost) == good
     assert "verified: every done shard" in _ok(CliRunner().invoke(app, ["cache", "info", url, "--verify"]))
     # The endpoint as a storage option instead of the environment
     endpoint = os.environ["AWS_ENDPOINT_URL"]

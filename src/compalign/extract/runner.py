@@ -99,7 +99,7 @@ def _extract(cfg: ExtractConfig, out: Location, progress: Progress | None) -> Ex
     except OSError as e:
         if e.errno not in NOT_WRITABLE:
             raise
-        raise CacheError(f"cannot write {e.filename} ({e.strerror}). Pass an --out you can write.") from None
+        raise CacheError(f"cannot write {e.filename or out} ({e.strerror}). Pass an --out you can write.") from None
     writer = ShardWriter(root, out)
     written = skipped = 0
     try:
