@@ -17,6 +17,7 @@ import h5py
 import numpy as np
 import zarr
 
+from .location import Location, location
 from .store import SCHEMA, CacheError, damaged_shards, open_store, resume_command
 
 
@@ -27,8 +28,8 @@ def _walk(g: zarr.Group, prefix: str = "") -> Iterator[tuple[str, zarr.Array]]:
         yield from _walk(sub, prefix + name + "/")
 
 
-def export_hdf5(store: str | Path, out: str | Path) -> Path:
-    store, out = Path(store), Path(out)
+def export_hdf5(store: str | Path | Location, out: str | Path) -> Path:
+    store, out = location(store), Path(out)  # the store may be in object storage; the export is a local file
     root = open_store(store, "r")
     from .reader import CacheReader  # local: the reader imports this module
 

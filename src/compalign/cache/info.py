@@ -6,19 +6,19 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..core import tree_bytes
+from .location import Location
 from .reader import CacheReader
 from .store import CacheError, damaged_shards, resume_command
 
 
-def cache_info(path: str | Path, verify: bool = False) -> dict[str, Any]:
+def cache_info(path: str | Path | Location, verify: bool = False) -> dict[str, Any]:
     """Everything `compalign cache info` shows; `verify` adds `damaged` ({"kind shard": problems}) and `resume`."""
     r = CacheReader(path)
     arrays = []
 
     def walk(g: Any, prefix: str) -> None:
         for name, a in sorted(g.arrays()):
-            size = tree_bytes(r.path / (prefix + name)) if r.is_zarr else a.stored_bytes
+            size = (r.path / (prefix + name)).size() if r.is_zarr else a.stored_bytes
             arrays.append({"name": prefix + name, "shape": list(a.shape), "dtype": str(a.dtype), "bytes": size})
         for name, sub in sorted(g.groups()):
             walk(sub, prefix + name + "/")
@@ -50,6 +50,6 @@ def cache_info(path: str | Path, verify: bool = False) -> dict[str, Any]:
                    "image_shards_done": done["images"][0], "image_shards": done["images"][1],
                    "text_shards_done": done["texts"][0], "text_shards": done["texts"][1]},
         "arrays": arrays,
-        "bytes_on_disk": tree_bytes(r.path),
+        "bytes_on_disk": r.path.size(),
         "failures": {"images": r.failures("images"), "texts": r.failures("texts")} if ok_i >= 0 else {"images": [], "texts": []},
     }

@@ -27,6 +27,7 @@ import zarr
 
 from ..core import NotFoundError
 from .export import H5Group, open_hdf5
+from .location import Location, StorageError, location
 from .store import COMPLETE_CHUNKS, FAILED, OK, CacheError, Layout, chunk_file, done_shards, n_shards, open_store, resume_command
 
 Kind = Literal["images", "texts"]
@@ -37,8 +38,8 @@ REGIONS = {"regions_crops": ("crops", "grid"), "regions_oracle": ("oracle", "ora
 
 
 class CacheReader:
-    def __init__(self, path: str | Path, cache_bytes: int = 512 * 2**20, resident_bytes: int = 0):
-        self.path = Path(path)
+    def __init__(self, path: str | Path | Location, cache_bytes: int = 512 * 2**20, resident_bytes: int = 0):
+        self.path = location(path)  # a local folder or file, or an object-storage URL (read as it streams)
         self.cache_bytes = cache_bytes  # decoded shards kept for scattered reads (bounded memory)
         self.resident_bytes = resident_bytes  # whole decoded arrays kept once read (0: none)
         self._lru: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
@@ -47,7 +48,10 @@ class CacheReader:
         self._whole_bytes = 0
         self._arrays: dict[str, Any] = {}
         # A Zarr store, or its single-file HDF5 export (same interface, read-only).
-        self.root: Any = open_hdf5(self.path) if self.path.suffix in (".h5", ".hdf5") else open_store(self.path, "r")
+        if self.path.suffix in (".h5", ".hdf5") and not self.path.local:
+            raise StorageError(f"{self.path}: HDF5 exports are read from a local file; copy it here, or read the Zarr store "
+                               "in object storage directly")
+        self.root: Any = open_hdf5(self.path.path) if self.path.suffix in (".h5", ".hdf5") else open_store(self.path, "r")
         self.attrs: dict[str, Any] = dict(self.root.attrs)
         self.layout = Layout(**self.attrs["layout"])
         self.is_zarr = not isinstance(self.root, H5Group)
@@ -322,5 +326,5 @@ class CacheReader:
                 yield rows[sel], vals[sel]
 
 
-def open_cache(path: str | Path) -> CacheReader:
+def open_cache(path: str | Path | Location) -> CacheReader:
     return CacheReader(path)

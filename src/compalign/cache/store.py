@@ -28,6 +28,9 @@ Layout (N images, M texts, E joint width, P patches, K prefix tokens, W tower wi
     .done/{images,texts}/<shard>  marker files: a shard is done only after its data is durable;
                                each lists its chunk files with their size and sha256 (`verify_shard`)
 
+A store is a local folder or a prefix in object storage (`s3://bucket/x.zarr`): every function here takes
+either, as a path, a URL or a `location.Location`, and reaches the files through the Location.
+
 A shard is a block of `shard_rows` consecutive rows, stored as one Zarr shard per array and
 written by exactly one writer (Zarr loses data when two writers touch one shard).
 
@@ -48,7 +51,8 @@ from typing import Any, Literal
 import numpy as np
 import zarr
 
-from ..core import CompalignError, atomic_write, fsync_tree
+from ..core import CompalignError
+from .location import Location, location
 
 SCHEMA = "compalign.cache/1"
 COMPLETE_CHUNKS = "complete_chunks"  # root attr: every chunk of a written shard exists (absent = damaged)
@@ -93,15 +97,17 @@ def _array(g: zarr.Group, name: str, shape: tuple[int, ...], dtype: Any, lay: La
         g.create_array(name, shape=shape, dtype=dtype, chunks=(rows, *shape[1:]), fill_value=fill, config=EVERY_CHUNK)
 
 
-def create_store(path: Path, lay: Layout, attrs: dict[str, Any], items: dict[str, list[str]],
+def create_store(path: Path | Location, lay: Layout, attrs: dict[str, Any], items: dict[str, list[str]],
                  image_keys: list[str], image_origins: list[str], text_keys: list[str], texts: list[str],
                  projections: dict[str, np.ndarray], segments: dict[str, list[str]] | None = None,
                  regions: dict[str, tuple[tuple[int, ...], str]] | None = None) -> zarr.Group:
     """Preallocate every array; key/string columns, items and segments are written now, features later by shard.
 
-    `regions`: extra image arrays {path under images/: (shape of one row, dtype)}, written with the image shards."""
-    root = zarr.open_group(str(path), mode="w")
-    root.attrs.update({"schema": SCHEMA, **attrs, "layout": lay.__dict__, COMPLETE_CHUNKS: True})
+    `regions`: extra image arrays {path under images/: (shape of one row, dtype)}, written with the image shards.
+    The root attributes are written last: only then is the folder a store (`extract.target.is_store`), so a
+    creation cut short is never taken for one (a local store is also built aside and renamed into place)."""
+    loc = location(path)
+    root = zarr.open_group(loc.zarr_store("w"), mode="w")
     N, M = lay.n_images, lay.n_texts
     im, tx = root.create_group("images"), root.create_group("texts")
     for g, n, keys, extra_name, extra in ((im, N, image_keys, "origin", image_origins), (tx, M, text_keys, "strings", texts)):
@@ -131,9 +137,10 @@ def create_store(path: Path, lay: Layout, attrs: dict[str, Any], items: dict[str
         pg.create_array(name, data=np.asarray(mat, dtype="float32"), config=EVERY_CHUNK)
     for name, table in (("items", items), *((("segments", segments),) if segments else ())):
         _table(root.create_group(name), table)
+    root.attrs.update({"schema": SCHEMA, **attrs, "layout": lay.__dict__, COMPLETE_CHUNKS: True})
     for kind in ("images", "texts"):
-        (path / ".done" / kind).mkdir(parents=True, exist_ok=True)
-    fsync_tree(path)
+        (loc / ".done" / kind).mkdir()
+    loc.fsync()
     return root
 
 
@@ -150,38 +157,36 @@ def n_shards(n_rows: int, shard_rows: int) -> int:
     return (n_rows + shard_rows - 1) // shard_rows
 
 
-def done_shards(path: Path, kind: Kind) -> set[int]:
-    folder = path / ".done" / kind
-    return {int(p.name) for p in folder.iterdir() if p.name.isdigit()} if folder.exists() else set()
+def done_shards(path: Path | Location, kind: Kind) -> set[int]:
+    return {int(name) for name in (location(path) / ".done" / kind).names() if name.isdigit()}
 
 
-def chunk_file(path: Path, array: str, shape: tuple[int, ...], shard: int) -> Path | None:
+def chunk_file(path: Path | Location, array: str, shape: tuple[int, ...], shard: int) -> Location | None:
     """The file holding shard `shard` of a row array (None: an array with a zero dimension stores none)."""
     if 0 in shape:
         return None
-    return path.joinpath(array, "c", str(shard), *["0"] * (len(shape) - 1))
+    return location(path) / "/".join([array, "c", str(shard), *["0"] * (len(shape) - 1)])
 
 
-def _digest(p: Path) -> str:
+def _digest(p: Location) -> str:
     h = hashlib.sha256()
-    with open(p, "rb") as f:
+    with p.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
 
 
-def _shard_files(path: Path, kind: Kind, names: list[str], shard: int) -> dict[str, list[Any]]:
+def _shard_files(path: Path | Location, kind: Kind, names: list[str], shard: int) -> dict[str, list[Any]]:
     """{relative path: [bytes, sha256]} of every chunk file of `shard` in the named arrays."""
+    loc = location(path)
     out: dict[str, list[Any]] = {}
     for name in names:
-        top = path / kind / name / "c" / str(shard)
-        files = [top] if top.is_file() else sorted(f for f in top.rglob("*") if f.is_file()) if top.exists() else []
-        for f in files:
-            out[str(f.relative_to(path))] = [f.stat().st_size, _digest(f)]
+        for f in (loc / f"{kind}/{name}/c/{shard}").files():
+            out[f.relative_to(loc)] = [f.size(), _digest(f)]
     return out
 
 
-def write_shard(root: zarr.Group, path: Path, kind: Kind, shard: int, lo: int, arrays: dict[str, np.ndarray],
+def write_shard(root: zarr.Group, path: Path | Location, kind: Kind, shard: int, lo: int, arrays: dict[str, np.ndarray],
                 opened: dict[str, zarr.Array] | None = None) -> None:
     """Write one whole shard (rows lo..lo+n of every named array), make it durable, then mark it done.
 
@@ -189,49 +194,52 @@ def write_shard(root: zarr.Group, path: Path, kind: Kind, shard: int, lo: int, a
     text shard's write time (7 arrays of 256 rows: 69 -> 48 ms here). The marker lists the shard's files
     with their checksums, so a later `verify_shard` can tell a damaged shard from a good one.
     """
-    opened = {} if opened is None else opened
+    opened, loc = {} if opened is None else opened, location(path)
     for name, data in arrays.items():
         key = f"{kind}/{name}"
         if key not in opened:
             with zarr.config.set({"array.write_empty_chunks": True}):  # Zarr takes it when the array opens
                 opened[key] = root[key]
         opened[key][lo:lo + len(data)] = data
-    for name in arrays:  # durability before the marker: a crash after this line cannot lose the shard
-        fsync_tree(path / kind / name / "c" / str(shard))
-    files = _shard_files(path, kind, sorted(arrays), shard)
-    marker = path / ".done" / kind / f"{shard:06d}"
-    atomic_write(marker, json.dumps({"rows": [lo, lo + len(next(iter(arrays.values())))], "files": files}))
+    # Durability before the marker: a crash after this loop cannot lose the shard. In object storage each chunk
+    # is one PUT, durable when it returns, so the marker PUT after them is the same contract with nothing to fsync.
+    for name in arrays:
+        (loc / f"{kind}/{name}/c/{shard}").fsync()
+    files = _shard_files(loc, kind, sorted(arrays), shard)
+    marker = loc / ".done" / kind / f"{shard:06d}"
+    marker.write_atomic(json.dumps({"rows": [lo, lo + len(next(iter(arrays.values())))], "files": files}))
 
 
-def verify_shard(path: Path, kind: Kind, shard: int, checksums: bool = True) -> list[str]:
+def verify_shard(path: Path | Location, kind: Kind, shard: int, checksums: bool = True) -> list[str]:
     """What is wrong with a done shard's files ([] when it is intact); sizes only when `checksums` is off."""
-    marker = path / ".done" / kind / f"{shard:06d}"
+    loc = location(path)
+    marker = loc / ".done" / kind / f"{shard:06d}"
     files = json.loads(marker.read_text()).get("files")
     if files is None:
         return []  # a marker written before checksums existed: nothing to compare against
     problems = []
     for rel, (size, digest) in sorted(files.items()):
-        f = path / rel
+        f = loc / rel
         if not f.is_file():
             problems.append(f"{rel} is missing")
-        elif f.stat().st_size != size:
-            problems.append(f"{rel} has {f.stat().st_size} bytes, {size} were written")
+        elif f.size() != size:
+            problems.append(f"{rel} has {f.size()} bytes, {size} were written")
         elif checksums and _digest(f) != digest:
             problems.append(f"{rel} does not match its checksum")
     return problems
 
 
-def damaged_shards(path: Path, checksums: bool = True) -> dict[tuple[str, int], list[str]]:
+def damaged_shards(path: Path | Location, checksums: bool = True) -> dict[tuple[str, int], list[str]]:
     """{(kind, shard): problems} over every done shard of a store."""
-    out = {}
+    out, loc = {}, location(path)
     for kind in ("images", "texts"):
-        for s in sorted(done_shards(path, kind)):  # type: ignore[arg-type]
-            if problems := verify_shard(path, kind, s, checksums):  # type: ignore[arg-type]
+        for s in sorted(done_shards(loc, kind)):  # type: ignore[arg-type]
+            if problems := verify_shard(loc, kind, s, checksums):  # type: ignore[arg-type]
                 out[kind, s] = problems
     return out
 
 
-def resume_command(attrs: dict[str, Any], out: Path | str) -> str:
+def resume_command(attrs: dict[str, Any], out: Path | Location | str) -> str:
     """The `compalign extract` command that finishes (or re-checks) the store `out`, from its own attrs."""
     b, src, ext = attrs["backbone"], attrs["source"], attrs["extraction"]
     cmd = f"compalign extract --model {b['name']} --data {src['kind']} --root {src['root']} --out {out}"
@@ -245,13 +253,15 @@ def resume_command(attrs: dict[str, Any], out: Path | str) -> str:
     return cmd + "".join(f" {flag} {v}" for flag, (v, default) in extra.items() if v != default)
 
 
-def open_store(path: Path, mode: Literal["r", "r+"] = "r") -> zarr.Group:
+def open_store(path: Path | Location, mode: Literal["r", "r+"] = "r") -> zarr.Group:
+    path = location(path)
     if not (path / "zarr.json").exists():
+        path.check()  # a remote store in a bucket that is not there: say that, not "does not exist"
         what = "does not exist" if not path.exists() else "is not a compalign cache (no zarr.json)"
         raise CacheError(f"{path} {what}. Create one with "
                          f"`compalign extract --model MODEL --data KIND --root DATA --out {path}`, "
                          "or pass the folder an earlier extraction wrote.")
-    root = zarr.open_group(str(path), mode=mode)
+    root = zarr.open_group(path.zarr_store(mode), mode=mode)
     schema = root.attrs.get("schema")
     if schema != SCHEMA:
         raise CacheError(f"{path} has schema {schema!r}; this compalign reads {SCHEMA!r}. Re-extract it with this version.")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -29,6 +31,34 @@ def user_errors() -> Iterator[None]:
         # soft_wrap: a path or a command in the message stays on one line, to be copied as it is
         console.print("[red]error:[/red] " + rich_escape(str(e)), highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
+
+
+STORAGE_OPTION_HELP = ("fsspec option for an s3:// (or other object-storage) store, KEY=VALUE, repeatable, e.g. "
+                       "endpoint_url=http://127.0.0.1:9000 (credentials: the usual AWS_* environment variables)")
+
+
+def path_or_url(value: str | None) -> str | None:
+    """A store flag's value: an object-storage URL kept as it is (a Path would collapse its `//`), else the path's str."""
+    from ..cache.location import is_url
+
+    return value if value is None or is_url(value) else str(Path(value))
+
+
+def existing_store(value: str | None) -> str | None:
+    """`--cache`: a local path must exist (as typer's exists=True checked); a URL is checked when it is opened."""
+    value = path_or_url(value)
+    from ..cache.location import is_url
+
+    if value is not None and not is_url(value) and not Path(value).exists():
+        raise typer.BadParameter(f"Path '{value}' does not exist.")
+    return value
+
+
+def store_location(where: str | Path, options: list[str]) -> Any:
+    """The `Location` of a store flag with its `--storage-option` values."""
+    from ..cache.location import location, storage_options
+
+    return location(where, storage_options(options))
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -15,7 +15,7 @@ from ..core import InputError
 from ..evaluate.benchmarks import create_benchmark, list_benchmarks
 from ..heads import create_head, describe_head, list_heads
 from ..heads.base import HEADS
-from .common import console, setup_logging, user_errors
+from .common import STORAGE_OPTION_HELP, console, existing_store, path_or_url, setup_logging, store_location, user_errors
 from .workspace import RUNS, find_cache, find_run, stores
 
 app = typer.Typer(help="Train and score alignment heads from a feature cache alone.", no_args_is_help=True)
@@ -57,8 +57,8 @@ def _options(pairs: list[str], what: str) -> dict[str, Any]:
 @app.command()
 def score(
     bench: str = typer.Option(..., help=f"benchmark: {', '.join(list_benchmarks())}"),
-    cache: Path | None = typer.Option(None, exists=True, help="the cache to score from (Zarr store or .h5); default: the "
-                                      "only store of the benchmark's data kind under caches/"),
+    cache: str | None = typer.Option(None, callback=existing_store, help="the cache to score from (Zarr store, s3:// URL "
+                                     "or .h5); default: the only store of the benchmark's data kind under caches/"),
     head: str | None = typer.Option(None, help="a registered head (default: global)"),
     checkpoint: Path | None = typer.Option(None, exists=True, file_okay=False, help="a RUN_DIR written by `train`; default "
                                            "for a trainable --head: the only run of that head under runs/"),
@@ -70,6 +70,7 @@ def score(
     json_out: Path | None = typer.Option(None, "--json", help="write metrics and per-item outcomes here"),
     bootstrap: int = typer.Option(1000, min=0, help="bootstrap replicates (items resampled within each subset) for "
                                   "the metrics' 95% intervals (0: none)"),
+    storage_option: list[str] = typer.Option([], "--storage-option", help=STORAGE_OPTION_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Score HEAD (or the trained head in CHECKPOINT) on BENCH from CACHE and print the table."""
@@ -102,7 +103,7 @@ def score(
                                  f"Train it (`compalign-heads train {h.name} --cache {cache} --out RUN_DIR`) and pass "
                                  "--checkpoint RUN_DIR, or pass --untrained to score the random initialisation on purpose."
                                  + blind)
-        reader = CacheReader(cache)
+        reader = CacheReader(store_location(cache, storage_option))
         if folds is not None:
             from ..evaluate.blind import cross_validate_blind
 
@@ -144,9 +145,11 @@ def score(
 @app.command()
 def train(
     head: str = typer.Argument(..., help="a trainable registered head (tflocal, global_mlp, their variants)"),
-    cache: Path | None = typer.Option(None, exists=True, help="a cache of (image, caption, negatives) items (Zarr or .h5); "
-                                      "default: the only pairs store under caches/ (else the only store there)"),
-    out: Path | None = typer.Option(None, help="RUN_DIR: best head, resume state, log (default: runs/HEAD)"),
+    cache: str | None = typer.Option(None, callback=existing_store, help="a cache of (image, caption, negatives) items "
+                                     "(Zarr, s3:// URL or .h5); default: the only pairs store under caches/ (else the only "
+                                     "store there)"),
+    out: str | None = typer.Option(None, callback=path_or_url, help="RUN_DIR: best head, resume state, log (default: "
+                                   "runs/HEAD; a local folder)"),
     steps: int = typer.Option(1500, help="optimisation steps at most (early stopping may end sooner)"),
     batch_size: int = typer.Option(64, help="distinct images per step"),
     loss: str = typer.Option("infonce=1,hardneg=1", help="loss mix NAME=WEIGHT,... (compalign-heads list shows them)"),
@@ -162,6 +165,7 @@ def train(
     set_: list[str] = typer.Option([], "--set", help="head option KEY=VALUE, e.g. --set layer=-2 --set match=max"),
     train_set: list[str] = typer.Option([], "--train-set", help="any other TrainConfig field KEY=VALUE"),
     resume: bool = typer.Option(True, help="continue RUN_DIR's last checkpoint if there is one"),
+    storage_option: list[str] = typer.Option([], "--storage-option", help=STORAGE_OPTION_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Train HEAD on CACHE's items (in-batch + hard negatives); the best head by validation goes to OUT."""
@@ -180,7 +184,10 @@ def train(
         if cache is None:
             cache = find_cache("pairs" if stores("pairs") else None, f"training {head}")  # training data comes as pairs
             console.print(f"cache: {cache}")
-        out = out if out is not None else RUNS / head
+        if out is not None and "://" in out:
+            raise InputError(f"--out {out}: a RUN_DIR is a local folder (checkpoints are renamed into place); only the "
+                             "--cache may be in object storage")
+        run_dir = Path(out) if out is not None else RUNS / head
 
     with progress_bar() as bar:
         task = bar.add_task(f"train {head}", total=steps, rate="")
@@ -195,7 +202,8 @@ def train(
                                                         f"{e['pairs_s']:.0f} pairs/s · {shown['val']}")
 
         with user_errors():
-            res = train_head(head, cache, out, cfg, head_config=head_cfg, progress=progress, resume=resume)
+            res = train_head(head, store_location(cache, storage_option), run_dir, cfg, head_config=head_cfg,
+                             progress=progress, resume=resume)
     how = "stopped early" if res.stopped_early else "done"
     console.print(f"{how} after {res.steps} steps in {res.seconds:.0f}s; kept step {res.best_step}: "
                   + ", ".join(f"{k} {v:.1f}" for k, v in res.best.items() if isinstance(v, float)))

@@ -9,7 +9,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .common import StageProgress, console, progress_bar, setup_logging, user_errors
+from .common import (
+    STORAGE_OPTION_HELP,
+    StageProgress,
+    console,
+    path_or_url,
+    progress_bar,
+    setup_logging,
+    store_location,
+    user_errors,
+)
 
 app = typer.Typer(help="compalign: encode images and captions once, then align and score from the cache.",
                   no_args_is_help=True)
@@ -35,8 +44,9 @@ def _layers(text: str) -> list[int]:
 def extract(
     model: str = typer.Option(..., help="preset (clip, siglip2, pe, tiny), open_clip name, or local-dir:PATH"),
     data: str = typer.Option(..., help="data source: pairs | sugarcrepe | bivlc | karpathy | winoground"),
-    root: Path = typer.Option(..., help="where the data lives"),
-    out: Path = typer.Option(..., help="the Zarr store to create (or resume)"),
+    root: str = typer.Option(..., callback=path_or_url, help="where the data lives (a local folder)"),
+    out: str = typer.Option(..., callback=path_or_url, help="the Zarr store to create (or resume): a folder, or an "
+                            "object-storage URL such as s3://bucket/path.zarr"),
     pretrained: str | None = typer.Option(None, help="open_clip pretrained tag (presets bring their own; 'none' = random init)"),
     batch_size: int = typer.Option(64, help="images / captions per forward pass"),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
@@ -52,19 +62,21 @@ def extract(
     crops: str = typer.Option("none", help="none | grid | sizes like 1,2 or 1,2,3+halves | oracle | grid+oracle: also "
                               "crop these boxes from every image and encode each (regions_crops / regions_oracle heads); "
                               "grid = 1x1, 2x2, 3x3 + 4 overlapping halves; oracle = a shapes world's true object boxes"),
+    storage_option: list[str] = typer.Option([], "--storage-option", help=STORAGE_OPTION_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Encode every unique image and caption of a data source once and store their embeddings."""
     setup_logging(verbose)
+    from ..cache.location import storage_options
     from ..extract.config import ExtractConfig
     from ..extract.runner import extract as run
 
     with user_errors():
-        cfg = ExtractConfig(model=model, data=data, root=str(root), out=str(out), pretrained=pretrained,
+        cfg = ExtractConfig(model=model, data=data, root=root, out=out, pretrained=pretrained,
                             batch_size=batch_size, device=device, workers=workers, precision=precision,  # type: ignore[arg-type]
                             layers=_layers(layers), shard_rows=shard_rows, overwrite=overwrite,
                             exif_transpose=exif_transpose, split=split, segments=segments,  # type: ignore[arg-type]
-                            crops=crops)
+                            crops=crops, storage_options=storage_options(storage_option))
         with progress_bar() as bar:
             summary = run(cfg, StageProgress(bar))
     if summary.rank:  # under torchrun rank 0 prints the summary of the whole job
@@ -96,14 +108,16 @@ def extract(
 
 
 @cache_app.command("info")
-def info(store: Path = typer.Argument(..., help="a compalign cache (Zarr folder or .h5 export)"),
+def info(store: str = typer.Argument(..., callback=path_or_url, help="a compalign cache (Zarr folder, s3:// URL or "
+                                     ".h5 export)"),
          json_out: bool = typer.Option(False, "--json", help="print JSON instead of tables"),
-         verify: bool = typer.Option(False, "--verify", help="check every done shard's files against their checksums")) -> None:
+         verify: bool = typer.Option(False, "--verify", help="check every done shard's files against their checksums"),
+         storage_option: list[str] = typer.Option([], "--storage-option", help=STORAGE_OPTION_HELP)) -> None:
     """Backbone, counts, shapes, dtypes, bytes on disk and the failures of a cache."""
     from ..cache.info import cache_info
 
     with user_errors():
-        d = cache_info(store, verify=verify)
+        d = cache_info(store_location(store, storage_option), verify=verify)
     if json_out:
         print(json.dumps(d, indent=1))
         if d.get("damaged"):
@@ -144,13 +158,14 @@ app.command()(study)
 
 
 @cache_app.command("export")
-def export(store: Path = typer.Argument(..., help="a compalign Zarr cache"),
-           out: Path = typer.Argument(..., help="the HDF5 file to write (.h5)")) -> None:
+def export(store: str = typer.Argument(..., callback=path_or_url, help="a compalign Zarr cache (folder or s3:// URL)"),
+           out: Path = typer.Argument(..., help="the HDF5 file to write (.h5)"),
+           storage_option: list[str] = typer.Option([], "--storage-option", help=STORAGE_OPTION_HELP)) -> None:
     """Copy a cache into one HDF5 file; every compalign reader (scoring, training) accepts it."""
     from ..cache.export import export_hdf5
 
     with user_errors():
-        path = export_hdf5(store, out)
+        path = export_hdf5(store_location(store, storage_option), out)
     Console().print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
 
 

@@ -7,8 +7,9 @@ which records the settings that change stored values and refuses a resume that d
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
+from ..cache.location import is_url
 from ..core import InputError
 from .crops import canonical_spec
 
@@ -18,7 +19,7 @@ class ExtractConfig:
     model: str  # preset, open_clip name, `local-dir:` folder
     data: str  # data source kind: pairs | sugarcrepe | bivlc
     root: str  # where the source lives
-    out: str  # the store to create or resume
+    out: str  # the store to create or resume: a folder, or an object-storage URL (s3://bucket/path.zarr)
     pretrained: str | None = None  # open_clip pretrained tag (presets bring their own)
     batch_size: int = 64  # images / captions per forward pass
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -33,8 +34,12 @@ class ExtractConfig:
     split: str | None = None  # the split to read, for sources that have splits (karpathy: test by default)
     segments: Literal["none", "rules"] = "none"  # caption segments encoded beside the captions (extract.segments)
     crops: str = "none"  # boxes cropped and encoded beside each image: none | grid | 1,2+halves | oracle | grid+oracle
+    storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options for an --out URL (endpoint_url=...)
 
     def __post_init__(self) -> None:
+        if is_url(self.root):
+            raise InputError(f"--root {self.root}: data is read from a local folder (only --out may be in object storage); "
+                             "copy the data here, or mount the bucket (mountpoint-s3, s3fs-fuse) and pass the mount")
         if -1 not in self.layers:
             self.layers = [-1, *self.layers]
         self.layers = sorted(set(self.layers), key=lambda x: (x != -1, -x))

@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ..cache.location import Location, location
 from ..cache.store import FAILED, OK, CacheError, Layout, n_shards, open_store
-from ..core import InputError, tree_bytes
+from ..core import InputError
 from ..core.device import resolve_device
 from .backbones import load_backbone
 from .config import ExtractConfig
@@ -35,7 +36,7 @@ from .segments import add_segments
 from .shards import ShardWriter, finish_image_shard, new_image_shard
 from .sources import plan_source
 from .store_setup import open_or_create, pending_shards
-from .target import NOT_WRITABLE, WriterLock, check_target, writer_lock
+from .target import NOT_WRITABLE, ObjectLock, WriterLock, check_target, writer_lock
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]  # (stage, rows done, rows total)
@@ -74,7 +75,7 @@ def _autocast(device: str, precision: str):
 
 
 def extract(cfg: ExtractConfig, progress: Progress | None = None) -> ExtractSummary:
-    out = Path(cfg.out)
+    out = location(cfg.out, cfg.storage_options)  # a local folder or an object-storage prefix
     job = join_job()  # rank 0 of 1 without torchrun
     if job.rank == 0:
         check_target(out, Path(cfg.root), cfg.overwrite)  # before loading anything: nothing is touched if refused
@@ -84,7 +85,8 @@ def extract(cfg: ExtractConfig, progress: Progress | None = None) -> ExtractSumm
         return _extract(cfg, out, progress, job, lock)
 
 
-def _extract(cfg: ExtractConfig, out: Path, progress: Progress | None, job: Job, lock: WriterLock) -> ExtractSummary:
+def _extract(cfg: ExtractConfig, out: Location, progress: Progress | None, job: Job, lock: WriterLock | ObjectLock
+             ) -> ExtractSummary:
     t0 = time.perf_counter()
     plan = plan_source(cfg.data, cfg.root, cfg.split)
     if cfg.segments != "none":
@@ -106,7 +108,7 @@ def _extract(cfg: ExtractConfig, out: Path, progress: Progress | None, job: Job,
         except OSError as e:
             if e.errno not in NOT_WRITABLE:
                 raise
-            raise CacheError(f"cannot write {e.filename} ({e.strerror}). Pass an --out you can write.") from None
+            raise CacheError(f"cannot write {e.filename or out} ({e.strerror}). Pass an --out you can write.") from None
     if job.world > 1:  # the store is made and checked: every rank shares the lock from now on (ranks.py says why)
         if job.rank == 0:
             lock.take(shared=True)
@@ -142,7 +144,7 @@ def _extract(cfg: ExtractConfig, out: Path, progress: Progress | None, job: Job,
         image_failures=[(o, e) for _, o, e in reader.failures("images")],
         text_failures=[(o, e) for _, o, e in reader.failures("texts")],
         problems=plan.problems, shards_written=written, shards_skipped=skipped,
-        seconds=time.perf_counter() - t0, bytes_on_disk=tree_bytes(out),
+        seconds=time.perf_counter() - t0, bytes_on_disk=out.size(),
         replaced=next((n for n in notes if n.startswith("replaced")), None),
         repaired=[n for n in notes if not n.startswith("replaced")],
     )

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from .. import __version__
+from ..cache.location import Location, location
 from ..cache.store import CacheError, Layout, create_store, damaged_shards, done_shards, n_shards, open_store
 from ..core import InputError
 from .backbones import Backbone
@@ -83,10 +82,13 @@ def _short(value: Any, most: int = 80) -> str:
     return text if len(text) <= most else text[:most - 3] + "..."
 
 
-def _drop_damaged(out: Path) -> list[str]:
-    """Verify every done shard against its marker's checksums; a damaged one loses its marker and is redone."""
+def _drop_damaged(out: Location) -> list[str]:
+    """Verify every done shard against its marker's checksums; a damaged one loses its marker and is redone.
+
+    In object storage a resume compares sizes only: checksums would download the whole store, and an object
+    is whole or absent (a PUT is atomic); `compalign cache info --verify` still reads and checks every byte."""
     notes = []
-    for (kind, s), problems in damaged_shards(out).items():
+    for (kind, s), problems in damaged_shards(out, checksums=out.local).items():
         (out / ".done" / kind / f"{s:06d}").unlink()
         notes.append(f"{kind} shard {s} was damaged ({'; '.join(problems)}): rewritten")
         log.warning("%s", notes[-1])
@@ -97,7 +99,7 @@ def open_or_create(cfg: ExtractConfig, bb: Backbone, plan: Plan, order: np.ndarr
                    text_len: int, device: str, crops: CropPlan | None = None) -> tuple[Any, list[str]]:
     """(the store opened r+, notes on what was replaced or repaired); `order` is the stored caption order;
     `crops` the boxes `--crops` encodes (their arrays are created beside the image features)."""
-    out = Path(cfg.out)
+    out = location(cfg.out, cfg.storage_options)
     attrs = {
         "compalign_version": __version__,
         "backbone": bb.meta,
@@ -126,7 +128,8 @@ def open_or_create(cfg: ExtractConfig, bb: Backbone, plan: Plan, order: np.ndarr
             # A run killed mid-write leaves zarr's temporary '*.partial' chunk files behind, and a done marker's
             # temporary file (atomic_write's '.NAME.*.tmp'); the chunk or marker they were meant to become is
             # rewritten by this run, so they are garbage (one writer per store; under torchrun the others wait).
-            for stale in [*out.rglob("*.partial"), *out.glob(".done/*/.*.tmp")]:
+            # An object PUT leaves no such file: it lands whole or not at all.
+            for stale in [*out.path.rglob("*.partial"), *out.path.glob(".done/*/.*.tmp")] if out.local else ():
                 stale.unlink()
             notes += _drop_damaged(out)
             return root, notes
@@ -143,19 +146,21 @@ def open_or_create(cfg: ExtractConfig, bb: Backbone, plan: Plan, order: np.ndarr
     attrs["projections"] = {"image": "image" in proj, "text": "text" in proj,
                             "note": "towers pooled by an attention head (MAP) have no linear token map"}
     attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    # Build in a side folder and rename: a crash during creation leaves no half-made store behind.
-    tmp = out.with_name(out.name + ".creating")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    # Build in a side folder and rename: a crash during creation leaves no half-made store behind. Object storage
+    # has no rename: there it is built in place, and is a store only once its root attrs are written (create_store).
+    tmp = out.sibling(out.name + ".creating") if out.local else out
+    if out.local and tmp.exists():
+        tmp.rmtree()
     texts = [plan.texts[i] for i in order]
     create_store(tmp, lay, attrs, plan.items, [r.key for r in plan.images], [r.origin for r in plan.images],
                  [text_key(t) for t in texts], texts, proj, plan.segments,
                  crops.arrays(lay.embed_dim) if crops is not None else None)
-    tmp.rename(out)  # an empty folder at `out` is replaced by the rename
+    if out.local:
+        tmp.path.rename(out.path)  # an empty folder at `out` is replaced by the rename
     return open_store(out, "r+"), notes
 
 
-def pending_shards(out: Path, kind: str, n_rows: int, shard_rows: int) -> tuple[list[int], int]:
+def pending_shards(out: Location, kind: str, n_rows: int, shard_rows: int) -> tuple[list[int], int]:
     """(shards of `kind` without a done marker, how many have one)."""
     done = done_shards(out, kind)  # type: ignore[arg-type]
     todo = [s for s in range(n_shards(n_rows, shard_rows)) if s not in done]

@@ -4,6 +4,8 @@ A store is replaced only when its root `zarr.json` carries the compalign schema 
 not a store, the data root, a folder holding the data root, or a regular file are refused untouched.
 The lock is a sibling file (`.NAME.lock`), not inside the store, because `--overwrite` removes the store.
 One process holds it exclusively; the ranks of one torchrun job hold it shared (ranks.py says why that is safe).
+In object storage (`--out s3://...`) the lock is an object created with a conditional PUT instead of a
+flock (`ObjectLock`); rank 0 of a job creates it for all its ranks. Every other rule holds there as on disk.
 """
 
 from __future__ import annotations
@@ -12,19 +14,21 @@ import errno
 import fcntl
 import json
 import os
-import shutil
+import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..cache.location import Location, location
 from ..cache.store import SCHEMA, CacheError
-from ..core import tree_bytes
 
 NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)  # the folder is not ours to write: a message, not a traceback
 
 
-def is_store(path: Path) -> bool:
+def is_store(path: Path | Location) -> bool:
     """True for a folder whose root zarr.json has a compalign schema attr (of any version)."""
+    path = location(path)
     meta = path / "zarr.json"
     if not path.is_dir() or not meta.is_file():
         return False
@@ -35,27 +39,37 @@ def is_store(path: Path) -> bool:
     return str(attrs.get("schema", "")).startswith(SCHEMA.split("/")[0] + "/")
 
 
-def check_target(out: Path, data_root: Path, overwrite: bool) -> None:
+def check_target(out: Path | Location, data_root: Path, overwrite: bool) -> None:
     """Refuse an --out that would destroy what is not ours, before anything is loaded or written."""
-    out_abs, data_abs = out.absolute(), data_root.absolute()
-    for a, b in ((out_abs, data_abs), (out_abs.resolve(), data_abs.resolve())):
-        if a == b or a in b.parents:
-            raise CacheError(f"--out {out} is the data root {data_root} or holds it; extraction never writes over its input. "
-                             f"Pass a new folder, e.g. --out {data_root.parent / (data_root.name + '.zarr')}")
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise CacheError(f"--out {out} exists and is not a folder; pass the path of a new or existing compalign store")
-    if out.exists() and not is_store(out) and (overwrite or any(out.iterdir())):
-        n = sum(1 for _ in out.rglob("*"))
-        raise CacheError(f"--out {out} is a folder that is not a compalign store ({n} entries); compalign only replaces "
+    loc = location(out)
+    if not loc.local:  # the data root is local, so it cannot be the store; the bucket must be there
+        loc.check()
+        if "/" not in loc.key:
+            raise CacheError(f"--out {loc} is a whole bucket; pass a store inside it, e.g. --out {loc}/NAME.zarr")
+        if loc.is_file():
+            raise CacheError(f"--out {loc} exists and is an object, not a prefix; pass a new or existing compalign store")
+    else:
+        out = loc.path
+        out_abs, data_abs = out.absolute(), data_root.absolute()
+        for a, b in ((out_abs, data_abs), (out_abs.resolve(), data_abs.resolve())):
+            if a == b or a in b.parents:
+                raise CacheError(f"--out {out} is the data root {data_root} or holds it; extraction never writes over its "
+                                 f"input. Pass a new folder, e.g. --out {data_root.parent / (data_root.name + '.zarr')}")
+        if out.is_symlink() or (out.exists() and not out.is_dir()):
+            raise CacheError(f"--out {out} exists and is not a folder; pass the path of a new or existing compalign store")
+    if loc.exists() and not is_store(loc) and (overwrite or loc.names()):
+        n = sum(1 for _ in loc.path.rglob("*")) if loc.local else len(loc.files())
+        raise CacheError(f"--out {loc} is a folder that is not a compalign store ({n} entries); compalign only replaces "
                          "its own stores. Pass a new --out, or remove the folder yourself if it is not needed.")
 
 
-def remove_store(out: Path) -> str:
+def remove_store(out: Path | Location) -> str:
     """Delete a compalign store (checked again here); returns what was removed, for the log and the summary."""
+    out = location(out)
     if not is_store(out):
         raise CacheError(f"{out} is not a compalign store; refusing to delete it")
-    files, size = sum(1 for f in out.rglob("*") if f.is_file()), tree_bytes(out)
-    shutil.rmtree(out)
+    files, size = len(out.files()), out.size()
+    out.rmtree()
     return f"replaced the store {out} ({files} files, {size / 2**20:.1f} MiB)"
 
 
@@ -94,11 +108,45 @@ class WriterLock:
             self.fd = -1
 
 
+class ObjectLock:
+    """The lock object `.NAME.lock` beside a store in object storage, made by a conditional PUT (If-None-Match: *):
+    of two writers only one can create it, and the run that made it deletes it when it ends.
+
+    Unlike a flock it outlives a writer that is killed (SIGKILL, a lost machine): the next run is refused, and
+    the message says to delete the lock once no extract is running. A server that ignores If-None-Match
+    (some S3-compatible ones) would let two writers in; AWS S3 and moto (the tests' server) honour it.
+    Under torchrun rank 0 creates it (exclusive) and it stands for the whole job: `take(shared=True)` is a no-op.
+    """
+
+    def __init__(self, out: Location):
+        self.out, self.lock, self.mine = out, out.sibling(f".{out.name}.lock"), False
+
+    def take(self, shared: bool = False) -> None:
+        if shared:
+            return
+        me = f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
+        if not self.lock.create_exclusive(me.encode()):
+            try:
+                other = self.lock.read_text().strip()
+            except FileNotFoundError:  # released between the two requests
+                other = "that has just finished"
+            raise CacheError(f"another compalign extract ({other}) is writing {self.out}, or one that was killed left its "
+                             f"lock {self.lock}; wait for it to finish, or if none is running delete the lock "
+                             f"(`aws s3 rm {self.lock}`) and run again (two writers on one store corrupt it)")
+        self.mine = True
+
+    def close(self) -> None:
+        if self.mine:
+            self.lock.unlink()
+            self.mine = False
+
+
 @contextmanager
-def writer_lock(out: Path, take: bool = True) -> Iterator[WriterLock]:
+def writer_lock(out: Path | Location, take: bool = True) -> Iterator[WriterLock | ObjectLock]:
     """Hold an exclusive lock on `out` for the whole run; a second writer is refused at once, naming the first.
-    With `take` off the lock file is only opened: a rank of a job takes its shared lock later (extract/ranks.py)."""
-    lock = WriterLock(out)
+    With `take` off the lock is only opened: a rank of a job takes its shared lock later (extract/ranks.py)."""
+    loc = location(out)
+    lock = WriterLock(loc.path) if loc.local else ObjectLock(loc)
     try:
         if take:
             lock.take()

@@ -1,0 +1,205 @@
+"""Where a store lives: a local folder, or a key prefix in object storage (an fsspec URL, `s3://bucket/x.zarr`).
+
+Every file operation on a store goes through a `Location`, so local and remote differ in this file only.
+A local location wraps a `Path` and does exactly what the code did with one before (atomic renames, fsync).
+A remote one is an fsspec filesystem and a key prefix, and three things differ there:
+- durability: a PUT is atomic per object and durable once it returns, so there is nothing to fsync, and a
+  marker written (one PUT) after the objects it vouches for is the whole contract (`write_atomic`);
+- folders do not exist: a "folder" is a key prefix, there without being made, gone with its last object;
+- there is no rename: a new store is written in place, root attributes last (`store.create_store`).
+Credentials and endpoint come the standard way (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+AWS_DEFAULT_REGION for s3); anything else is an fsspec storage option (`--storage-option KEY=VALUE`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+from ..core import CompalignError, atomic_write, fsync_tree, tree_bytes
+
+
+class StorageError(CompalignError, OSError):
+    """An object-storage URL that cannot work (unknown scheme, no bucket, unreachable); the message names the fix."""
+
+
+def is_url(where: object) -> bool:
+    """A `scheme://...` string other than file:// (a Path never is one: it would have collapsed the `//`)."""
+    return isinstance(where, str) and "://" in where and not where.startswith("file://")
+
+
+def storage_options(pairs: list[str]) -> dict[str, Any]:
+    """`--storage-option KEY=VALUE` flags as fsspec options; values parse as JSON where they do (true, 3, {...})."""
+    out: dict[str, Any] = {}
+    for p in pairs:
+        key, sep, val = p.partition("=")
+        if not sep or not key.strip():
+            raise StorageError(f"--storage-option takes KEY=VALUE (e.g. endpoint_url=http://127.0.0.1:9000), got {p!r}")
+        try:
+            out[key.strip()] = json.loads(val)
+        except json.JSONDecodeError:
+            out[key.strip()] = val
+    return out
+
+
+def location(where: str | os.PathLike | Location, options: dict[str, Any] | None = None) -> Location:
+    """A Location for a path or URL (a Location is returned as it is). Builds no connection."""
+    if isinstance(where, Location):
+        return where
+    text = os.fspath(where)
+    if not is_url(text):
+        return Location(Path(text.removeprefix("file://")))
+    import fsspec
+
+    try:
+        fs, key = fsspec.url_to_fs(text, **(options or {}))
+    except (ValueError, ImportError) as e:  # an unknown scheme, or its fsspec package is not installed
+        raise StorageError(f"{text}: {e}. Use s3://BUCKET/PATH (s3fs), or install the fsspec package for this scheme") from None
+    if not key.strip("/"):
+        raise StorageError(f"{text} names no bucket; pass s3://BUCKET/PATH.zarr")
+    return Location(key.rstrip("/"), fs, options)
+
+
+class Location:
+    """A local path (`fs` None) or the key prefix `key` on the fsspec filesystem `fs`."""
+
+    def __init__(self, where: Path | str, fs: Any = None, options: dict[str, Any] | None = None):
+        self.fs, self.options = fs, dict(options or {})
+        self.path: Path = Path(where) if fs is None else None  # type: ignore[assignment]
+        self.key: str = "" if fs is None else str(where)
+
+    @property
+    def local(self) -> bool:
+        return self.fs is None
+
+    def __str__(self) -> str:
+        return str(self.path) if self.local else self.fs.unstrip_protocol(self.key)
+
+    def __repr__(self) -> str:
+        return f"Location({str(self)!r})"
+
+    def __truediv__(self, rel: str) -> Location:
+        return Location(self.path / rel) if self.local else Location(f"{self.key}/{rel}", self.fs, self.options)
+
+    @property
+    def name(self) -> str:
+        return self.path.name if self.local else self.key.rsplit("/", 1)[-1]
+
+    @property
+    def suffix(self) -> str:
+        return PurePosixPath(self.name).suffix
+
+    def sibling(self, name: str) -> Location:
+        """`name` in the folder (prefix) holding this location."""
+        if self.local:
+            return Location(self.path.with_name(name))
+        return Location(f"{self.key.rsplit('/', 1)[0]}/{name}", self.fs, self.options)
+
+    def relative_to(self, base: Location) -> str:
+        return str(self.path.relative_to(base.path)) if self.local else self.key[len(base.key) + 1:]
+
+    # ---- reading ----------------------------------------------------------------------------
+    # Remote reads drop fsspec's listing cache first: Zarr writes chunks through its own (async) filesystem
+    # object, so a listing this one cached earlier would not show them.
+    def _fresh(self) -> Any:
+        self.fs.invalidate_cache(self.key)
+        return self.fs
+
+    def exists(self) -> bool:
+        return self.path.exists() if self.local else self._fresh().exists(self.key)
+
+    def is_file(self) -> bool:
+        return self.path.is_file() if self.local else self._fresh().isfile(self.key)
+
+    def is_dir(self) -> bool:
+        return self.path.is_dir() if self.local else self._fresh().isdir(self.key)
+
+    def names(self) -> list[str]:
+        """Names of the entries directly inside ([] when there is nothing)."""
+        if self.local:
+            return [p.name for p in self.path.iterdir()] if self.path.is_dir() else []
+        try:
+            return [k.rstrip("/").rsplit("/", 1)[-1] for k in self._fresh().ls(self.key, detail=False)]
+        except FileNotFoundError:
+            return []
+
+    def files(self) -> list[Location]:
+        """This file, or every file under this folder, sorted ([] when there is nothing)."""
+        if self.local:
+            p = self.path
+            return [self] if p.is_file() else [Location(f) for f in sorted(f for f in p.rglob("*") if f.is_file())] \
+                if p.exists() else []
+        return [Location(k, self.fs, self.options) for k in sorted(self._fresh().find(self.key))]
+
+    def size(self) -> int:
+        """Bytes of a file, or of every file under a folder (0 when there is nothing)."""
+        return tree_bytes(self.path) if self.local else int(self._fresh().du(self.key, total=True))
+
+    def open(self, mode: str = "rb") -> IO[Any]:
+        return open(self.path, mode) if self.local else self.fs.open(self.key, mode)
+
+    def read_text(self) -> str:
+        return self.path.read_text() if self.local else self.fs.cat_file(self.key).decode()
+
+    # ---- writing ----------------------------------------------------------------------------
+    def write_atomic(self, data: str | bytes) -> None:
+        """The file appears whole or not at all: locally a durable temporary file renamed into place; remotely
+        one PUT, which S3 makes atomic per object (a reader sees the old object, the new one, or none)."""
+        if self.local:
+            atomic_write(self.path, data)
+        else:
+            self.fs.pipe_file(self.key, data.encode() if isinstance(data, str) else data)
+
+    def create_exclusive(self, data: bytes) -> bool:
+        """Remote only: write the object if none is there (a conditional PUT, If-None-Match: *); False if one is."""
+        try:
+            self.fs.pipe_file(self.key, data, mode="create")
+        except FileExistsError:
+            return False
+        return True
+
+    def mkdir(self) -> None:
+        if self.local:  # a prefix needs no making
+            self.path.mkdir(parents=True, exist_ok=True)
+
+    def fsync(self) -> None:
+        if self.local:  # a PUT is durable when it returns
+            fsync_tree(self.path)
+
+    def unlink(self) -> None:
+        self.path.unlink() if self.local else self.fs.rm_file(self.key)
+
+    def rmtree(self) -> None:
+        shutil.rmtree(self.path) if self.local else self.fs.rm(self.key, recursive=True)
+
+    # ---- zarr ------------------------------------------------------------------------------
+    def zarr_store(self, mode: str) -> Any:
+        """What `zarr.open_group` takes: the path string locally (as before), zarr's FsspecStore remotely."""
+        if self.local:
+            return str(self.path)
+        from zarr.storage import FsspecStore
+
+        return FsspecStore.from_url(str(self), storage_options=self.options, read_only=mode == "r")
+
+    def check(self) -> None:
+        """Refuse a remote location whose bucket cannot be reached, naming the URL and the fix (local: nothing)."""
+        if self.local:
+            return
+        bucket = self.key.split("/", 1)[0]
+        url = str(self)
+        try:
+            self.fs.info(bucket)
+        except FileNotFoundError:
+            raise StorageError(f"{url}: the bucket {bucket!r} does not exist at {self._endpoint()}. Create it "
+                               f"(`aws s3 mb s3://{bucket}`), or point AWS_ENDPOINT_URL / --storage-option "
+                               "endpoint_url=... at the server that has it") from None
+        except Exception as e:  # credentials, network, endpoint: the service's own words, and where to look
+            raise StorageError(f"{url}: cannot reach the bucket {bucket!r} at {self._endpoint()} "
+                               f"({type(e).__name__}: {e}). Check AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID / "
+                               "AWS_SECRET_ACCESS_KEY, or pass --storage-option KEY=VALUE") from None
+
+    def _endpoint(self) -> str:
+        return str(self.options.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL") or "the default endpoint")
