@@ -34,8 +34,9 @@ def _layers(text: str) -> list[int]:
 @app.command()
 def extract(
     model: str = typer.Option(..., help="preset (clip, siglip2, pe, tiny), open_clip name, or local-dir:PATH"),
-    data: str = typer.Option(..., help="data source: pairs | sugarcrepe | bivlc | karpathy | winoground"),
-    root: Path = typer.Option(..., help="where the data lives"),
+    data: str = typer.Option(..., help="data source: pairs | sugarcrepe | bivlc | karpathy | winoground | aro | "
+                      "webdataset (tar shards: --root 'shards/{00000..00009}.tar') | img2dataset (its output folder)"),
+    root: str = typer.Option(..., help="where the data lives (webdataset: a brace pattern, glob, folder or URL)"),
     out: Path = typer.Option(..., help="the Zarr store to create (or resume)"),
     pretrained: str | None = typer.Option(None, help="open_clip pretrained tag (presets bring their own; 'none' = random init)"),
     batch_size: int = typer.Option(64, help="images / captions per forward pass"),
@@ -52,6 +53,8 @@ def extract(
     crops: str = typer.Option("none", help="none | grid | sizes like 1,2 or 1,2,3+halves | oracle | grid+oracle: also "
                               "crop these boxes from every image and encode each (regions_crops / regions_oracle heads); "
                               "grid = 1x1, 2x2, 3x3 + 4 overlapping halves; oracle = a shapes world's true object boxes"),
+    plan_cache: bool = typer.Option(True, help="remember image hashes by (path, size, mtime) in .OUT.plan-cache.sqlite "
+                                    "beside the store, so a rerun reads no unchanged image to plan"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Encode every unique image and caption of a data source once and store their embeddings."""
@@ -64,7 +67,7 @@ def extract(
                             batch_size=batch_size, device=device, workers=workers, precision=precision,  # type: ignore[arg-type]
                             layers=_layers(layers), shard_rows=shard_rows, overwrite=overwrite,
                             exif_transpose=exif_transpose, split=split, segments=segments,  # type: ignore[arg-type]
-                            crops=crops)
+                            crops=crops, plan_cache=plan_cache)
         with progress_bar() as bar:
             summary = run(cfg, StageProgress(bar))
     out_console = Console()

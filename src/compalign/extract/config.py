@@ -16,7 +16,7 @@ from .crops import canonical_spec
 @dataclass
 class ExtractConfig:
     model: str  # preset, open_clip name, `local-dir:` folder
-    data: str  # data source kind: pairs | sugarcrepe | bivlc
+    data: str  # data source kind: pairs | sugarcrepe | bivlc | karpathy | webdataset | img2dataset | ...
     root: str  # where the source lives
     out: str  # the store to create or resume
     pretrained: str | None = None  # open_clip pretrained tag (presets bring their own)
@@ -33,6 +33,7 @@ class ExtractConfig:
     split: str | None = None  # the split to read, for sources that have splits (karpathy: test by default)
     segments: Literal["none", "rules"] = "none"  # caption segments encoded beside the captions (extract.segments)
     crops: str = "none"  # boxes cropped and encoded beside each image: none | grid | 1,2+halves | oracle | grid+oracle
+    plan_cache: bool = True  # remember image hashes by (path, size, mtime) beside the store (sources/plan_cache.py)
 
     def __post_init__(self) -> None:
         if -1 not in self.layers:
