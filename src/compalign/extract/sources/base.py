@@ -64,19 +64,23 @@ def parquet_image_name(cell: object) -> str | None:
 
 def is_url(path: str) -> bool:
     """`s3://bucket/x.tar`, `https://host/x.tar`: read through fsspec, not the local filesystem."""
-    return "://" in path and not path.startswith("file://")
+    return "://" in path
 
 
 def open_binary(path: str) -> Any:
     """A seekable binary file of a local path or an fsspec URL (fsspec is needed only for URLs)."""
     if not is_url(path):
-        return open(path.removeprefix("file://"), "rb")
+        return open(path, "rb")
+    return _fsspec().open(path, "rb").open()
+
+
+def _fsspec() -> Any:
     try:
         import fsspec
     except ImportError:
-        raise SourceError(f"{path}: reading URLs needs fsspec (and s3fs / gcsfs for those stores): "
+        raise SourceError("reading URLs needs fsspec (and s3fs / gcsfs for those stores): "
                           "`pip install 'compalign[web]'`") from None
-    return fsspec.open(path, "rb").open()
+    return fsspec
 
 
 def content_key(data: bytes) -> str:
@@ -108,9 +112,12 @@ class ImageRef:
         assert self.path is not None, f"{self.origin}: an image row without bytes or a path"
         if self.offset is None:
             return Path(self.path).read_bytes()
-        with open_binary(self.path) as f:
-            f.seek(self.offset)
-            data = f.read(self.size)
+        if is_url(self.path):  # one range request, not a file object's read-ahead blocks
+            data = _fsspec().core.url_to_fs(self.path)[0].cat_file(self.path, start=self.offset, end=self.offset + self.size)
+        else:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read(self.size)
         if len(data) != self.size:
             raise OSError(f"{self.path} ends {self.size - len(data)} bytes into this member: the shard was truncated "
                           "or rewritten after planning")

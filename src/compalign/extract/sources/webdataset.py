@@ -200,6 +200,7 @@ def _plan_tars(kind: str, root: str, shards: list[str], missing: list[str]) -> P
 
 @register_source("webdataset", patterns=True)
 def plan_webdataset(root: str) -> Plan:
+    root = root.removeprefix("file://")  # a local path in URL form
     shards, missing = _shards(root)
     return _plan_tars("webdataset", root, shards, missing)
 
