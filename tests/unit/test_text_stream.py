@@ -30,14 +30,17 @@ def test_chunked_tokenisation_stores_the_same_texts(tmp_path, monkeypatch):
     whole = tmp_path / "whole.zarr"
     extract(ExtractConfig(out=str(whole), **cfg))  # 25 captions < TOKENIZE_ROWS: one call, as before chunking
 
-    calls: list[int] = []
-    tokenize = Backbone.tokenize
-    monkeypatch.setattr(Backbone, "tokenize", lambda self, texts: calls.append(len(texts)) or tokenize(self, texts))
+    calls: list[tuple[str, int]] = []
+    tokenize, token_ids = Backbone.tokenize, Backbone.token_ids
+    monkeypatch.setattr(Backbone, "tokenize", lambda self, t: calls.append(("measure", len(t))) or tokenize(self, t))
+    monkeypatch.setattr(Backbone, "token_ids", lambda self, t: calls.append(("ids", len(t))) or token_ids(self, t))
     monkeypatch.setattr(runner, "TOKENIZE_ROWS", 3)
     chunked = tmp_path / "chunked.zarr"
     extract(ExtractConfig(out=str(chunked), **cfg))
     # The load probe tokenises ["a"]; then chunks of 3 to measure the lengths, shards of 4 to encode them.
-    assert calls[0] == 1 and max(calls) == 4 and sum(calls[1:]) == 2 * len(caps)
+    assert calls[0] == ("measure", 1) and max(n for _, n in calls) == 4
+    assert [n for k, n in calls[1:] if k == "measure"] == [3] * 8 + [1]
+    assert [n for k, n in calls if k == "ids"] == [4] * 6 + [1]
 
     a, b = _arrays(zarr.open_group(whole, mode="r")["texts"]), _arrays(zarr.open_group(chunked, mode="r")["texts"])
     assert sorted(a) == sorted(b) and "layers/-2/tokens" in a
