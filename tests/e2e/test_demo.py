@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from recompute import unit
 from typer.testing import CliRunner
 
 from compalign.cache import CacheReader
@@ -18,10 +19,6 @@ SUBSETS = ("replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj", 
 BIVLC = ("Ipos2T", "Ineg2T", "Tpos2I", "Tneg2I", "I2T", "T2I", "Group")
 NOISE = 1e-6  # float32 noise: verdicts this close to a tie may differ from a float64 recomputation
 
-
-def _unit(x):
-    x = x.astype(np.float64)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def _check_sugarcrepe(d, folder):
@@ -74,8 +71,8 @@ def _check_global_from_cache(bench, d, store):
     r = CacheReader(store)
     it = r.items
     assert [i["id"] for i in d["items"]] == it["id"].tolist()
-    img = {c: _unit(r.read("images", "global", r.rows("images", it[c]))) for c in ("image", "negative_image") if c in it}
-    txt = {c: _unit(r.read("texts", "global", r.rows("texts", it[c]))) for c in ("caption", "negative_caption")}
+    img = {c: unit(r.read("images", "global", r.rows("images", it[c]))) for c in ("image", "negative_image") if c in it}
+    txt = {c: unit(r.read("texts", "global", r.rows("texts", it[c]))) for c in ("caption", "negative_caption")}
     if bench == "sugarcrepe":
         pos, neg = (img["image"] * txt["caption"]).sum(1), (img["image"] * txt["negative_caption"]).sum(1)
         np.testing.assert_allclose([i["pos"] for i in d["items"]], pos, atol=NOISE, rtol=0)

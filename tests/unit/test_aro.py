@@ -18,8 +18,8 @@ from PIL import Image
 import compalign.evaluate.benchmarks.aro as aro_bench  # noqa: F401  (registers the benchmark)
 import compalign.extract.sources.aro as aro_source  # noqa: F401  (registers the source)
 from compalign.cache import open_cache
-from compalign.evaluate.benchmarks.aro import aro_metrics, aro_outcomes, order_outcomes
-from compalign.evaluate.benchmarks.base import BENCHMARKS, columns
+from compalign.evaluate.benchmarks.aro import aro_metrics, order_outcomes
+from compalign.evaluate.benchmarks.base import BENCHMARKS, columns, contrast_outcomes
 from compalign.extract.sources import SourceError, plan_source, text_key
 from compalign.extract.sources.aro import PERTURBATIONS, is_noun_or_adj, order_perturbations, pre_caption, tokens
 
@@ -114,7 +114,7 @@ def test_identical_crops_dedupe(tmp_path):
 def test_truth_table_strict_ties_wrong_nan_invalid():
     pos = np.array([0.5, 0.4, 0.3, np.nan, 0.2])
     neg = np.array([0.4, 0.5, 0.3, 0.1, np.nan])
-    correct, valid = aro_outcomes(pos, neg)
+    correct, valid = contrast_outcomes(pos, neg)
     assert correct.tolist() == [True, False, False, False, False]
     assert valid.tolist() == [True, True, True, False, False]
 

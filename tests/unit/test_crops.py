@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import make_images
 from PIL import Image
-from regions_check import expected_region_scores, unit
+from recompute import expected_region_scores, unit
 from typer.testing import CliRunner
 
 from compalign.cache import CacheError, CacheReader

@@ -22,19 +22,16 @@ from compalign.shapes import WorldConfig, caption_is_false, load_held_out, named
 from compalign.shapes.finetune import (
     FinetuneConfig,
     _Run,
-    clic_loss,
     composite_scene,
-    degla_loss,
     draw_negatives,
     finetune_backbone,
-    full_loss,
     join,
     list_methods,
     load_finetune_data,
     load_local_dir,
-    negclip_loss,
 )
 from compalign.shapes.load import read_jsonl
+from compalign.shapes.losses import clic_loss, clip_loss, degla_loss, negclip_loss
 from compalign.shapes.pretrain import WEIGHTS_NAME, world_fingerprint
 from compalign.shapes.scene import Scene, SceneObject
 
@@ -83,9 +80,9 @@ def test_the_registry_holds_the_four_methods_and_refuses_others() -> None:
 
 def test_full_is_clips_symmetric_infonce() -> None:
     # logits = I: each of the 4 rows (2 image->text, 2 text->image) is -log(e / (e + 1))
-    assert full_loss(EYE, EYE, ONE).item() == pytest.approx(math.log(1 + math.exp(-1)), abs=1e-6)
+    assert clip_loss(EYE, EYE, ONE).item() == pytest.approx(math.log(1 + math.exp(-1)), abs=1e-6)
     # a perfect matching at a temperature of 100 leaves almost nothing; shuffled captions leave log(1 + e^100)
-    assert full_loss(EYE, SWAP, torch.tensor(100.0)).item() == pytest.approx(100.0, abs=1e-4)
+    assert clip_loss(EYE, SWAP, torch.tensor(100.0)).item() == pytest.approx(100.0, abs=1e-4)
 
 
 def test_negclip_adds_the_hard_negative_to_the_image_to_text_denominator_only() -> None:
@@ -95,7 +92,7 @@ def test_negclip_adds_the_hard_negative_to_the_image_to_text_denominator_only() 
     t2i = math.log(1 + 1 / e)  # text->image is CLIP's: the negative is not an image
     got = negclip_loss(EYE, EYE, E1[None], ONE).item()
     assert got == pytest.approx(0.5 * (i2t + t2i), abs=1e-6)
-    assert got > full_loss(EYE, EYE, ONE).item()  # the hard negative only ever adds to the loss
+    assert got > clip_loss(EYE, EYE, ONE).item()  # the hard negative only ever adds to the loss
     assert negclip_loss(EYE, EYE, torch.zeros(0, 2), ONE).item() == pytest.approx(t2i, abs=1e-6)  # none: CLIP
 
 
@@ -160,7 +157,7 @@ def test_degla_distillation_vanishes_when_the_student_is_its_teacher_and_igc_tgc
     neg = F.normalize(torch.randn(4, 3, 8, generator=g), dim=-1)
     mask = torch.tensor([[True, True, False], [True, False, False], [False, False, False], [True, True, True]])
     scale = torch.tensor(20.0)
-    clip = full_loss(img, txt, scale).item()
+    clip = clip_loss(img, txt, scale).item()
     # teacher == student: the distillation term is 0, whatever its weight
     only_distill = degla_loss(img, txt, neg, mask, img, txt, neg, scale, w_distill=1.0, w_igc=0.0, w_tgc=0.0)
     assert only_distill.item() == pytest.approx(clip, abs=1e-6)
@@ -181,7 +178,7 @@ def test_degla_distillation_vanishes_when_the_student_is_its_teacher_and_igc_tgc
     assert got_tgc == pytest.approx(want_tgc, abs=1e-5)
     # and TGC by hand: one negative orthogonal to its caption, the teacher's view of the caption the caption itself
     by_hand = degla_loss(EYE, EYE, SWAP[:, None], torch.tensor([[True], [False]]), EYE, EYE, SWAP[:, None], ONE,
-                         w_distill=0.0, w_igc=0.0, w_tgc=1.0).item() - full_loss(EYE, EYE, ONE).item()
+                         w_distill=0.0, w_igc=0.0, w_tgc=1.0).item() - clip_loss(EYE, EYE, ONE).item()
     assert by_hand == pytest.approx(math.log(1 + math.exp(-10)) / 2, abs=1e-7)
 
 

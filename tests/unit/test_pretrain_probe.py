@@ -15,12 +15,12 @@ from compalign.cli.shapes import app
 from compalign.extract.backbones import load_backbone, resolve
 from compalign.extract.presets import TINY_CHECKPOINT
 from compalign.shapes import WorldConfig, write_world
+from compalign.shapes.losses import clip_loss
 from compalign.shapes.pretrain import (
     CONFIG_NAME,
     WEIGHTS_NAME,
     PretrainConfig,
     build_model,
-    clip_loss,
     load_train_data,
     pretrain_backbone,
     train,
@@ -109,7 +109,7 @@ def test_compact_vocabulary_trains_the_same_weights(world: Path, monkeypatch: py
         def restore(self) -> None:
             pass
 
-    monkeypatch.setattr(pretrain, "_CompactVocab", FullVocab)
+    monkeypatch.setattr(pretrain, "CompactVocab", FullVocab)
     full, _ = _train(world, seed=0, steps=8)
     assert compact.keys() == full.keys()
     for k in full:
@@ -134,12 +134,12 @@ def test_device_is_validated_and_cuda_without_a_gpu_is_refused(world: Path) -> N
 
 
 def test_batches_hold_distinct_images(world: Path) -> None:
-    from compalign.shapes.pretrain import _batches
+    from compalign.shapes.recipe import sample_batches
 
     model, pre, tok = build_model(SMALL_MODEL, 0)
     data = load_train_data(world, pre, tok)
     gen = torch.Generator().manual_seed(0)
-    for img, cap in _batches(data, 16, 10, gen):
+    for img, cap in sample_batches(data, 16, 10, gen):
         assert len(set(img.tolist())) == len(img) == 16
         assert torch.equal(data.caption_image[cap], img)  # each caption belongs to its image
 

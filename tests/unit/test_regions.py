@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import mini_sugarcrepe
-from regions_check import expected_region_scores, unit
+from recompute import expected_region_scores, unit
 
 from compalign.cache.reader import CacheReader
 from compalign.cache.store import resume_command

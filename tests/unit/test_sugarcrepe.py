@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import DATA
 from PIL import Image
+from recompute import unit
 
 from compalign.cache import CacheReader, open_cache
 from compalign.evaluate.benchmarks import create_benchmark
@@ -108,10 +109,6 @@ def test_score_cli_reads_only_the_cache(sugarcrepe_tiny_cache, tmp_path):
     r = CacheReader(sugarcrepe_tiny_cache)
     it = r.items
     assert [i["id"] for i in d["items"]] == it["id"].tolist()
-
-    def unit(x):
-        x = x.astype(np.float64)
-        return x / np.linalg.norm(x, axis=1, keepdims=True)
 
     im = unit(r.read("images", "global", r.rows("images", it["image"])))
     s_pos = (im * unit(r.read("texts", "global", r.rows("texts", it["caption"])))).sum(1)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import make_images
+from recompute import unit
 
 import compalign.evaluate.benchmarks.sugarcrepe_pp  # noqa: F401  (registers sugarcrepe_pp)
 from compalign.cache import CacheReader, open_cache
@@ -89,10 +90,6 @@ def scpp(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return root, out
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
 
 def test_global_outcomes_and_metrics_equal_numpy_cosines_of_the_cache(scpp):
     _, out = scpp
@@ -103,9 +100,9 @@ def test_global_outcomes_and_metrics_equal_numpy_cosines_of_the_cache(scpp):
     it = r.items
     pp = it["caption2"] != ""  # add_att (SugarCrepe, no caption2) is not a SugarCrepe++ item
     assert set(it["subset"][~pp].tolist()) == {"add_att"}
-    emb = {c: _unit(r.read("texts", "global", r.rows("texts", it[c][pp])))
+    emb = {c: unit(r.read("texts", "global", r.rows("texts", it[c][pp])))
            for c in ("caption", "caption2", "negative_caption")}
-    im = _unit(r.read("images", "global", r.rows("images", it["image"][pp])))
+    im = unit(r.read("images", "global", r.rows("images", it["image"][pp])))
     cos = lambda a, b: (a * b).sum(1)  # noqa: E731
     ip1, ip2, ineg = cos(im, emb["caption"]), cos(im, emb["caption2"]), cos(im, emb["negative_caption"])
     tp1p2, tp1n, tp2n = (cos(emb["caption"], emb["caption2"]), cos(emb["caption"], emb["negative_caption"]),

@@ -9,15 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from compalign.core.training import (
-    cosine_lr,
-    data_parallel,
-    deterministic_cpu,
-    init_distributed,
-    load_optimizer_tensors,
-    optimizer_tensors,
-    param_groups,
-)
+from compalign.core.training import cosine_lr, load_optimizer_tensors, optimizer_tensors, param_groups
 
 
 def test_learning_rate_warms_up_linearly_then_follows_a_cosine_to_min_lr():
@@ -57,7 +49,8 @@ def test_the_shipped_backbone_recipe_gets_the_lr_and_groups_it_was_trained_with(
     # shapes/pretrain.py once had its own schedule and groups; the shipped backbone was trained with them. The
     # literals here were computed with that code: core's functions must give the same numbers, to the bit.
     from compalign.core.assets import TINY_CHECKPOINT
-    from compalign.shapes.pretrain import NO_DECAY, PretrainConfig, build_model, default_model_cfg
+    from compalign.shapes.pretrain import PretrainConfig, build_model, default_model_cfg
+    from compalign.shapes.recipe import NO_DECAY
 
     record = json.loads((TINY_CHECKPOINT / "open_clip_config.json").read_text())["compalign"]["pretrain"]
     cfg = PretrainConfig.from_dict(record)
@@ -100,12 +93,19 @@ def test_optimizer_state_round_trips_through_tensors_and_json():
     assert all(torch.equal(a["state"][i][k], b["state"][i][k]) for i in a["state"] for k in a["state"][i])
 
 
+# The process-level helpers, imported in the tests that use them.
+
+
 def test_outside_torchrun_there_is_one_process(monkeypatch):
+    from compalign.core.training import init_distributed
+
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert init_distributed() == (0, 1)
 
 
 def test_data_parallel_gives_the_gradients_of_the_module_itself():
+    from compalign.core.training import data_parallel
+
     dist = pytest.importorskip("torch.distributed")
     if not dist.is_available() or dist.is_initialized():
         pytest.skip("no torch.distributed here, or a process group is already up")
@@ -125,6 +125,8 @@ def test_data_parallel_gives_the_gradients_of_the_module_itself():
 
 
 def test_deterministic_cpu_restores_what_it_changed():
+    from compalign.core.training import deterministic_cpu
+
     det, n = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
     with deterministic_cpu(torch.device("cpu"), 1):
         assert torch.are_deterministic_algorithms_enabled() and torch.get_num_threads() == 1

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from recompute import unit
 
 import compalign.evaluate.benchmarks.winoground  # noqa: F401  (registers the benchmark)
 import compalign.extract.sources.winoground  # noqa: F401  (registers the data source)
@@ -115,10 +116,6 @@ def wino(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return root, out
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
 
 def test_global_outcomes_and_metrics_equal_numpy_cosines_of_the_cache(wino):
     _, out = wino
@@ -132,8 +129,8 @@ def test_global_outcomes_and_metrics_equal_numpy_cosines_of_the_cache(wino):
     np.testing.assert_array_equal([i["valid"] for i in result.items], valid)
     assert result.counts == {"items": 64, "invalid": 1, "bow_proof": 64} and "1 of 64 items left out" in result.notes[0]
     # Independently: the four cosines of each valid item from the cached global embeddings, in float64.
-    im = {c: _unit(r.read("images", "global", r.rows("images", it[c][valid]))) for c in ("image_0", "image_1")}
-    tx = {c: _unit(r.read("texts", "global", r.rows("texts", it[c][valid]))) for c in ("caption_0", "caption_1")}
+    im = {c: unit(r.read("images", "global", r.rows("images", it[c][valid]))) for c in ("image_0", "image_1")}
+    tx = {c: unit(r.read("texts", "global", r.rows("texts", it[c][valid]))) for c in ("caption_0", "caption_1")}
     s = {(c, i): (tx[f"caption_{c}"] * im[f"image_{i}"]).sum(1) for c in (0, 1) for i in (0, 1)}
     comparisons = [s[0, 0] - s[1, 0], s[1, 1] - s[0, 1], s[0, 0] - s[0, 1], s[1, 1] - s[1, 0]]
     assert min(np.abs(d).min() for d in comparisons) > 1e-5  # no verdict within float32 noise (fixture precondition)

@@ -58,7 +58,7 @@ def finetune(
                   caption=f"score it: compalign extract --model local-dir:{out} ...; compalign-heads score --head global")
     for col in ("method", "images", "pairs", "steps", "loss first→last 20", "train s", "total s"):
         table.add_column(col, justify="right")
-    table.add_row(cfg.method, str(result.n_images), str(result.n_pairs), str(cfg.steps),
+    table.add_row(cfg.method, str(result.n_images), str(result.n_captions), str(cfg.steps),
                   f"{sum(head) / len(head):.3f} → {sum(tail) / len(tail):.3f}", f"{result.seconds:.0f}",
                   f"{time.perf_counter() - t0:.0f}")
     Console().print(table)  # results go to stdout; messages, progress and errors to the shared stderr console

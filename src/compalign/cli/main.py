@@ -70,6 +70,8 @@ def extract(
                             crops=crops, plan_cache=plan_cache)
         with progress_bar() as bar:
             summary = run(cfg, StageProgress(bar))
+    if summary.rank:  # under torchrun rank 0 prints the summary of the whole job
+        return
     out_console = Console()
     if summary.replaced:
         out_console.print(summary.replaced)

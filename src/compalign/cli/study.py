@@ -6,9 +6,11 @@ I2T / T2I / Group, retrieval R@1), each cell with its 95% bootstrap interval, pl
 time per method -> OUT/results.md, results.csv, results.png.
 
 Methods, by what they change:
-- training-free heads on the frozen backbone: `global` (the baseline), `maxsim`, `regions_roi` (the inference-time
-  region-segment diagnostic; crops and oracle regions join when the cache has them);
-- heads trained on the frozen backbone's train cache: `global_mlp` (capacity without locality), `tflocal_coloc`;
+- training-free heads on the frozen backbone: `global` (the baseline), `maxsim`, and the inference-time
+  region-segment diagnostic three ways: `regions_roi` (boxes pooled from the cached patches), `regions_crops` (a
+  multi-scale grid of crops, each encoded), `regions_oracle` (the world's true object boxes, cropped and encoded);
+- heads trained on the frozen backbone's train cache: `global_mlp` (capacity without locality), `tflocal_coloc`,
+  and the text-only `blind` control (what the captions alone give away; no retrieval row: it cannot rank images);
 - end-to-end fine-tuning of the backbone on the same train split (`shapes finetune`): `full`, `negclip`, `clic`,
   `degla`, each scored with `global` on caches of its own backbone.
 Every step leaves its output in OUT and is skipped when it is already there: the world and the stores are reused,
@@ -38,8 +40,10 @@ COLUMNS = [("sugarcrepe", m) for m in ("replace_att", "replace_obj", "replace_re
 COLUMNS += [("bivlc", m) for m in ("I2T", "T2I", "Group")] + [("retrieval", m) for m in ("t2i_R@1", "i2t_R@1")]
 LABEL = {"sugarcrepe": "", "bivlc": "BiVLC ", "retrieval": ""}
 RERANK = 20  # heads other than global re-rank global's top 20 of each retrieval query
-FREE = ("global", "maxsim", "regions_roi")
-TRAINED = {"global_mlp": {}, "tflocal_coloc": {"hard_kinds": ("swap_att", "swap_obj")}}
+FREE = ("global", "maxsim", "regions_roi", "regions_crops", "regions_oracle")
+TRAINED = {"global_mlp": {}, "tflocal_coloc": {"hard_kinds": ("swap_att", "swap_obj")}, "blind": {"losses": {"hardneg": 1.0}}}
+KIND = {"global_mlp": "frozen + trained head", "tflocal_coloc": "frozen + trained head", "blind": "text-only control"}
+CROPS = "grid+oracle"  # the frozen backbone's test caches carry both region sets; fine-tuned ones are scored globally
 FINETUNED = ("full", "negclip", "clic", "degla")
 
 
@@ -55,19 +59,20 @@ FULL = Budget(n_train=5000, n_test=1000, head_steps=1000, finetune_steps=200)
 QUICK = Budget(n_train=600, n_test=150, head_steps=150, finetune_steps=40)
 
 
-def _extract(model: str, root: Path, data: str, store: Path) -> Path:
+def _extract(model: str, root: Path, data: str, store: Path, crops: str = "none") -> Path:
     from ..extract.config import ExtractConfig
     from ..extract.runner import extract
 
     cfg = ExtractConfig(model=model, data=data, root=str(root), out=str(store), batch_size=256, workers=1,
-                        layers=[-1, -2], segments="rules" if data != "pairs" else "none")
+                        layers=[-1, -2], segments="rules" if data != "pairs" else "none", crops=crops)
     with progress_bar() as bar:
         extract(cfg, StageProgress(bar))
     return store
 
 
-def _test_caches(model: str, world: Path, out: Path, tag: str) -> dict[tuple[str, str], Path]:
-    return {(split, bench): _extract(model, world / split / bench, DATA[bench], out / "caches" / f"{tag}-{split}-{bench}.zarr")
+def _test_caches(model: str, world: Path, out: Path, tag: str, crops: str = "none") -> dict[tuple[str, str], Path]:
+    return {(split, bench): _extract(model, world / split / bench, DATA[bench],
+                                     out / "caches" / f"{tag}-{split}-{bench}.zarr", crops)
             for split in SPLITS for bench in DATA}
 
 
@@ -79,6 +84,8 @@ def _score(method: str, head: Any, caches: dict[tuple[str, str], Path], out: Pat
 
     got = {}
     for (split, bench), store in caches.items():
+        if bench == "retrieval" and method == "blind":
+            continue
         path = out / "scores" / f"{method}-{split}-{bench}.json"
         if not path.exists():
             options = {"rerank": RERANK} if bench == "retrieval" and method not in ("global", *FINETUNED) else {}
@@ -103,7 +110,7 @@ def _run_methods(world: Path, out: Path, budget: Budget, seed: int, bootstrap: i
     from ..shapes.finetune import FinetuneConfig, finetune_backbone
 
     rows: list[dict[str, Any]] = []
-    caches = _test_caches("tiny", world, out, "tiny")
+    caches = _test_caches("tiny", world, out, "tiny", CROPS)
     for name in FREE:
         console.print(f"[bold]{name}[/bold] (training-free)")
         rows.append({"method": name, "kind": "frozen, training-free", "params": 0, "train_s": 0.0,
@@ -117,7 +124,7 @@ def _run_methods(world: Path, out: Path, budget: Budget, seed: int, bootstrap: i
         if not timing.exists():
             timing.parent.mkdir(parents=True, exist_ok=True)
             timing.write_text(json.dumps({"train_s": res.seconds, "steps": res.steps}))
-        rows.append({"method": name, "kind": "frozen + trained head", "params": _trainable(load_head(res.run_dir)),
+        rows.append({"method": name, "kind": KIND[name], "params": _trainable(load_head(res.run_dir)),
                      "train_s": json.loads(timing.read_text())["train_s"],
                      "scores": _score(name, lambda run=res.run_dir: load_head(run), caches, out, bootstrap)})
     for method in FINETUNED:

@@ -60,13 +60,16 @@ def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.
 
 def init_distributed() -> tuple[int, int]:
     """(rank, world). Under `torchrun` (WORLD_SIZE > 1) the default process group is set up once: nccl where
-    CUDA is available, gloo otherwise."""
+    CUDA is available, gloo otherwise. With CUDA the current device becomes cuda:LOCAL_RANK (the one
+    `resolve_device` gives), so nothing of this rank (NCCL, pinned memory) lands on GPU 0 by default."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1
     import torch.distributed as dist
 
     if not dist.is_initialized():
+        if torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return dist.get_rank(), world
 

@@ -6,6 +6,7 @@ in this process; a single writer thread writes whole shards (shards.py) so the m
 Batches never cross a shard, so a resumed shard is computed exactly as before; which store is resumed
 and which shards are left is store_setup.py's.
 This file is the loop itself: what runs on the model, in what order, and the summary of a run.
+Under torchrun each rank encodes only the shards it owns, into the store rank 0 made (ranks.py).
 """
 
 from __future__ import annotations
@@ -22,18 +23,19 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..cache.store import FAILED, OK, CacheError, Layout, open_store
+from ..cache.store import FAILED, OK, CacheError, Layout, n_shards, open_store
 from ..core import InputError, tree_bytes
 from ..core.device import resolve_device
 from .backbones import load_backbone
 from .config import ExtractConfig
 from .crops import CropPlan, plan_crops
 from .image_rows import ImageRows, collate_rows
+from .ranks import Job, join_job, own_share
 from .segments import add_segments
 from .shards import ShardWriter, finish_image_shard, new_image_shard
 from .sources import Plan, PlanCache, cache_path, plan_source
 from .store_setup import open_or_create, pending_shards
-from .target import NOT_WRITABLE, check_target, writer_lock
+from .target import NOT_WRITABLE, WriterLock, check_target, writer_lock
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]  # (stage, rows done, rows total)
@@ -57,6 +59,7 @@ class ExtractSummary:
     bytes_on_disk: int
     replaced: str | None = None  # what --overwrite removed
     repaired: list[str] = field(default_factory=list)  # done shards that failed verification and were rewritten
+    rank: int = 0  # under torchrun: the other ranks' summaries hold no failures and no sizes (rank 0 reads those)
 
     @property
     def images_ok(self) -> int:
@@ -73,14 +76,18 @@ def _autocast(device: str, precision: str):
 
 def extract(cfg: ExtractConfig, progress: Progress | None = None) -> ExtractSummary:
     out = Path(cfg.out)
-    check_target(out, Path(cfg.root), cfg.overwrite)  # before loading anything: nothing is touched if refused
-    with writer_lock(out):
-        return _extract(cfg, out, progress)
+    job = join_job()  # rank 0 of 1 without torchrun
+    if job.rank == 0:
+        check_target(out, Path(cfg.root), cfg.overwrite)  # before loading anything: nothing is touched if refused
+    if job.world > 1:
+        progress = own_share(progress) if progress and job.rank == 0 else None
+    with writer_lock(out, take=job.rank == 0) as lock:  # the other ranks take theirs once the store is ready
+        return _extract(cfg, out, progress, job, lock)
 
 
-def _extract(cfg: ExtractConfig, out: Path, progress: Progress | None) -> ExtractSummary:
+def _extract(cfg: ExtractConfig, out: Path, progress: Progress | None, job: Job, lock: WriterLock) -> ExtractSummary:
     t0 = time.perf_counter()
-    plan = _plan(cfg, out)
+    plan = _plan(cfg, out, job)
     if cfg.segments != "none":
         plan = add_segments(plan)
     for p in plan.problems:
@@ -93,22 +100,39 @@ def _extract(cfg: ExtractConfig, out: Path, progress: Progress | None) -> Extrac
     # Causal towers: sort captions by length so each batch is cut at its own longest caption.
     order = np.argsort(lengths, kind="stable") if bb.causal_text else np.arange(len(plan.texts))
     text_len = int(lengths.max(initial=1)) if bb.causal_text else bb.context_length
-    try:
-        root, notes = open_or_create(cfg, bb, plan, order, text_len, device, crops)
-    except OSError as e:
-        if e.errno not in NOT_WRITABLE:
-            raise
-        raise CacheError(f"cannot write {e.filename} ({e.strerror}). Pass an --out you can write.") from None
+    if job.rank == 0:
+        try:
+            root, notes = open_or_create(cfg, bb, plan, order, text_len, device, crops)
+        except OSError as e:
+            if e.errno not in NOT_WRITABLE:
+                raise
+            raise CacheError(f"cannot write {e.filename} ({e.strerror}). Pass an --out you can write.") from None
+    if job.world > 1:  # the store is made and checked: every rank shares the lock from now on (ranks.py says why)
+        if job.rank == 0:
+            lock.take(shared=True)
+        job.barrier()
+        if job.rank:
+            lock.take(shared=True)
+            root, notes = open_store(out, "r+"), []
     writer = ShardWriter(root, out)
     written = skipped = 0
     try:
         with _autocast(device, cfg.precision):
-            w, s = _extract_texts(cfg, bb, plan, (lengths, truncated), order, text_len, out, writer, device, progress)
+            w, s = _extract_texts(cfg, bb, plan, (lengths, truncated), order, text_len, out, writer, device, progress, job)
             written, skipped = written + w, skipped + s
-            w, s = _extract_images(cfg, bb, plan, out, writer, device, progress, crops)
+            w, s = _extract_images(cfg, bb, plan, out, writer, device, progress, crops, job)
             written, skipped = written + w, skipped + s
     finally:
         writer.close()
+    if job.world > 1:  # every rank's shards are durable past this point; the store is read only then
+        job.barrier()
+        written = job.total(written)
+        skipped = n_shards(len(plan.texts), cfg.shard_rows) + n_shards(len(plan.images), cfg.shard_rows) - written
+        if job.rank:
+            return ExtractSummary(out=str(out), images=len(plan.images), texts=len(plan.texts),
+                                  items=len(next(iter(plan.items.values()), [])),
+                                  image_failures=[], text_failures=[], problems=plan.problems, shards_written=written,
+                                  shards_skipped=skipped, seconds=time.perf_counter() - t0, bytes_on_disk=0, rank=job.rank)
     from ..cache.reader import CacheReader  # local: the reader is only needed for the summary
 
     reader = CacheReader(out)
@@ -124,11 +148,12 @@ def _extract(cfg: ExtractConfig, out: Path, progress: Progress | None) -> Extrac
     )
 
 
-def _plan(cfg: ExtractConfig, out: Path) -> Plan:
+def _plan(cfg: ExtractConfig, out: Path, job: Job) -> Plan:
     """The source's plan, with the planning cache beside the store unless --no-plan-cache (plan_cache.py)."""
     if not cfg.plan_cache:
         return plan_source(cfg.data, cfg.root, cfg.split)
-    hashes = PlanCache(cache_path(out))
+    # Under torchrun every rank plans at once: only rank 0 records, the others read what earlier runs left.
+    hashes = PlanCache(cache_path(out), record=job.rank == 0)
     try:
         plan = plan_source(cfg.data, cfg.root, cfg.split, hashes)
     finally:
@@ -153,12 +178,14 @@ def _token_lengths(bb, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return lengths, truncated
 
 
-def _extract_texts(cfg, bb, plan, measured, order, text_len, out, writer, device, progress) -> tuple[int, int]:
+def _extract_texts(cfg, bb, plan, measured, order, text_len, out, writer, device, progress,
+                   job: Job = Job()) -> tuple[int, int]:
     """`measured`: every caption's (lengths, truncated) from _token_lengths; each shard tokenises its own captions."""
     all_lengths, all_truncated = measured
     M, R = len(plan.texts), cfg.shard_rows
     layers = Layout(**dict(open_store(out).attrs)["layout"]).layers_text
     todo, skipped = pending_shards(out, "texts", M, R)
+    todo = job.mine(todo)
     done_rows = M - sum(min(R, M - s * R) for s in todo)
     if progress:
         progress("texts", done_rows, M)
@@ -208,9 +235,11 @@ def _encode_crops(bb, crops: torch.Tensor, batch_size: int, device: str) -> np.n
     return np.concatenate(out)
 
 
-def _extract_images(cfg, bb, plan, out, writer, device, progress, crops: CropPlan | None = None) -> tuple[int, int]:
+def _extract_images(cfg, bb, plan, out, writer, device, progress, crops: CropPlan | None = None,
+                    job: Job = Job()) -> tuple[int, int]:
     N, R = len(plan.images), cfg.shard_rows
     todo, skipped = pending_shards(out, "images", N, R)
+    todo = job.mine(todo)
     done_rows = N - sum(min(R, N - s * R) for s in todo)
     if progress:
         progress("images", done_rows, N)

@@ -123,9 +123,10 @@ def open_or_create(cfg: ExtractConfig, bb: Backbone, plan: Plan, order: np.ndarr
                     if k == "source" else f"a different {k}: " + _diff(have.get(k), attrs[k]))
             raise CacheError(f"{out} holds {what}; pass --overwrite to start again, or --out a new store")
         else:
-            # A run killed mid-write leaves zarr's temporary '*.partial' chunk files behind; the chunk they
-            # were meant to become is rewritten by this run, so they are garbage (one writer per store).
-            for stale in out.rglob("*.partial"):
+            # A run killed mid-write leaves zarr's temporary '*.partial' chunk files behind, and a done marker's
+            # temporary file (atomic_write's '.NAME.*.tmp'); the chunk or marker they were meant to become is
+            # rewritten by this run, so they are garbage (one writer per store; under torchrun the others wait).
+            for stale in [*out.rglob("*.partial"), *out.glob(".done/*/.*.tmp")]:
                 stale.unlink()
             notes += _drop_damaged(out)
             return root, notes

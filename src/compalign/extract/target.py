@@ -3,6 +3,7 @@
 A store is replaced only when its root `zarr.json` carries the compalign schema attr; a folder that is
 not a store, the data root, a folder holding the data root, or a regular file are refused untouched.
 The lock is a sibling file (`.NAME.lock`), not inside the store, because `--overwrite` removes the store.
+One process holds it exclusively; the ranks of one torchrun job hold it shared (ranks.py says why that is safe).
 """
 
 from __future__ import annotations
@@ -58,26 +59,49 @@ def remove_store(out: Path) -> str:
     return f"replaced the store {out} ({files} files, {size / 2**20:.1f} MiB)"
 
 
-@contextmanager
-def writer_lock(out: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `out` for the whole run; a second writer is refused at once, naming the first."""
-    lock = out.absolute().parent / f".{out.name}.lock"
-    try:
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as e:
-        if e.errno not in NOT_WRITABLE:
-            raise
-        raise CacheError(f"cannot write in {lock.parent} ({e.strerror}). Pass an --out in a folder you can write.") from None
-    try:
+class WriterLock:
+    """The lock file of one store, open; `take` locks it (exclusive: one writer; shared: the ranks of one job)."""
+
+    def __init__(self, out: Path):
+        self.out, self.path = out, out.absolute().parent / f".{out.name}.lock"
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            if e.errno not in NOT_WRITABLE:
+                raise
+            raise CacheError(f"cannot write in {self.path.parent} ({e.strerror}). Pass an --out in a folder you can "
+                             "write.") from None
+
+    def take(self, shared: bool = False) -> None:
+        """Lock now or be refused now (never wait), naming the process that holds it; taking a shared lock while
+        holding the exclusive one turns it shared (not atomically: flock(2) drops the old lock first, so a writer
+        that starts in that instant can win it, and this process is refused; never two writers)."""
+        try:
+            fcntl.flock(self.fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
-            other = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            raise CacheError(f"another compalign extract (pid {other}) is writing {out}; wait for it to finish, "
+            other = os.pread(self.fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise CacheError(f"another compalign extract (pid {other}) is writing {self.out}; wait for it to finish, "
                              "or pass another --out (two writers on one store corrupt it)") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        yield
+        if not shared:
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, str(os.getpid()).encode(), 0)
+
+    def close(self) -> None:
+        """Release the lock (once; again is a no-op). The file stays: removing it would race a waiting writer."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+@contextmanager
+def writer_lock(out: Path, take: bool = True) -> Iterator[WriterLock]:
+    """Hold an exclusive lock on `out` for the whole run; a second writer is refused at once, naming the first.
+    With `take` off the lock file is only opened: a rank of a job takes its shared lock later (extract/ranks.py)."""
+    lock = WriterLock(out)
+    try:
+        if take:
+            lock.take()
+        yield lock
     finally:
-        os.close(fd)  # closing releases the lock; the file stays (removing it would race a waiting writer)
+        lock.close()

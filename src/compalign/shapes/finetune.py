@@ -32,7 +32,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,25 +49,17 @@ from compalign.core.assets import TINY_CHECKPOINT
 from compalign.core.device import resolve_device
 from compalign.core.registry import Registry
 from compalign.core.training import (
-    cosine_lr,
     deterministic_cpu,
-    hardneg_loss,
-    igc_loss,
-    param_groups,
-    symmetric_infonce,
-    tgc_loss,
 )
 from compalign.shapes.captions import Caption, caption_is_false, named_pairs, parse_caption
 from compalign.shapes.config import WorldConfig
 from compalign.shapes.load import load_held_out, load_scenes, load_world_config, read_jsonl
+from compalign.shapes.losses import clic_loss, clip_loss, degla_loss, negclip_loss
 from compalign.shapes.pretrain import (
     CONFIG_NAME,
-    NO_DECAY,
     SCHEMA,
     WEIGHTS_NAME,
     TrainData,
-    _batches,  # the pretraining's sampler: epochs over distinct images, one random caption each
-    _CompactVocab,  # train only the token rows the captions use (exact; spares a (49408, W) update per step)
     build_model,
     encode_text_trimmed,
     load_train_data,
@@ -76,39 +67,24 @@ from compalign.shapes.pretrain import (
     save_checkpoint,
     world_fingerprint,
 )
+from compalign.shapes.recipe import CompactVocab, ProgressFn, Recipe, TrainResult, run_steps, sample_batches
 from compalign.shapes.scene import Scene, SceneObject
 
 logger = logging.getLogger(__name__)
 
-ProgressFn = Callable[[int, int, float], None]  # (step done, total steps, loss of that step)
 SeenFn = Callable[[list[str], list[str]], None]  # (texts, image names) a step encodes: the audit trail of the tests
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
-    """How a backbone is fine-tuned (travels inside the checkpoint it writes)."""
+class FinetuneConfig(Recipe):
+    """How a backbone is fine-tuned (travels inside the checkpoint it writes); the optimisation fields are Recipe's.
+
+    Recipe's defaults are fine-tuning's: 200 steps (5 epochs of the default world's 5,000 images; on 2 shared CPU
+    cores full ~1 minute, negclip ~1.3, clic ~1.8, degla ~2.5-4), a peak lr of 1e-4 (pretraining's was 2e-3:
+    fine-tuning moves a trained model, gently) after 20 warmup steps."""
 
     # full | negclip | clic | degla (list_methods())
     method: str = "full"
-    # optimisation steps (one batch each): 5 epochs of the default world's 5,000 images. Measured on 2 shared CPU
-    # cores: full ~1 minute, negclip ~1.3, clic ~1.8, degla ~2.5-4 (a teacher pass and 4 negatives per caption)
-    steps: int = 200
-    # distinct images per batch (CLIC: composites per step, each of two of them)
-    batch_size: int = 128
-    # peak AdamW learning rate (pretraining's was 2e-3: fine-tuning moves a trained model, gently)
-    lr: float = 1e-4
-    # linear warmup steps, then a cosine to 0
-    warmup: int = 20
-    # AdamW weight decay on matrices (not on norms, biases, embeddings or the logit scale), as in pretraining
-    weight_decay: float = 0.1
-    # gradient clipping (global L2 norm)
-    grad_clip: float = 1.0
-    # seed of the batch order, the negatives drawn and CLIC's pairing
-    seed: int = 0
-    # CPU threads while training (deterministic for a given count)
-    threads: int = 1
-    # cpu (seeded and deterministic) | cuda | auto
-    device: str = "cpu"
     # hard negatives drawn per caption, among the world's (up to 7 kinds); None: the method's own
     # (negclip 1, as NegCLIP's one swap per caption; degla 4, as DeGLA's neg_text=4)
     n_hard: int | None = None
@@ -129,18 +105,11 @@ class FinetuneConfig:
     degla_w_tgc: float = 0.1
     degla_tgc_scale: float = 10.0
     degla_ema: float = 0.99
-    # log the running loss every this many steps
-    log_every: int = 50
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.method not in METHODS:
             raise InputError(f"FinetuneConfig: unknown method {self.method!r}; known: {', '.join(list_methods())}")
-        if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
-            raise InputError(f"FinetuneConfig: device must be cpu, cuda, cuda:N or auto, got {self.device!r}")
-        if self.steps < 1 or self.batch_size < 2:
-            raise InputError("FinetuneConfig: steps must be >= 1 and batch_size >= 2 (the loss needs negatives)")
-        if self.threads < 1 or self.lr <= 0 or self.warmup < 0 or self.weight_decay < 0:
-            raise InputError("FinetuneConfig: threads >= 1, lr > 0, warmup and weight_decay >= 0")
         if self.n_hard is not None and self.n_hard < 1:
             raise InputError("FinetuneConfig: n_hard must be >= 1 (or None: the method's own)")
         if not 0.0 <= self.degla_ema < 1.0:
@@ -155,99 +124,6 @@ class FinetuneConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FinetuneConfig:
         return config.from_dict(cls, data, "FinetuneConfig")
-
-
-@dataclass
-class FinetuneResult:
-    out: Path  # the checkpoint folder
-    losses: list[float]  # loss of every step
-    seconds: float  # training wall time (data loading excluded)
-    n_images: int
-    n_pairs: int
-    bytes: int  # size of the weights file
-
-
-# -- the losses (pure functions of L2-normalised features) -----------------------------------------
-
-
-def full_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """CLIP: L = 1/2 [CE(s * I T^T, diag) + CE(s * T I^T, diag)] over the (B, B) in-batch pairs.
-
-    image, text (B, E) L2-normalised, row b of each the matching pair; scale the logit scale exp(t)."""
-    return symmetric_infonce(scale * image @ text.T)  # (B, B) logits
-
-
-def negclip_loss(image: torch.Tensor, text: torch.Tensor, negatives: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """NegCLIP: the hard-negative captions join the image->text denominator; text->image is CLIP's.
-
-    L = 1/2 [ -1/B sum_b log( e^{s <I_b,T_b>} / (sum_j e^{s <I_b,T_j>} + sum_n e^{s <I_b,N_n>}) )
-              -1/B sum_b log( e^{s <T_b,I_b>} / sum_j e^{s <T_b,I_j>} ) ]
-    image, text (B, E); negatives (N, E): every negative of the batch, each a distractor for every image."""
-    target = torch.arange(len(image), device=image.device)
-    i2t = scale * image @ torch.cat([text, negatives]).T  # (B, B + N); column b is the positive
-    t2i = scale * text @ image.T  # (B, B)
-    return 0.5 * (F.cross_entropy(i2t, target) + F.cross_entropy(t2i, target))
-
-
-def clic_loss(
-    image: torch.Tensor,
-    positives: torch.Tensor,
-    negative: torch.Tensor,
-    negative_mask: torch.Tensor,
-    scale: torch.Tensor,
-    w_cont: float = 0.5,
-    w_neg: float = 0.5,
-    w_uni: float = 1.0,
-) -> torch.Tensor:
-    """CLIC (eq. 4-7): composites I_b of two images, P joined captions p_{1..P} of each (p_1 = "c_a. c_b.",
-    p_2 = "c_b. c_a.", p_3.. other captions of the same two images), one hard negative n_b.
-
-    L_cont = 1/P sum_p symmetric_InfoNCE(s * I p_p^T)                    (each positive set its own (B, B) matrix)
-    L_neg  = 1/P sum_p mean_{b: mask} -log(e^{s <I_b,p_pb>} / (e^{s <I_b,p_pb>} + e^{s <I_b,n_b>}))
-    L_uni  = 1/B sum_b || p_1b - p_2b ||^2                               (the two orders say the same thing)
-    L      = w_cont L_cont + w_neg L_neg + w_uni L_uni
-    image (B, E); positives (P, B, E), P >= 2; negative (B, E); negative_mask (B,) bool (False: no negative)."""
-    n_pos = len(positives)
-    cont = sum(symmetric_infonce(scale * image @ p.T) for p in positives) / n_pos  # each (B, B) logits
-    neg_logit = scale * (image * negative).sum(-1)  # (B,)
-    neg = sum(hardneg_loss(scale * (image * p).sum(-1), neg_logit[:, None], negative_mask[:, None]) for p in positives) / n_pos
-    uni = (positives[0] - positives[1]).pow(2).sum(-1).mean()
-    return w_cont * cont + w_neg * neg + w_uni * uni
-
-
-def degla_loss(
-    image: torch.Tensor,
-    text: torch.Tensor,
-    negatives: torch.Tensor,
-    mask: torch.Tensor,
-    teacher_image: torch.Tensor,
-    teacher_text: torch.Tensor,
-    teacher_negatives: torch.Tensor,
-    scale: torch.Tensor,
-    w_distill: float = 0.005,
-    w_igc: float = 0.1,
-    w_tgc: float = 0.1,
-    tgc_scale: float = 10.0,
-) -> torch.Tensor:
-    """DeGLA: global alignment under self-distillation, plus image- and text-grounded contrasts.
-
-    L_clip    = symmetric_InfoNCE(s * I T^T)
-    L_distill = sum_b ||I_b - I'_b||^2 + sum_b ||T_b - T'_b||^2 + sum_{b,k: mask} ||N_bk - N'_bk||^2
-                (primes: the frozen EMA teacher's features of the same inputs; 0 when student == teacher)
-    L_IGC     = igc_loss(s * I T^T, s * <I_b, N_bk>)            -- each image picks its caption among the batch's
-                                                                   captions and its own hard negatives
-    L_TGC     = tgc_loss(t * <T_b, T'_b>, t * <T_b, N_bk>)       -- each caption, as anchor, is closer to the
-                                                                   teacher's view of itself than to its negatives
-    L         = L_clip + w_distill L_distill + w_igc L_IGC + w_tgc L_TGC
-    image, text (B, E); negatives (B, K, E) (any value where mask is False); mask (B, K) bool; teacher_* alike."""
-    matrix = scale * image @ text.T  # (B, B)
-    clip = symmetric_infonce(matrix)
-    distill = (image - teacher_image).pow(2).sum() + (text - teacher_text).pow(2).sum()
-    distill = distill + ((negatives - teacher_negatives).pow(2).sum(-1) * mask).sum()
-    hard = scale * torch.einsum("be,bke->bk", image, negatives)  # (B, K) s(I_b, n_bk)
-    text_hard = tgc_scale * torch.einsum("be,bke->bk", text, negatives)  # (B, K) t(c_b, n_bk)
-    tgc = tgc_loss(tgc_scale * (text * teacher_text).sum(-1), text_hard, mask)
-    return clip + w_distill * distill + w_igc * igc_loss(matrix, hard, mask) + w_tgc * tgc
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -352,7 +228,7 @@ class _Run:
     def __init__(self, model: torch.nn.Module, data: FinetuneData, tokenizer: Any, cfg: FinetuneConfig,
                  dev: torch.device, seen: SeenFn | None) -> None:
         self.model, self.data, self.tokenizer, self.cfg, self.dev, self.seen = model, data, tokenizer, cfg, dev, seen
-        self.vocab = _CompactVocab(model, torch.cat([data.tokens, tokenizer(["."]).long()]))
+        self.vocab = CompactVocab(model, torch.cat([data.tokens, tokenizer(["."]).long()]))
         self.pixels = data.train.pixels.to(dev)
         self.tokens = self.vocab.remap(data.tokens).to(dev)
         self.teacher = None
@@ -460,7 +336,7 @@ def list_methods() -> list[str]:
 
 @METHODS.decorator("full", about="plain CLIP loss (symmetric InfoNCE), in-batch pairs only", n_hard=0, teacher=False)
 def _full_step(run: _Run, img: torch.Tensor, cap: torch.Tensor, step: int) -> torch.Tensor:
-    return full_loss(run.images(img), run.texts(cap), run.scale)
+    return clip_loss(run.images(img), run.texts(cap), run.scale)
 
 
 @METHODS.decorator("negclip", about="hard-negative captions in the image->text denominator (NegCLIP)", n_hard=1,
@@ -516,29 +392,8 @@ def train(model: torch.nn.Module, data: FinetuneData, tokenizer: Any, cfg: Finet
     with deterministic_cpu(dev, cfg.threads):
         run = _Run(model, data, tokenizer, cfg, dev, seen)
         try:
-            opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay, spare=NO_DECAY), lr=cfg.lr,
-                                    betas=(0.9, 0.98), eps=1e-6)
-            losses: list[float] = []
-            for step, (img, cap) in enumerate(_batches(data.train, cfg.batch_size, cfg.steps, run.gen)):
-                lr = cosine_lr(step, cfg.steps, cfg.warmup, cfg.lr)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                loss = step_loss(run, img, cap, step)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                opt.step()
-                with torch.no_grad():  # CLIP clamps the temperature at 100
-                    model.logit_scale.clamp_(0, math.log(100))
-                run.ema()
-                losses.append(loss.item())
-                if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-                    recent = losses[-cfg.log_every:]
-                    logger.info("%s step %d/%d loss %.4f (lr %.2e)", cfg.method, step + 1, cfg.steps,
-                                sum(recent) / len(recent), lr)
-                if progress:
-                    progress(step + 1, cfg.steps, losses[-1])
+            losses = run_steps(model, cfg, sample_batches(data.train, cfg.batch_size, cfg.steps, run.gen),
+                               lambda step, img, cap: step_loss(run, img, cap, step), progress, run.ema, f"{cfg.method} ")
         finally:
             run.restore()
     model.cpu().eval()
@@ -579,7 +434,7 @@ def finetune_backbone(
     backbone: str | Path = TINY_CHECKPOINT,
     progress: ProgressFn | None = None,
     seen: SeenFn | None = None,
-) -> FinetuneResult:
+) -> TrainResult:
     """Fine-tune ``backbone`` on ``world``'s train split with ``cfg.method``; save it to ``out`` (local-dir layout)."""
     cfg = cfg if cfg is not None else FinetuneConfig()
     resolve_device(cfg.device)  # refuse a missing GPU before loading anything
@@ -605,24 +460,19 @@ def finetune_backbone(
     path = save_checkpoint(model, base["model_cfg"], out, record)
     size = (path / WEIGHTS_NAME).stat().st_size
     logger.info("saved %s-fine-tuned backbone to %s after %.0f s", cfg.method, path, seconds)
-    return FinetuneResult(path, losses, seconds, len(data.train.image_names), int(len(data.negatives)), size)
+    return TrainResult(path, losses, seconds, len(data.train.image_names), int(len(data.negatives)), size)
 
 
 __all__ = [
     "METHODS",
     "FinetuneConfig",
     "FinetuneData",
-    "FinetuneResult",
-    "clic_loss",
     "composite_scene",
-    "degla_loss",
     "draw_negatives",
     "finetune_backbone",
-    "full_loss",
     "join",
     "list_methods",
     "load_finetune_data",
     "load_local_dir",
-    "negclip_loss",
     "train",
 ]

@@ -18,9 +18,7 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -37,46 +35,28 @@ from compalign.core.assets import MODEL_CONFIG_DIR
 from compalign.core.decode import DecodeError, decode_image
 from compalign.core.device import resolve_device
 from compalign.core.files import atomic_write, atomic_write_with
-from compalign.core.training import cosine_lr, param_groups, symmetric_infonce
 from compalign.shapes.augment import augment_batch, augment_data
 from compalign.shapes.load import read_jsonl
+from compalign.shapes.losses import clip_loss
+from compalign.shapes.recipe import CompactVocab, ProgressFn, Recipe, TrainResult, run_steps, sample_batches
 
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
 SCHEMA = "compalign.backbone/1"
-ProgressFn = Callable[[int, int, float], None]  # (step done, total steps, loss of that step)
 
 
 @dataclass(frozen=True)
-class PretrainConfig:
-    """How the tiny backbone is trained (travels inside the checkpoint)."""
+class PretrainConfig(Recipe):
+    """How the tiny backbone is trained (travels inside the checkpoint); the optimisation fields are Recipe's."""
 
-    # optimisation steps (one batch each)
     steps: int = 4000
-    # distinct images per batch; the contrastive task gets harder (and better) with more
-    batch_size: int = 128
-    # peak AdamW learning rate, reached after `warmup` steps, then cosine decay to 0
     lr: float = 2e-3
-    # linear warmup steps
     warmup: int = 100
-    # AdamW weight decay on matrices (not on norms, biases, embeddings or the logit scale)
-    weight_decay: float = 0.1
-    # gradient clipping (global L2 norm)
-    grad_clip: float = 1.0
-    # seed of the initialisation and of the batch order
-    seed: int = 0
-    # log the running loss every this many steps
     log_every: int = 100
     # dtype of the saved weights; fp16 halves the file (the model is rebuilt in fp32 on load)
     save_dtype: Literal["fp32", "fp16"] = "fp32"
-    # CPU threads while training. 1 by default: this model's matrices are small, and on a busy
-    # machine OpenMP threads that wait on each other were measured 18x slower than one thread
-    threads: int = 1
-    # where to train: cpu (the shipped backbone; seeded and deterministic) | cuda | auto. A GPU runs the
-    # same recipe in seconds per thousand steps, for sweeping world knobs; its weights differ in float rounding
-    device: str = "cpu"
     # Augmentations that try to take colour out of shape without ever drawing a held-out pair (augment.py):
     # trained on familiar pairs only, the tiny ViT codes the (colour, shape) pair and cannot read the shape
     # of an unseen one. Measured in the README, "Unseen pairs". Probability that an image's background is
@@ -89,16 +69,9 @@ class PretrainConfig:
     p_recolour: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
-            raise InputError(f"PretrainConfig: device must be cpu, cuda, cuda:N or auto, got {self.device!r}")
-        if self.steps < 1 or self.batch_size < 2:
-            raise InputError("PretrainConfig: steps must be >= 1 and batch_size >= 2 (the loss needs negatives)")
-        if self.threads < 1:
-            raise InputError("PretrainConfig: threads must be >= 1")
+        super().__post_init__()
         if not all(0.0 <= p <= 1.0 for p in (self.p_background, self.p_grey, self.p_recolour)):
             raise InputError("PretrainConfig: p_background, p_grey and p_recolour are probabilities in [0, 1]")
-        if self.lr <= 0 or self.warmup < 0 or self.weight_decay < 0:
-            raise InputError("PretrainConfig: lr must be > 0, warmup and weight_decay >= 0")
         if self.save_dtype not in ("fp32", "fp16"):
             raise InputError(f"PretrainConfig: save_dtype must be fp32 or fp16, got {self.save_dtype!r}")
 
@@ -132,16 +105,6 @@ class TrainData:
         order = torch.argsort(self.caption_image, stable=True)
         counts = torch.bincount(self.caption_image, minlength=len(self.image_names))
         return list(torch.split(order, counts.tolist()))
-
-
-@dataclass
-class PretrainResult:
-    out: Path  # the checkpoint folder
-    losses: list[float]  # loss of every step
-    seconds: float  # training wall time (data loading excluded)
-    n_images: int
-    n_captions: int
-    bytes: int  # size of the weights file
 
 
 # -- model -----------------------------------------------------------------------------------
@@ -216,36 +179,7 @@ def load_train_data(world: str | Path, preprocess: Any, tokenizer: Any, augment:
     return data
 
 
-def _batches(data: TrainData, batch_size: int, steps: int, gen: torch.Generator):
-    """(image rows, caption rows) per step: epochs over distinct images, one random caption each."""
-    n = len(data.image_names)
-    batch_size = min(batch_size, n)
-    caps = data.captions_of()
-    counts = torch.tensor([len(c) for c in caps])
-    offsets = torch.cumsum(counts, 0) - counts
-    flat = torch.cat(caps)
-    perm, pos = torch.randperm(n, generator=gen), 0
-    for _ in range(steps):
-        if pos + batch_size > n:  # drop the ragged tail: every batch has the same size
-            perm, pos = torch.randperm(n, generator=gen), 0
-        img = perm[pos : pos + batch_size]
-        pos += batch_size
-        pick = (torch.rand(len(img), generator=gen) * counts[img]).long()
-        yield img, flat[offsets[img] + pick]
-
-
 # -- training --------------------------------------------------------------------------------
-
-
-def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE over the in-batch (B, B) similarity matrix (features L2-normalised)."""
-    return symmetric_infonce(logit_scale * image_features @ text_features.T)  # (B, B) logits
-
-
-# Names spared weight decay besides every vector and scalar: the token and positional embeddings (_CompactVocab
-# relies on unused token rows never moving), the norms ("ln") and, as the recipe always said, biases and the logit
-# scale (both vectors or scalars in every open_clip model, so "bias" anywhere in a name spares what a trailing one did).
-NO_DECAY = ("embedding", "logit_scale", "ln", "bias")
 
 
 def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
@@ -267,44 +201,9 @@ def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.T
     return F.normalize(x, dim=-1)
 
 
-class _CompactVocab:
-    """Train only the token-embedding rows the captions use; write them back afterwards.
-
-    Exact: a row no caption uses gets a zero gradient at every step, and AdamW (embeddings carry no
-    weight decay here) never moves such a row, so training the used rows alone gives the same
-    weights. It spares a dense (49408, W) gradient, clip and AdamW update per step. Ids are remapped
-    in sorted order, so the end-of-text token stays the highest id and argmax pooling still finds it;
-    a tower that pools at a fixed eos id would lose it, so any other pooling keeps the full vocabulary.
-    """
-
-    def __init__(self, model: torch.nn.Module, tokens: torch.Tensor) -> None:
-        self.model, self.full = model, model.token_embedding
-        self.active = getattr(model, "text_pool_type", None) == "argmax"
-        if not self.active:
-            return
-        self.used = torch.unique(tokens)  # sorted
-        self.lut = torch.zeros(self.full.num_embeddings, dtype=torch.long)
-        self.lut[self.used] = torch.arange(len(self.used))
-        compact = torch.nn.Embedding(len(self.used), self.full.embedding_dim)
-        with torch.no_grad():
-            compact.weight.copy_(self.full.weight[self.used])
-        model.token_embedding = compact.to(self.full.weight.device)
-
-    def remap(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.lut.to(tokens.device)[tokens] if self.active else tokens
-
-    def restore(self) -> None:
-        if not self.active:
-            return
-        compact = self.model.token_embedding
-        with torch.no_grad():
-            self.full.weight[self.used.to(self.full.weight.device)] = compact.weight.to(self.full.weight.device)
-        self.model.token_embedding = self.full
-
-
 def train(model: torch.nn.Module, data: TrainData, cfg: PretrainConfig, progress: ProgressFn | None = None) -> list[float]:
     """Train ``model`` in place; returns the loss of every step."""
-    vocab = _CompactVocab(model, data.tokens)
+    vocab = CompactVocab(model, data.tokens)
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
@@ -323,36 +222,21 @@ def _train(model: torch.nn.Module, data: TrainData, cfg: PretrainConfig, progres
     dev = resolve_device(cfg.device)
     model.to(dev)
     pixels, tokens = data.pixels.to(dev), data.tokens.to(dev)  # the whole world fits (20k images = 1 GB)
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay, spare=NO_DECAY), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
     if cfg.augments and data.tokens_grey is None:
         raise ValueError("p_background / p_grey / p_recolour need the data loaded with load_train_data(..., augment=True)")
     aug_gen = torch.Generator().manual_seed(cfg.seed + 1)  # its own stream: the batch order stays the same
     model.train()
-    losses: list[float] = []
-    for step, (img, cap) in enumerate(_batches(data, cfg.batch_size, cfg.steps, gen)):
-        lr = cosine_lr(step, cfg.steps, cfg.warmup, cfg.lr)  # warmup, then a cosine to 0
-        for group in opt.param_groups:
-            group["lr"] = lr
+
+    def step_loss(step: int, img: torch.Tensor, cap: torch.Tensor) -> torch.Tensor:
         if cfg.augments:
             x, t = augment_batch(pixels, tokens, img, cap, data, cfg, aug_gen)
         else:
             x, t = pixels[img.to(dev)], tokens[cap.to(dev)]
         image_features = model.encode_image(x, normalize=True)  # (B, E)
         text_features = encode_text_trimmed(model, t)  # (B, E)
-        loss = clip_loss(image_features, text_features, model.logit_scale.exp())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        with torch.no_grad():  # CLIP clamps the temperature at 100
-            model.logit_scale.clamp_(0, math.log(100))
-        losses.append(loss.item())
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            recent = losses[-cfg.log_every :]
-            logger.info("step %d/%d loss %.4f (lr %.2e)", step + 1, cfg.steps, sum(recent) / len(recent), lr)
-        if progress:
-            progress(step + 1, cfg.steps, losses[-1])
+        return clip_loss(image_features, text_features, model.logit_scale.exp())
+
+    losses = run_steps(model, cfg, sample_batches(data, cfg.batch_size, cfg.steps, gen), step_loss, progress)
     model.cpu().eval()
     return losses
 
@@ -389,7 +273,7 @@ def pretrain_backbone(
     cfg: PretrainConfig = PretrainConfig(),
     model_cfg: dict[str, Any] | None = None,
     progress: ProgressFn | None = None,
-) -> PretrainResult:
+) -> TrainResult:
     """Train the tiny backbone on ``world``'s train split and save it to ``out`` (local-dir layout)."""
     resolve_device(cfg.device)  # refuse a missing GPU before loading the world
     model_cfg = model_cfg if model_cfg is not None else default_model_cfg()
@@ -411,15 +295,13 @@ def pretrain_backbone(
     path = save_checkpoint(model, model_cfg, out, record, cfg.save_dtype)
     size = (path / WEIGHTS_NAME).stat().st_size
     logger.info("saved backbone to %s (%.1f MB) after %.0f s", path, size / 1e6, seconds)
-    return PretrainResult(path, losses, seconds, len(data.image_names), int(len(data.tokens)), size)
+    return TrainResult(path, losses, seconds, len(data.image_names), int(len(data.tokens)), size)
 
 
 __all__ = [
     "PretrainConfig",
-    "PretrainResult",
     "TrainData",
     "build_model",
-    "clip_loss",
     "default_model_cfg",
     "load_train_data",
     "preprocess_cfg_for",

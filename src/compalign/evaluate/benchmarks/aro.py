@@ -17,8 +17,7 @@ import numpy as np
 from ...cache.reader import CacheReader
 from ...heads.base import Head
 from ..metrics import pct
-from ..scoring import score_captions
-from .base import BOW_PROOF, Benchmark, BenchResult, bow_proof, columns, head_label, register_benchmark, warn_invalid
+from .base import BOW_PROOF, Benchmark, BenchResult, ContrastBenchmark, left_out_note, register_benchmark
 
 SUBSETS = ("vg_relation", "vg_attribution")
 MIN_GROUP = {"vg_relation": 1, "vg_attribution": 25}  # the official per-group count thresholds of the macro
@@ -38,40 +37,17 @@ def aro_metrics(correct: np.ndarray, subset: np.ndarray, group: np.ndarray,
     return out
 
 
-def aro_outcomes(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(correct, valid): strict `>`; an item with a NaN score is invalid (and not correct)."""
-    valid = ~(np.isnan(pos) | np.isnan(neg))
-    return valid & (pos > neg), valid
-
-
 @register_benchmark("aro")
-class ARO(Benchmark):
+class ARO(ContrastBenchmark):
     source = "aro"
-    contrasts = (("caption", "negative_caption"),)
+    extra = ("group",)
 
-    def evaluate(self, reader: CacheReader, head: Head) -> BenchResult:
-        self.check(reader)
-        it = reader.items
-        n = len(it["id"])
-        pos, neg = score_captions(reader, head, it["image"], it["caption"], it["negative_caption"])
-        correct, valid = aro_outcomes(pos, neg)
-        warn_invalid(valid)
-        bow = bow_proof(reader, it["caption"], it["negative_caption"])
-        items = [{"id": str(i), "subset": str(sub), "group": str(g), "pos": float(p), "neg": float(q),
-                  "correct": bool(c), "valid": bool(v), BOW_PROOF: bool(b)}
-                 for i, sub, g, p, q, c, v, b in zip(it["id"], it["subset"], it["group"], pos, neg, correct, valid, bow)]
-        metrics = self.metrics(columns(items))
-        present = set(it["subset"].tolist())
-        notes = [f"{s} absent: only {', '.join(sorted(present))} scored" for s in SUBSETS if s not in present]
-        for s in sorted(present):
-            if np.isnan(metrics.get(f"{s}/macro", 0.0)):
-                notes.append(f"{s}/macro is NaN: no group has the {MIN_GROUP.get(s, 1)} valid items the official "
-                             "macro needs")
-        if (~valid).any():
-            notes.append(f"{int((~valid).sum())} of {n} items left out (failed image or caption): every score is "
-                         f"over the other {int(valid.sum())}, so it is not comparable with a run over all items")
-        return BenchResult("aro", head_label(head), reader.backbone["name"], str(reader.path), metrics, items,
-                           {"items": n, "invalid": int((~valid).sum()), BOW_PROOF: int(bow.sum())}, notes)
+    def notes(self, items: dict[str, np.ndarray], result: BenchResult, valid: np.ndarray) -> list[str]:
+        present = set(items["subset"].tolist())
+        out = [f"{s} absent: only {', '.join(sorted(present))} scored" for s in SUBSETS if s not in present]
+        out += [f"{s}/macro is NaN: no group has the {MIN_GROUP.get(s, 1)} valid items the official macro needs"
+                for s in sorted(present) if np.isnan(result.metrics.get(f"{s}/macro", 0.0))]
+        return out + left_out_note(valid)
 
     @staticmethod
     def item_metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:
@@ -104,28 +80,20 @@ class AROOrder(Benchmark):
     contrasts = tuple(("caption", p) for p in ORDER_PERTURBATIONS)
 
     def evaluate(self, reader: CacheReader, head: Head) -> BenchResult:
-        self.check(reader)
+        # bow-proof for every item: each perturbation reorders the caption's own words
+        s, _, bow = self.score(reader, head, "image", "caption", *ORDER_PERTURBATIONS)  # s (5, n)
         it = reader.items
         n = len(it["id"])
-        negs_keys = [it[p] for p in ORDER_PERTURBATIONS]
-        s = score_captions(reader, head, it["image"], it["caption"], *negs_keys)  # (5, n)
         pos, negs = s[0], s[1:].T
-        same = np.stack([k == it["caption"] for k in negs_keys], axis=1)
+        same = np.stack([it[p] == it["caption"] for p in ORDER_PERTURBATIONS], axis=1)
         beats, correct, valid = order_outcomes(pos, negs, same)
-        bow = bow_proof(reader, it["caption"], *negs_keys)  # every perturbation reorders the caption's own words
-        warn_invalid(valid)
         items = [{"id": str(it["id"][j]), "subset": str(it["subset"][j]), "pos": float(pos[j]),
                   **{f"neg_{p}": float(negs[j, k]) for k, p in enumerate(ORDER_PERTURBATIONS)},
                   **{f"beats_{p}": bool(beats[j, k]) for k, p in enumerate(ORDER_PERTURBATIONS)},
                   "correct": bool(correct[j]), "valid": bool(valid[j]), BOW_PROOF: bool(bow[j])} for j in range(n)]
-        metrics = self.metrics(columns(items))
         notes = [f"perturbations by a rule-based stand-in for spaCy's tagger; {int(same.any(axis=1).sum())} of {n} "
                  "items have a perturbation identical to the true caption (beaten vacuously, as in the official code)"]
-        if (~valid).any():
-            notes.append(f"{int((~valid).sum())} of {n} items left out (failed image or caption): every score is "
-                         f"over the other {int(valid.sum())}, so it is not comparable with a run over all items")
-        return BenchResult("aro_order", head_label(head), reader.backbone["name"], str(reader.path), metrics, items,
-                           {"items": n, "invalid": int((~valid).sum()), BOW_PROOF: int(bow.sum())}, notes)
+        return self.result(reader, head, items, notes + left_out_note(valid))
 
     @staticmethod
     def item_metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:

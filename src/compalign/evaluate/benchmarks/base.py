@@ -14,6 +14,7 @@ from ...core import InputError
 from ...core.registry import Registry
 from ...heads.base import Head
 from ..metrics import same_words
+from ..scoring import score_captions, score_two_by_two
 
 
 @dataclass
@@ -67,12 +68,74 @@ class Benchmark:
         """The benchmark's own metrics from the columns of the items to count (valid ones only)."""
         raise NotImplementedError
 
+    def score(self, reader: CacheReader, head: Head, image: str, *captions: str
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Check the cache, then score each item's image against its k caption columns (the first the positive).
+
+        Returns (scores (k, n), valid (n,): no score NaN (no failed image or caption), bag-of-words-proof (n,))."""
+        self.check(reader)
+        it = reader.items
+        s = score_captions(reader, head, it[image], *(it[c] for c in captions))
+        valid = ~np.isnan(s).any(axis=0)
+        warn_invalid(valid)
+        return s, valid, bow_proof(reader, *(it[c] for c in captions))
+
+    def score_2x2(self, reader: CacheReader, head: Head, i0: str, i1: str, c0: str, c1: str
+                  ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+        """Check the cache, then score items of two image and two caption columns: (the four scores, valid, bow-proof)."""
+        self.check(reader)
+        it = reader.items
+        s, valid = score_two_by_two(reader, head, it[i0], it[i1], it[c0], it[c1])
+        warn_invalid(valid)
+        return s, valid, bow_proof(reader, it[c0], it[c1])
+
+    def result(self, reader: CacheReader, head: Head, items: list[dict[str, Any]], notes: list[str] | None = None,
+               counts: dict[str, int] | None = None) -> BenchResult:
+        """The BenchResult of per-item records: metrics recomputed from them, counted (items, invalid, bow-proof)."""
+        cols = columns(items)
+        if counts is None:
+            invalid = int((~cols["valid"].astype(bool)).sum()) if items else 0
+            counts = {"items": len(items), "invalid": invalid, BOW_PROOF: int(cols[BOW_PROOF].sum()) if items else 0}
+        return BenchResult(self.name, head_label(head), reader.backbone["name"], str(reader.path), self.metrics(cols),
+                           items, counts, list(notes or []))
+
     def check(self, reader: CacheReader) -> None:
         reader.require_complete()
         kind = reader.attrs["source"]["kind"]
         if kind != self.source:
             raise InputError(f"{reader.path} was extracted from a {kind!r} source; --bench {self.name} needs "
                              f"`compalign extract --data {self.source}`")
+
+
+class ContrastBenchmark(Benchmark):
+    """Items of one image, its caption and one negative caption; correct iff s(I, caption) > s(I, negative).
+
+    Ties are wrong (strict `>`), an item with a NaN score is invalid. Records: id, subset, the `extra` item
+    columns, pos, neg, correct, valid, bow_proof; subclasses add their notes and their `item_metrics`."""
+
+    contrasts = (("caption", "negative_caption"),)
+    extra: ClassVar[tuple[str, ...]] = ()  # item columns carried into each record (ARO's group)
+
+    def evaluate(self, reader: CacheReader, head: Head) -> BenchResult:
+        (pos, neg), valid, bow = self.score(reader, head, "image", "caption", "negative_caption")
+        it = reader.items
+        correct, valid = contrast_outcomes(pos, neg)
+        items = [{"id": str(it["id"][j]), "subset": str(it["subset"][j]), **{c: str(it[c][j]) for c in self.extra},
+                  "pos": float(pos[j]), "neg": float(neg[j]), "correct": bool(correct[j]), "valid": bool(valid[j]),
+                  BOW_PROOF: bool(bow[j])} for j in range(len(pos))]
+        res = self.result(reader, head, items)
+        res.notes = self.notes(it, res, valid)
+        return res
+
+    def notes(self, items: dict[str, np.ndarray], result: BenchResult, valid: np.ndarray) -> list[str]:
+        """What a reader of the table must know (subsets absent, items left out)."""
+        return left_out_note(valid)
+
+
+def contrast_outcomes(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(correct, valid): strict `>`; an item with a NaN score is invalid (and not correct)."""
+    valid = ~(np.isnan(pos) | np.isnan(neg))
+    return valid & (pos > neg), valid
 
 
 log = logging.getLogger("compalign.evaluate.benchmarks")
@@ -120,6 +183,21 @@ def bow_proof(reader: CacheReader, positive: np.ndarray, *negatives: np.ndarray)
 
 def _rows(cols: dict[str, np.ndarray], keep: np.ndarray) -> dict[str, np.ndarray]:
     return {k: v[keep] for k, v in cols.items()}
+
+
+def absent_note(subsets: list[str] | tuple[str, ...], present: np.ndarray) -> list[str]:
+    """The note a table needs when some of a benchmark's subsets were not extracted."""
+    have = set(present.tolist())
+    absent = [s for s in subsets if s not in have]
+    return [f"{len(subsets) - len(absent)} of {len(subsets)} subsets present (absent: {', '.join(absent)}): the macro "
+            "and category means cover only the subsets present"] if absent else []
+
+
+def left_out_note(valid: np.ndarray) -> list[str]:
+    """The note a table needs when failed images or captions left items out of its means."""
+    n, bad = len(valid), int((~valid).sum())
+    return [f"{bad} of {n} items left out (failed image or caption): every score is over the other {n - bad}, "
+            "so it is not comparable with a run over all items"] if bad else []
 
 
 def warn_invalid(valid: np.ndarray) -> None:

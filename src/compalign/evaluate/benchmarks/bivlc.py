@@ -10,8 +10,7 @@ import numpy as np
 from ...cache.reader import CacheReader
 from ...heads.base import Head
 from ..metrics import bivlc_metrics, bivlc_outcomes
-from ..scoring import score_two_by_two
-from .base import BOW_PROOF, Benchmark, BenchResult, bow_proof, columns, head_label, register_benchmark, warn_invalid
+from .base import BOW_PROOF, Benchmark, BenchResult, register_benchmark
 
 OUTCOMES = ("Ipos2T", "Ineg2T", "Tpos2I", "Tneg2I", "I2T", "T2I", "Group")
 
@@ -23,18 +22,13 @@ class BiVLC(Benchmark):
     contrasts = (("caption", "negative_caption"),)
 
     def evaluate(self, reader: CacheReader, head: Head) -> BenchResult:
-        self.check(reader)
+        s, valid, bow = self.score_2x2(reader, head, "image", "negative_image", "caption", "negative_caption")
         it = reader.items
         n = len(it["id"])
-        s, valid = score_two_by_two(reader, head, it["image"], it["negative_image"], it["caption"], it["negative_caption"])
-        warn_invalid(valid)
         out = bivlc_outcomes(s["c0i0"], s["c1i0"], s["c0i1"], s["c1i1"])
-        bow = bow_proof(reader, it["caption"], it["negative_caption"])
         items = [{"id": str(it["id"][j]), "subset": f"{it['type'][j]}/{it['subtype'][j]}", "valid": bool(valid[j]),
                   BOW_PROOF: bool(bow[j]), **{k: bool(v[j]) for k, v in out.items()}} for j in range(n)]
-        metrics = self.metrics(columns(items))
-        return BenchResult("bivlc", head_label(head), reader.backbone["name"], str(reader.path), metrics, items,
-                           {"items": n, "invalid": int((~valid).sum()), BOW_PROOF: int(bow.sum())})
+        return self.result(reader, head, items)
 
     @staticmethod
     def item_metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:

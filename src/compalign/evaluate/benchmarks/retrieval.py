@@ -21,7 +21,7 @@ from ...heads.base import Head
 from ..metrics import MISS, RETRIEVAL_KS, first_hit, recall_at
 from ..scoring import score_pairs
 from ..search import IndexKind, build_index, normalise
-from .base import Benchmark, BenchResult, columns, head_label, register_benchmark
+from .base import Benchmark, BenchResult, head_label, register_benchmark
 
 
 class _Gallery:
@@ -91,9 +91,7 @@ class Retrieval(Benchmark):
             notes.append(f"re-ranked by {head_label(head)}: top {self.rerank} of each query")
         items = [{"id": str(a), "subset": "t2i", "rank": None if r == MISS else int(r) + 1} for a, r in zip(g.ann_ids, t2i)]
         items += [{"id": str(i), "subset": "i2t", "rank": None if r == MISS else int(r) + 1} for i, r in zip(g.image_ids, i2t)]
-        metrics = self.metrics(columns(items))
-        return BenchResult(self.name, head_label(head), reader.backbone["name"], str(reader.path), metrics, items,
-                           {"items": len(g.ann), "images": len(g.image_keys), "invalid": g.invalid}, notes)
+        return self.result(reader, head, items, notes, {"items": len(g.ann), "images": len(g.image_keys), "invalid": g.invalid})
 
     @staticmethod
     def item_metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:

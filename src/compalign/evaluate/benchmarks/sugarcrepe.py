@@ -8,36 +8,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...cache.reader import CacheReader
-from ...heads.base import Head
 from ..metrics import SUGARCREPE_CATEGORIES, sugarcrepe_metrics
-from ..scoring import score_captions
-from .base import BOW_PROOF, Benchmark, BenchResult, bow_proof, columns, head_label, register_benchmark, warn_invalid
+from .base import BenchResult, ContrastBenchmark, absent_note, register_benchmark
 
 
 @register_benchmark("sugarcrepe")
-class SugarCrepe(Benchmark):
+class SugarCrepe(ContrastBenchmark):
     source = "sugarcrepe"
-    contrasts = (("caption", "negative_caption"),)
 
-    def evaluate(self, reader: CacheReader, head: Head) -> BenchResult:
-        self.check(reader)
-        it = reader.items
-        n = len(it["id"])
-        pos, neg = score_captions(reader, head, it["image"], it["caption"], it["negative_caption"])
-        valid = ~(np.isnan(pos) | np.isnan(neg))
-        warn_invalid(valid)
-        correct = pos > neg
-        bow = bow_proof(reader, it["caption"], it["negative_caption"])
-        items = [{"id": str(i), "subset": str(sub), "pos": float(p), "neg": float(q), "correct": bool(c), "valid": bool(v),
-                  BOW_PROOF: bool(b)} for i, sub, p, q, c, v, b in zip(it["id"], it["subset"], pos, neg, correct, valid, bow)]
-        metrics = self.metrics(columns(items))
-        SUBSETS = sorted(x for members in SUGARCREPE_CATEGORIES.values() for x in members)
-        absent = [s for s in SUBSETS if s not in set(it["subset"].tolist())]
-        notes = [f"{len(SUBSETS) - len(absent)} of {len(SUBSETS)} subsets present (absent: {', '.join(absent)}): the macro "
-                 "and category means cover only the subsets present"] if absent else []
-        return BenchResult("sugarcrepe", head_label(head), reader.backbone["name"], str(reader.path), metrics, items,
-                           {"items": n, "invalid": int((~valid).sum()), BOW_PROOF: int(bow.sum())}, notes)
+    def notes(self, items: dict[str, np.ndarray], result: BenchResult, valid: np.ndarray) -> list[str]:
+        return absent_note(sorted(x for members in SUGARCREPE_CATEGORIES.values() for x in members), items["subset"])
 
     @staticmethod
     def item_metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:

@@ -18,7 +18,7 @@ from ...core import InputError
 from ...heads.base import Head
 from ..metrics import sugarcrepe_metrics, sugarcrepe_pp_outcomes
 from ..scoring import score_captions, score_text_pairs
-from .base import BOW_PROOF, Benchmark, BenchResult, bow_proof, columns, head_label, register_benchmark, warn_invalid
+from .base import BOW_PROOF, Benchmark, BenchResult, absent_note, bow_proof, head_label, register_benchmark, warn_invalid
 
 SUBSETS = ("replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")  # SugarCrepe++ has no add_*
 OUTCOMES = ("ITT", "TOT")
@@ -72,13 +72,7 @@ class SugarCrepePP(Benchmark):
         bow = bow_proof(reader, p1, neg)
         items = [{"id": str(ids[j]), "subset": str(subset[j]), "valid": bool(valid[j]), BOW_PROOF: bool(bow[j]),
                   **{k: bool(v[j]) for k, v in out.items()}} for j in range(m)]
-        metrics = self.metrics(columns(items))
-        absent = [x for x in SUBSETS if x not in set(subset.tolist())]
-        if absent:
-            notes.append(f"{len(SUBSETS) - len(absent)} of {len(SUBSETS)} subsets present (absent: {', '.join(absent)}): "
-                         "the macro and category means cover only the subsets present")
-        return BenchResult("sugarcrepe_pp", head_label(head), reader.backbone["name"], str(reader.path), metrics,
-                           items, {"items": m, "invalid": int((~valid).sum()), BOW_PROOF: int(bow.sum())}, notes)
+        return self.result(reader, head, items, notes + absent_note(SUBSETS, subset))
 
     @staticmethod
     def item_metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:

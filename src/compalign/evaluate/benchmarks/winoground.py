@@ -11,8 +11,7 @@ import numpy as np
 from ...cache.reader import CacheReader
 from ...heads.base import Head
 from ..metrics import pct
-from ..scoring import score_two_by_two
-from .base import BOW_PROOF, Benchmark, BenchResult, bow_proof, columns, head_label, register_benchmark, warn_invalid
+from .base import BOW_PROOF, Benchmark, BenchResult, left_out_note, register_benchmark
 
 OUTCOMES = ("text", "image", "group")
 TAGS = ("tag", "secondary_tag", "collapsed_tag")  # item columns the per-tag metrics group by
@@ -46,22 +45,15 @@ class Winoground(Benchmark):
     source = "winoground"
 
     def evaluate(self, reader: CacheReader, head: Head) -> BenchResult:
-        self.check(reader)
+        s, valid, bow = self.score_2x2(reader, head, "image_0", "image_1", "caption_0", "caption_1")
         it = reader.items
         n = len(it["id"])
-        s, valid = score_two_by_two(reader, head, it["image_0"], it["image_1"], it["caption_0"], it["caption_1"])
-        warn_invalid(valid)
         out = winoground_outcomes(s["c0i0"], s["c1i0"], s["c0i1"], s["c1i1"])
         # `subset` is the collapsed tag (Object / Relation / Both), the grouping the paper's tables lead with.
-        bow = bow_proof(reader, it["caption_0"], it["caption_1"])
         items = [{"id": str(it["id"][j]), "subset": str(it["collapsed_tag"][j]), "valid": bool(valid[j]),
                   BOW_PROOF: bool(bow[j]), **{t: str(it[t][j]) for t in TAGS}, **{k: bool(v[j]) for k, v in out.items()}}
                  for j in range(n)]
-        metrics = self.metrics(columns(items))
-        notes = [f"{int((~valid).sum())} of {n} items left out (failed image or caption): every score is over "
-                 f"the other {int(valid.sum())}, so it is not comparable with a run over all items"] if (~valid).any() else []
-        return BenchResult("winoground", head_label(head), reader.backbone["name"], str(reader.path), metrics, items,
-                           {"items": n, "invalid": int((~valid).sum()), BOW_PROOF: int(bow.sum())}, notes)
+        return self.result(reader, head, items, left_out_note(valid))
 
     @staticmethod
     def item_metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:

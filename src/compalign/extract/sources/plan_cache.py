@@ -38,8 +38,8 @@ def cache_path(out: Path) -> Path:
 class PlanCache:
     """(path, size, mtime_ns) -> content key. `hits` / `misses` count lookups (shown in the log, used by tests)."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, record: bool = True):
+        self.path, self.record = path, record  # record=False: look up only (another process writes the file)
         self.hits = self.misses = 0
         self._new: list[tuple[str, int, int, str]] = []
         self._conn: sqlite3.Connection | None = None  # opened on the first lookup: sources without files make no file
@@ -56,7 +56,7 @@ class PlanCache:
         return self._conn
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path)
+        db = sqlite3.connect(self.path, timeout=60)  # torchrun ranks read while rank 0 writes: wait, do not fail
         try:
             db.execute(SCHEMA)
             db.execute("SELECT count(*) FROM hashes").fetchone()  # a corrupt file fails here, not mid-plan
@@ -73,7 +73,7 @@ class PlanCache:
             return row[2]
         self.misses += 1
         key = compute()
-        if time.time_ns() - st.st_mtime_ns > SETTLE_NS:
+        if self.record and time.time_ns() - st.st_mtime_ns > SETTLE_NS:
             self._new.append((path, st.st_size, st.st_mtime_ns, key))
             if len(self._new) >= FLUSH_ROWS:
                 self.flush()

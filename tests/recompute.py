@@ -1,4 +1,4 @@
-"""What a region head must score, recomputed in numpy from the cache (shared by the region tests)."""
+"""What heads must score, recomputed in numpy from the cache (shared by the tests that check a head's numbers)."""
 
 from __future__ import annotations
 

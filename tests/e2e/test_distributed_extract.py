@@ -1,0 +1,136 @@
+"""`torchrun` extraction (gloo, 2 CPU ranks): the same store as one process, and a killed rank costs only its
+unfinished shards.
+
+Stores are compared file by file, byte for byte: every chunk, every done marker (rows, file sizes, sha256), every
+array's metadata. The one exception is the root `zarr.json`, whose `created` attr is the creation time (two
+single-process runs differ there too); the rest of its attributes are compared as JSON.
+Both sides run with OMP_NUM_THREADS=1 (torchrun's own default for several ranks): the claim is that splitting
+the shards over ranks changes nothing, not that CPU kernels give the same bits at every thread count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import make_images
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+ENV = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+N, SHARD = 128, 8
+TOTAL = 2 * N // SHARD  # text + image shards
+EXTRACT = ["-m", "compalign.cli.main", "extract", "--model", "tiny", "--data", "pairs", "--device", "cpu",
+           "--workers", "0", "--batch-size", "4", "--shard-rows", str(SHARD)]
+
+
+def _cmd(root: Path, out: Path, ranks: int) -> list[str]:
+    args = [*EXTRACT, "--root", str(root), "--out", str(out)]
+    if ranks == 1:
+        return [sys.executable, *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks), *args]
+
+
+def _extract(root: Path, out: Path, ranks: int) -> str:
+    """What the run printed (rank 0's summary), one space between words."""
+    proc = subprocess.run(_cmd(root, out, ranks), capture_output=True, text=True, timeout=240, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return " ".join(proc.stdout.split())
+
+
+def _start(root: Path, out: Path, ranks: int) -> subprocess.Popen:
+    return subprocess.Popen(_cmd(root, out, ranks), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV,
+                            start_new_session=True)
+
+
+def _n_done(path: Path) -> int:
+    return len(_done(path, "texts")) + len(_done(path, "images"))
+
+
+def _store(path: Path) -> dict[str, bytes]:
+    """Every file of a store by relative path; the root zarr.json without its creation time."""
+    files = {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+    meta = json.loads(files.pop("zarr.json"))
+    assert meta["attributes"].pop("created")
+    files["zarr.json"] = json.dumps(meta, sort_keys=True).encode()
+    return files
+
+
+def _done(path: Path, kind: str) -> set[int]:
+    folder = path / ".done" / kind
+    return {int(p.name) for p in folder.iterdir() if p.name.isdigit()} if folder.exists() else set()
+
+
+def _rank_pid(launcher: int, rank: int) -> int | None:
+    """The pid of torchrun worker `rank` (a child of the launcher process whose environment says RANK=rank)."""
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == launcher:
+                if f"RANK={rank}".encode() in (d / "environ").read_bytes().split(b"\0"):
+                    return int(d.name)
+        except OSError:  # a process that ended while we looked
+            continue
+    return None
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, bytes]]:
+    """(data root, the store one process extracts from it)."""
+    tmp = tmp_path_factory.mktemp("dist")
+    root = tmp / "data"
+    names = [f"{i:03d}.png" for i in range(N)]
+    make_images(root / "img", names, size=(48, 48))
+    rows = [{"image": f"img/{n}", "caption": f"caption number {i} " + "word " * (i % 9)} for i, n in enumerate(names)]
+    rows[13]["image"] = "img/missing.png"  # a failed row, in image shard 1: rank 1 writes it, rank 0 reports it
+    (root / "pairs.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    _extract(root, tmp / "ref.zarr", ranks=1)
+    return root, _store(tmp / "ref.zarr")
+
+
+def test_two_ranks_write_the_store_of_one_process(world, tmp_path):
+    root, ref = world
+    out = tmp_path / "two.zarr"
+    said = _extract(root, out, ranks=2)
+    assert _store(out) == ref
+    # rank 0 alone prints, once, for the whole job, after every rank finished (the failure is rank 1's row)
+    assert said.count("wrote ") == 1 and f"{TOTAL} shards written, 0 already done" in said, said
+    assert said.count("image failed") == 1 and "missing.png" in said, said
+
+
+def test_a_killed_rank_loses_only_its_unfinished_shards(world, tmp_path):
+    root, ref = world
+    out = tmp_path / "killed.zarr"
+    p = _start(root, out, ranks=2)
+    try:
+        # Rank 1 dies (SIGKILL) once each rank has finished an image shard: what rank 1 finished stays done.
+        while p.poll() is None and {s % 2 for s in _done(out, "images")} != {0, 1}:
+            time.sleep(0.005)
+        victim = _rank_pid(p.pid, 1)
+        assert p.poll() is None and victim is not None, "the run finished before it could be killed"
+        os.kill(victim, signal.SIGKILL)
+        assert p.wait(timeout=60) != 0  # torchrun stops rank 0 too, and says the job failed
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    texts, images = _done(out, "texts"), _done(out, "images")
+    assert {s % 2 for s in images} == {0, 1} and 0 < _n_done(out) < TOTAL, (texts, images)
+    # Any world size resumes: one process goes on (and is killed after a shard more), then two ranks finish,
+    # writing exactly the shards that were left; the store is the one-process reference.
+    before = _n_done(out)
+    p = _start(root, out, ranks=1)
+    while p.poll() is None and _n_done(out) <= before:
+        time.sleep(0.005)
+    assert p.poll() is None, "the resumed run finished before it could be killed"
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    left = TOTAL - _n_done(out)
+    assert left > 0 and texts <= _done(out, "texts") and images <= _done(out, "images")
+    said = _extract(root, out, ranks=2)
+    assert re.search(rf"\b{left} shards written, {TOTAL - left} already done", said), said
+    assert _store(out) == ref

@@ -1,0 +1,58 @@
+"""The torchrun plan (extract/ranks.py) and the lock its ranks share (extract/target.py), in one process."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from compalign.cache.store import CacheError
+from compalign.extract.ranks import Job, join_job, own_share
+from compalign.extract.target import writer_lock
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 5])
+def test_every_pending_shard_has_exactly_one_rank_whatever_is_done(world):
+    todo = [0, 2, 3, 7, 8, 9, 13]  # pending after some earlier run
+    shares = [Job(r, world).mine(todo) for r in range(world)]
+    assert sorted(s for share in shares for s in share) == todo
+    # ownership depends on the shard alone: a rank that lists the markers later (fewer pending) keeps a subset
+    assert all(set(Job(r, world).mine(todo[3:])) <= set(shares[r]) for r in range(world))
+    assert shares[0] == [s for s in todo if s % world == 0]
+
+
+def test_outside_torchrun_the_job_is_one_process(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    job = join_job()
+    assert (job.rank, job.world) == (0, 1) and job.mine([4, 5]) == [4, 5] and job.total(7) == 7
+    job.barrier()  # nothing to wait for
+
+
+def test_rank_zero_progress_counts_its_own_pending_rows():
+    seen = []
+    report = own_share(lambda *a: seen.append(a))
+    report("images", 60, 100)  # 40 rows are rank 0's to do
+    report("images", 70, 100)
+    report("texts", 10, 20)
+    report("images", 100, 100)
+    assert seen == [("images", 0, 40), ("images", 10, 40), ("texts", 0, 10), ("images", 40, 40)]
+
+
+def test_the_ranks_of_a_job_share_the_lock_and_keep_every_other_writer_out(tmp_path):
+    out = tmp_path / "s.zarr"
+    with writer_lock(out) as rank0:  # exclusive while the store is made: not even a rank of the job gets in
+        with pytest.raises(CacheError, match=f"another compalign extract \\(pid {os.getpid()}\\)"):
+            with writer_lock(out, take=False) as rank1:
+                rank1.take(shared=True)
+        rank0.take(shared=True)  # the store is ready: shared from now on
+        with writer_lock(out, take=False) as rank1:
+            rank1.take(shared=True)
+            with pytest.raises(CacheError, match="another compalign extract"):
+                with writer_lock(out):  # a second extraction
+                    pass
+            rank0.close()  # rank 0 dies; rank 1 still writes, so the store stays locked
+            with pytest.raises(CacheError, match="another compalign extract"):
+                with writer_lock(out):
+                    pass
+        with writer_lock(out):  # every rank gone: the next extraction may start
+            pass
