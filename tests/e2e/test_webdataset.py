@@ -6,11 +6,14 @@ embeddings, maxsim scores every pair whose image decoded, and a head trains on i
 
 from __future__ import annotations
 
+import shlex
+
 import numpy as np
 from typer.testing import CliRunner
 from wds_data import samples, write_tar
 
 from compalign.cache.reader import CacheReader
+from compalign.cache.store import resume_command
 from compalign.cli.heads import app as heads_app
 from compalign.cli.main import app
 from compalign.evaluate.scoring import score_pairs
@@ -31,6 +34,11 @@ def test_extract_two_shards_then_score_and_train(tmp_path):
     assert "image failed 00000.tar/000000001.jpg: cannot decode image" in " ".join(res.output.split())
 
     reader = CacheReader(out)
+    # The store's own resume command quotes the pattern, so the shell passes it whole; rerun, it resumes.
+    cmd = resume_command(reader.attrs, out)
+    assert f"--root '{tmp_path / 'shards' / '{00000..00001}.tar'}'" in cmd
+    res = CliRunner().invoke(app, shlex.split(cmd)[1:] + ["--workers", "1"])
+    assert res.exit_code == 0 and "resumed" in res.output and "0 shards written" in " ".join(res.output.split())
     assert reader.attrs["source"]["kind"] == "webdataset" and reader.attrs["source"]["info"]["shards"] == "2"
     items = reader.items
     ok = reader.ok("images")[reader.rows("images", items["image"])]
