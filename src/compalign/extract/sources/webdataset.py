@@ -124,8 +124,8 @@ def _url(data: bytes | None, where: str, b: PlanBuilder) -> str:
     return url if isinstance(url, str) else ""
 
 
-def _sample(b: PlanBuilder, where: str, exts: dict[str, Any]) -> tuple[str, str] | None:
-    """(image extension, caption) of a sample, or None after naming what it lacks."""
+def _image_ext(b: PlanBuilder, where: str, exts: dict[str, Any]) -> str | None:
+    """The extension of a sample's image if it has an image and a caption, else None after naming what it lacks."""
     image = next((e for e in IMAGE_EXTS if e in exts), None)
     if image is None:
         b.problem(f"{where}: no image ({' / '.join('.' + e for e in IMAGE_EXTS)}; has {sorted(exts)}); sample skipped")
@@ -133,20 +133,19 @@ def _sample(b: PlanBuilder, where: str, exts: dict[str, Any]) -> tuple[str, str]
     if "txt" not in exts:
         b.problem(f"{where}: no .txt caption; sample skipped")
         return None
-    return image, "txt"
+    return image
 
 
-def _read_tar(b: PlanBuilder, shard: str) -> int:
-    """Plan every sample of one tar shard; returns how many items it gave."""
+def _read_tar(b: PlanBuilder, shard: str) -> None:
+    """Plan every sample of one tar shard."""
     name = shard.rsplit("/", 1)[-1]
     stat = None if is_url(shard) else os.stat(shard)
     samples: dict[str, dict[str, tarfile.TarInfo]] = {}  # key -> extension -> member, in order of first member
-    n = 0
     try:
         with open_binary(shard) as f:
             size = f.seek(0, os.SEEK_END)
             f.seek(0)
-            tf = tarfile.open(fileobj=f, mode="r:")
+            tf = tarfile.open(fileobj=f, mode="r:")  # reads through `f`, which the with closes
             try:
                 for m in tf:  # headers only: tarfile seeks past each member's data
                     if m.isfile():
@@ -156,33 +155,31 @@ def _read_tar(b: PlanBuilder, shard: str) -> int:
                 b.problem(f"{name}: unreadable after {sum(map(len, samples.values()))} members ({e}); the rest skipped")
             # tarfile ends quietly at a header cut short, and plans a member whose data runs past the end.
             cut = [k for k, exts in samples.items() if any(m.offset_data + m.size > size for m in exts.values())]
-            if cut:
+            if cut:  # webdataset writes a sample's members together: one sample is cut, the rest are gone
                 b.problem(f"{name}: truncated ({size} bytes; member {cut[0]!r} runs past the end): samples after "
                           "the cut are missing, and the one it cuts is skipped. Download the shard again")
             for key, exts in samples.items():
                 where = f"{name}/{key}"
-                got = _sample(b, where, exts) if key not in cut else None
-                if got is None:
+                ext = _image_ext(b, where, exts) if key not in cut else None
+                if ext is None:
                     continue
                 try:
                     caption = _caption(tf.extractfile(exts["txt"]).read(), where, b)  # type: ignore[union-attr]
                     if caption is None:
                         continue
                     url = _url(tf.extractfile(exts["json"]).read() if "json" in exts else None, where, b)  # type: ignore[union-attr]
-                    m = exts[got[0]]
+                    m = exts[ext]
                     image = b.image_member(f"{name}/{m.name}", shard, m.offset_data, m.size,
                                            lambda m=m: tf.extractfile(m).read(), stat, name=Path(m.name).name)  # type: ignore[union-attr]
                 except (tarfile.TarError, OSError) as e:  # a member cut short by a truncated shard
                     b.problem(f"{where}: unreadable ({e}); sample skipped")
                     continue
                 b.item(id=where, image=image, caption=b.text(caption), url=url, shard=name)
-                n += 1
     except tarfile.ReadError as e:
         b.problem(f"{name}: not an uncompressed tar ({e}); shard skipped. Shards are read by offset: "
                   "decompress .tar.gz shards first (`gunzip -c x.tar.gz > x.tar`)")
     except OSError as e:
         b.problem(f"{name}: cannot be opened ({e}); shard skipped")
-    return n
 
 
 def _plan_tars(kind: str, root: str, shards: list[str], missing: list[str]) -> Plan:
@@ -217,8 +214,8 @@ def _files_layout(root: Path) -> Plan:
                 samples.setdefault(key, {})[ext] = p
         for key, exts in samples.items():
             where = f"{folder.name}/{key}"
-            got = _sample(b, where, exts)
-            if got is None:
+            ext = _image_ext(b, where, exts)
+            if ext is None:
                 continue
             try:
                 caption = _caption(exts["txt"].read_bytes(), where, b)
@@ -228,7 +225,7 @@ def _files_layout(root: Path) -> Plan:
                 continue
             if caption is None:
                 continue
-            image = b.image_file(f"{folder.name}/{exts[got[0]].name}")
+            image = b.image_file(f"{folder.name}/{exts[ext].name}")
             b.item(id=where, image=image, caption=b.text(caption), url=url, shard=folder.name)
     b.info = {"dataset": "img2dataset", "layout": "files", "shards": str(len(folders))}
     return b.build(root)
