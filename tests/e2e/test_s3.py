@@ -142,7 +142,7 @@ def test_a_missing_bucket_or_a_bad_url_is_one_line_naming_the_url_and_the_fix(s3
                                                           f"s3://{BUCKET}/absent.zarr"]))
     assert f"s3://{BUCKET}/absent.zarr does not exist. Create one with `compalign extract" in said
     said = _one_line_error(CliRunner().invoke(app, [*EXTRACT, "--root", f"s3://{BUCKET}/data", "--out", str(tmp_path / "x")]))
-    assert "data is read from a local folder" in said
+    assert "--data sugarcrepe reads a local folder (only webdataset shards and --out may be URLs)" in said
 
 
 def test_a_second_writer_on_an_s3_store_is_refused_by_its_lock_object(s3, tmp_path):

@@ -44,6 +44,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -242,7 +243,9 @@ def damaged_shards(path: Path | Location, checksums: bool = True) -> dict[tuple[
 def resume_command(attrs: dict[str, Any], out: Path | Location | str) -> str:
     """The `compalign extract` command that finishes (or re-checks) the store `out`, from its own attrs."""
     b, src, ext = attrs["backbone"], attrs["source"], attrs["extraction"]
-    cmd = f"compalign extract --model {b['name']} --data {src['kind']} --root {src['root']} --out {out}"
+    # Quoted for the shell: a webdataset root is a brace pattern (`shards/{00000..00009}.tar`) the shell would expand.
+    root, dest = shlex.quote(src["root"]), shlex.quote(str(out))
+    cmd = f"compalign extract --model {b['name']} --data {src['kind']} --root {root} --out {dest}"
     if b.get("pretrained") and b["name"] == b["model_name"]:
         cmd += f" --pretrained {b['pretrained']}"
     layers = [l for l in ext["layers"] if l != -1]

@@ -43,8 +43,10 @@ def _layers(text: str) -> list[int]:
 @app.command()
 def extract(
     model: str = typer.Option(..., help="preset (clip, siglip2, pe, tiny), open_clip name, or local-dir:PATH"),
-    data: str = typer.Option(..., help="data source: pairs | sugarcrepe | bivlc | karpathy | winoground"),
-    root: str = typer.Option(..., callback=path_or_url, help="where the data lives (a local folder)"),
+    data: str = typer.Option(..., help="data source: pairs | sugarcrepe | bivlc | karpathy | winoground | aro | "
+                      "webdataset (tar shards: --root 'shards/{00000..00009}.tar') | img2dataset (its output folder)"),
+    root: str = typer.Option(..., callback=path_or_url, help="where the data lives: a local folder (webdataset: a brace "
+                             "pattern, glob, folder or URL)"),
     out: str = typer.Option(..., callback=path_or_url, help="the Zarr store to create (or resume): a folder, or an "
                             "object-storage URL such as s3://bucket/path.zarr"),
     pretrained: str | None = typer.Option(None, help="open_clip pretrained tag (presets bring their own; 'none' = random init)"),
@@ -63,6 +65,8 @@ def extract(
                               "crop these boxes from every image and encode each (regions_crops / regions_oracle heads); "
                               "grid = 1x1, 2x2, 3x3 + 4 overlapping halves; oracle = a shapes world's true object boxes"),
     storage_option: list[str] = typer.Option([], "--storage-option", help=STORAGE_OPTION_HELP),
+    plan_cache: bool = typer.Option(True, help="remember image hashes by (path, size, mtime) in .OUT.plan-cache.sqlite "
+                                    "beside the store, so a rerun reads no unchanged image to plan"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Encode every unique image and caption of a data source once and store their embeddings."""
@@ -76,7 +80,7 @@ def extract(
                             batch_size=batch_size, device=device, workers=workers, precision=precision,  # type: ignore[arg-type]
                             layers=_layers(layers), shard_rows=shard_rows, overwrite=overwrite,
                             exif_transpose=exif_transpose, split=split, segments=segments,  # type: ignore[arg-type]
-                            crops=crops, storage_options=storage_options(storage_option))
+                            crops=crops, storage_options=storage_options(storage_option), plan_cache=plan_cache)
         with progress_bar() as bar:
             summary = run(cfg, StageProgress(bar))
     if summary.rank:  # under torchrun rank 0 prints the summary of the whole job

@@ -83,6 +83,10 @@ class Backbone:
         truncated = _content_lengths(longer) > self.context_length
         return Tokens(ids=ids, lengths=lengths, truncated=truncated)
 
+    def token_ids(self, texts: list[str]) -> torch.Tensor:
+        """(M, C) token ids alone: tokenize()'s ids, without the second pass that measures truncation."""
+        return self.tokenizer(texts)
+
     @torch.no_grad()
     def encode_texts(self, ids: torch.Tensor, layers: list[int]) -> TextOut:
         """ids (B, L): L may be shorter than the context for causal towers (see DESIGN.md)."""

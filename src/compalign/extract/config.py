@@ -17,7 +17,7 @@ from .crops import canonical_spec
 @dataclass
 class ExtractConfig:
     model: str  # preset, open_clip name, `local-dir:` folder
-    data: str  # data source kind: pairs | sugarcrepe | bivlc
+    data: str  # data source kind: pairs | sugarcrepe | bivlc | karpathy | webdataset | img2dataset | ...
     root: str  # where the source lives
     out: str  # the store to create or resume: a folder, or an object-storage URL (s3://bucket/path.zarr)
     pretrained: str | None = None  # open_clip pretrained tag (presets bring their own)
@@ -35,11 +35,13 @@ class ExtractConfig:
     segments: Literal["none", "rules"] = "none"  # caption segments encoded beside the captions (extract.segments)
     crops: str = "none"  # boxes cropped and encoded beside each image: none | grid | 1,2+halves | oracle | grid+oracle
     storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options for an --out URL (endpoint_url=...)
+    plan_cache: bool = True  # remember image hashes by (path, size, mtime) beside the store (sources/plan_cache.py)
 
     def __post_init__(self) -> None:
-        if is_url(self.root):
-            raise InputError(f"--root {self.root}: data is read from a local folder (only --out may be in object storage); "
-                             "copy the data here, or mount the bucket (mountpoint-s3, s3fs-fuse) and pass the mount")
+        if is_url(self.root) and self.data != "webdataset":
+            raise InputError(f"--root {self.root}: --data {self.data} reads a local folder (only webdataset shards and "
+                             "--out may be URLs); copy the data here, or mount the bucket (mountpoint-s3, s3fs-fuse) and "
+                             "pass the mount")
         if -1 not in self.layers:
             self.layers = [-1, *self.layers]
         self.layers = sorted(set(self.layers), key=lambda x: (x != -1, -x))

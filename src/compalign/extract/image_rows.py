@@ -10,7 +10,6 @@ With `--crops`, each row's boxes are cut from the same decoded image and preproc
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,7 +40,7 @@ class ImageRows(Dataset):
         if ref.error:
             return row, None, None, ref.error
         try:
-            data = ref.data if ref.data is not None else Path(ref.path).read_bytes()
+            data = ref.read()  # in memory, a file, or a tar member's byte range
             image = decode_image(data, self.exif_transpose)
             crops = crop_pixels(image, self.boxes[row], self.preprocess) if self.boxes is not None else None
             return row, self.preprocess(image), crops, None

@@ -34,12 +34,13 @@ from .image_rows import ImageRows, collate_rows
 from .ranks import Job, join_job, own_share
 from .segments import add_segments
 from .shards import ShardWriter, finish_image_shard, new_image_shard
-from .sources import plan_source
+from .sources import Plan, PlanCache, cache_path, plan_source
 from .store_setup import open_or_create, pending_shards
 from .target import NOT_WRITABLE, ObjectLock, WriterLock, check_target, writer_lock
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]  # (stage, rows done, rows total)
+TOKENIZE_ROWS = 4096  # captions tokenised at once to measure their lengths (4096 x 77 int64 ids: 2.5 MB)
 
 __all__ = ["ExtractConfig", "ExtractSummary", "Progress", "extract"]
 
@@ -88,7 +89,7 @@ def extract(cfg: ExtractConfig, progress: Progress | None = None) -> ExtractSumm
 def _extract(cfg: ExtractConfig, out: Location, progress: Progress | None, job: Job, lock: WriterLock | ObjectLock
              ) -> ExtractSummary:
     t0 = time.perf_counter()
-    plan = plan_source(cfg.data, cfg.root, cfg.split)
+    plan = _plan(cfg, out, job)
     if cfg.segments != "none":
         plan = add_segments(plan)
     for p in plan.problems:
@@ -97,8 +98,7 @@ def _extract(cfg: ExtractConfig, out: Location, progress: Progress | None, job: 
     device = str(resolve_device(cfg.device))
     _autocast(device, cfg.precision)  # refuse an impossible precision before a store is made
     bb = load_backbone(cfg.model, cfg.pretrained, device=device, seed=cfg.seed)
-    tok = bb.tokenize(plan.texts) if plan.texts else None
-    lengths = tok.lengths.numpy() if tok is not None else np.zeros(0, dtype=np.int64)
+    lengths, truncated = _token_lengths(bb, plan.texts)  # (M,), (M,): the ids themselves are made shard by shard
     # Causal towers: sort captions by length so each batch is cut at its own longest caption.
     order = np.argsort(lengths, kind="stable") if bb.causal_text else np.arange(len(plan.texts))
     text_len = int(lengths.max(initial=1)) if bb.causal_text else bb.context_length
@@ -120,7 +120,7 @@ def _extract(cfg: ExtractConfig, out: Location, progress: Progress | None, job: 
     written = skipped = 0
     try:
         with _autocast(device, cfg.precision):
-            w, s = _extract_texts(cfg, bb, plan, tok, order, text_len, out, writer, device, progress, job)
+            w, s = _extract_texts(cfg, bb, plan, (lengths, truncated), order, text_len, out, writer, device, progress, job)
             written, skipped = written + w, skipped + s
             w, s = _extract_images(cfg, bb, plan, out, writer, device, progress, crops, job)
             written, skipped = written + w, skipped + s
@@ -150,7 +150,42 @@ def _extract(cfg: ExtractConfig, out: Location, progress: Progress | None, job: 
     )
 
 
-def _extract_texts(cfg, bb, plan, tok, order, text_len, out, writer, device, progress, job: Job = Job()) -> tuple[int, int]:
+def _plan(cfg: ExtractConfig, out: Location, job: Job) -> Plan:
+    """The source's plan, with the planning cache beside the store unless --no-plan-cache (plan_cache.py).
+
+    A store in object storage has none: the cache is a local sqlite file, and its keys are local files' mtimes."""
+    if not cfg.plan_cache or not out.local:
+        return plan_source(cfg.data, cfg.root, cfg.split)
+    # Under torchrun every rank plans at once: only rank 0 records, the others read what earlier runs left.
+    hashes = PlanCache(cache_path(out.path), record=job.rank == 0)
+    try:
+        plan = plan_source(cfg.data, cfg.root, cfg.split, hashes)
+    finally:
+        hashes.close()
+    if hashes.hits or hashes.misses:
+        log.info("planning cache: %d files known, %d hashed", hashes.hits, hashes.misses)
+    return plan
+
+
+def _token_lengths(bb, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(lengths (M,) int64, truncated (M,) bool) of every caption, tokenised TOKENIZE_ROWS at a time.
+
+    The lengths are needed before any shard (causal towers sort captions by length, and the stored token
+    width is the longest), the (M, C) id matrix is not: ids are made again per shard in _extract_texts, so
+    memory holds one chunk of ids whatever the number of captions. Tokenisers treat each caption alone, so
+    a chunk's rows are exactly the whole table's (tests/unit/test_text_stream.py compares the stores)."""
+    lengths, truncated = np.zeros(len(texts), np.int64), np.zeros(len(texts), bool)
+    for lo in range(0, len(texts), TOKENIZE_ROWS):
+        tok = bb.tokenize(texts[lo:lo + TOKENIZE_ROWS])
+        lengths[lo:lo + len(tok.lengths)] = tok.lengths.numpy()
+        truncated[lo:lo + len(tok.lengths)] = tok.truncated.numpy()
+    return lengths, truncated
+
+
+def _extract_texts(cfg, bb, plan, measured, order, text_len, out, writer, device, progress,
+                   job: Job = Job()) -> tuple[int, int]:
+    """`measured`: every caption's (lengths, truncated) from _token_lengths; each shard tokenises its own captions."""
+    all_lengths, all_truncated = measured
     M, R = len(plan.texts), cfg.shard_rows
     layers = Layout(**dict(open_store(out).attrs)["layout"]).layers_text
     todo, skipped = pending_shards(out, "texts", M, R)
@@ -161,14 +196,15 @@ def _extract_texts(cfg, bb, plan, tok, order, text_len, out, writer, device, pro
     for s in todo:
         lo, hi = s * R, min(M, (s + 1) * R)
         src = order[lo:hi]
-        lengths = tok.lengths[src].numpy()
+        lengths = all_lengths[src]
+        ids_all = bb.token_ids([plan.texts[i] for i in src])  # (n, C) ids of this shard only
         n = hi - lo
         buf: dict[str, np.ndarray] = {
             "global": np.zeros((n, bb.meta["embed_dim"]), np.float32),
             "status": np.full(n, OK, np.int8),
             "error": np.full(n, "", dtype=object),
             "lengths": lengths.astype(np.int16),
-            "truncated": tok.truncated[src].numpy(),
+            "truncated": all_truncated[src],
         }
         toks = {l: np.zeros((n, text_len, bb.meta["text_width"]), np.float16) for l in layers}
         empty = np.array([not plan.texts[i].strip() for i in src], dtype=bool)
@@ -180,7 +216,7 @@ def _extract_texts(cfg, bb, plan, tok, order, text_len, out, writer, device, pro
             if not len(idx):
                 continue
             L = int(lengths[idx].max()) if bb.causal_text else bb.context_length
-            ids = tok.ids[src[idx], :L].to(device)  # (B, L): positions after EOT cannot change a causal tower
+            ids = ids_all[idx, :L].to(device)  # (B, L): positions after EOT cannot change a causal tower
             enc = bb.encode_texts(ids, layers)
             buf["global"][idx] = enc.global_.float().cpu().numpy()
             keep = np.arange(L)[None, :, None] < lengths[idx][:, None, None]  # (B, L, 1): zero past each EOT

@@ -20,6 +20,7 @@ from typing import Any
 
 from ...core import CompalignError
 from ...core.registry import Registry
+from .plan_cache import PlanCache, active_cache, using
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,27 @@ def parquet_image_name(cell: object) -> str | None:
     return (cell.get("path") or None) if isinstance(cell, dict) else None
 
 
+def is_url(path: str) -> bool:
+    """`s3://bucket/x.tar`, `https://host/x.tar`: read through fsspec, not the local filesystem."""
+    return "://" in path
+
+
+def open_binary(path: str) -> Any:
+    """A seekable binary file of a local path or an fsspec URL (fsspec is needed only for URLs)."""
+    if not is_url(path):
+        return open(path, "rb")
+    return _fsspec().open(path, "rb").open()
+
+
+def _fsspec() -> Any:
+    try:
+        import fsspec
+    except ImportError:
+        raise SourceError("reading URLs needs fsspec (and s3fs / gcsfs for those stores): "
+                          "`pip install 'compalign[web]'`") from None
+    return fsspec
+
+
 def content_key(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
@@ -77,6 +99,29 @@ class ImageRef:
     data: bytes | None = None  # bytes held in memory (parquet sources)
     error: str | None = None  # known bad before decoding (missing, escapes the root)
     name: str | None = None  # the file name a parquet cell gives its bytes (files: the origin's own name)
+    offset: int | None = None  # a member of a tar shard: its bytes are path[offset : offset + size]
+    size: int | None = None
+
+    def read(self) -> bytes:
+        """The image's bytes: held in memory, a whole file, or a byte range of a tar shard (a path or an fsspec URL).
+
+        A (path, offset, size) reference keeps a plan of millions of tar members small and picklable, and each
+        DataLoader worker opens the shard itself (no file handle is shared across processes)."""
+        if self.data is not None:
+            return self.data
+        assert self.path is not None, f"{self.origin}: an image row without bytes or a path"
+        if self.offset is None:
+            return Path(self.path).read_bytes()
+        if is_url(self.path):  # one range request, not a file object's read-ahead blocks
+            data = _fsspec().core.url_to_fs(self.path)[0].cat_file(self.path, start=self.offset, end=self.offset + self.size)
+        else:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read(self.size)
+        if len(data) != self.size:
+            raise OSError(f"{self.path} ends {self.size - len(data)} bytes into this member: the shard was truncated "
+                          "or rewritten after planning")
+        return data
 
     @property
     def file_name(self) -> str:
@@ -118,6 +163,13 @@ class PlanBuilder:
         self.problems: list[str] = []
         self.notes: list[str] = []
         self.info: dict[str, str] = {}  # dataset, split: recorded in the store's attrs
+        self.hashes: PlanCache | None = active_cache()  # known keys of unchanged files (plan_cache.py)
+
+    def _file_key(self, path: Path) -> str:
+        """The content key of a file, from the planning cache while its size and mtime are unchanged."""
+        if self.hashes is None:
+            return content_key(path.read_bytes())
+        return self.hashes.key(str(path.resolve()), path.stat(), lambda: content_key(path.read_bytes()))
 
     def _linked_outside(self, path: Path) -> Path | None:
         """The target of `path` if it is a symlinked file pointing outside every folder of the dataset."""
@@ -149,8 +201,7 @@ class PlanBuilder:
             key = "missing-" + text_key(rel)
             ref = ImageRef(key=key, origin=rel, error=error)
         else:
-            data = path.read_bytes()
-            key = content_key(data)
+            key = self._file_key(path)
             ref = ImageRef(key=key, origin=rel, path=str(path.resolve()))
         self._images.setdefault(key, ref)
         self._by_path[(str(base), rel)] = key
@@ -163,6 +214,17 @@ class PlanBuilder:
             return key
         key = content_key(data)
         self._images.setdefault(key, ImageRef(key=key, origin=origin, data=data, name=name))
+        return key
+
+    def image_member(self, origin: str, shard: str, offset: int, size: int, read: Callable[[], bytes],
+                     stat: os.stat_result | None = None, name: str | None = None) -> str:
+        """A member of a tar shard, read later as shard[offset : offset + size]; `read` gives its bytes to hash.
+        `stat`: the shard's (local shards), so the planning cache can answer without reading the member."""
+        if stat is not None and self.hashes is not None:
+            key = self.hashes.key(f"{shard}#{origin}", stat, lambda: content_key(read()))
+        else:
+            key = content_key(read())
+        self._images.setdefault(key, ImageRef(key=key, origin=origin, path=shard, offset=offset, size=size, name=name))
         return key
 
     def text(self, s: str) -> str:
@@ -200,17 +262,28 @@ SourceFn = Callable[..., Plan]  # (root, split=...) -> Plan; only sources with s
 SOURCES: Registry[SourceFn] = Registry("data kind")
 
 
-def register_source(name: str, splits: bool = False) -> Callable[[SourceFn], SourceFn]:
-    """`splits`: the source reads one split of its files (`--split`, e.g. karpathy's train / val / test)."""
-    return SOURCES.decorator(name, splits=splits)
+def register_source(name: str, splits: bool = False, patterns: bool = False) -> Callable[[SourceFn], SourceFn]:
+    """`splits`: the source reads one split of its files (`--split`, e.g. karpathy's train / val / test).
+    `patterns`: --root may be a brace pattern or a URL, not an existing path; the source gets it as a str."""
+    return SOURCES.decorator(name, splits=splits, patterns=patterns)
 
 
 def list_sources() -> list[str]:
     return SOURCES.names()
 
 
-def plan_source(kind: str, root: str | Path, split: str | None = None) -> Plan:
+def plan_source(kind: str, root: str | Path, split: str | None = None, hashes: PlanCache | None = None) -> Plan:
+    """`hashes`: the planning cache (plan_cache.py) that spares rereading unchanged image files."""
+    with using(hashes):
+        return _plan(kind, root, split)
+
+
+def _plan(kind: str, root: str | Path, split: str | None) -> Plan:
     read = SOURCES.get(kind)
+    if SOURCES.meta(kind).get("patterns"):
+        if split is not None:
+            raise SourceError(f"--split applies to sources with splits; --data {kind} reads every shard of {root}")
+        return read(str(root))  # a pattern or URL: Path() would fold `s3://` into `s3:/`
     root = Path(root)
     if not root.exists():
         raise SourceError(f"{root} does not exist; pass --root pointing at the {kind} data")

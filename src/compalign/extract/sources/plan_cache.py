@@ -1,0 +1,109 @@
+"""The planning cache: content hashes of image files keyed by (path, size, mtime_ns), so a rerun reads no image again.
+
+Planning hashes every image's bytes (the key of an image is its content hash); on a million files that is
+a full read of the dataset before the first forward pass, on every resume. The cache is a small SQLite file
+beside the store (`.NAME.plan-cache.sqlite`, like the writer lock: `--overwrite` removes the store, not what
+is known about the inputs). An entry is trusted only while the file's size and mtime are what they were;
+a touched or rewritten file is hashed again and its entry replaced. Tar members are cached under
+`shard.tar#member` with the shard's own size and mtime.
+
+A file modified within the filesystem's timestamp granularity of being hashed could keep its mtime (git's
+"racy" case), so a file whose mtime is younger than SETTLE_NS when it is hashed is hashed but not recorded.
+A cache that cannot be read (corrupt, another version) is started afresh: it only ever saves time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SETTLE_NS = 3_000_000_000  # coarser than any filesystem's mtime granularity (FAT: 2 s)
+FLUSH_ROWS = 10_000  # new entries written per transaction: memory stays bounded on huge datasets
+SCHEMA = "CREATE TABLE IF NOT EXISTS hashes (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, key TEXT)"
+
+
+def cache_path(out: Path) -> Path:
+    """Where the planning cache of the store `out` lives: a hidden sibling file."""
+    return out.absolute().parent / f".{out.name}.plan-cache.sqlite"
+
+
+class PlanCache:
+    """(path, size, mtime_ns) -> content key. `hits` / `misses` count lookups (shown in the log, used by tests)."""
+
+    def __init__(self, path: Path, record: bool = True):
+        self.path, self.record = path, record  # record=False: look up only (another process writes the file)
+        self.hits = self.misses = 0
+        self._new: list[tuple[str, int, int, str]] = []
+        self._conn: sqlite3.Connection | None = None  # opened on the first lookup: sources without files make no file
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            try:
+                self._conn = self._connect()
+            except sqlite3.DatabaseError as e:
+                log.warning("planning cache %s unreadable (%s): starting a new one", self.path, e)
+                self.path.unlink(missing_ok=True)
+                self._conn = self._connect()
+        return self._conn
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=60)  # torchrun ranks read while rank 0 writes: wait, do not fail
+        try:
+            db.execute(SCHEMA)
+            db.execute("SELECT count(*) FROM hashes").fetchone()  # a corrupt file fails here, not mid-plan
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
+
+    def key(self, path: str, st: os.stat_result, compute: Callable[[], str]) -> str:
+        """The cached key of `path` if its size and mtime are unchanged, else `compute()` (and remember it)."""
+        row = self._db.execute("SELECT size, mtime_ns, key FROM hashes WHERE path = ?", (path,)).fetchone()
+        if row is not None and row[0] == st.st_size and row[1] == st.st_mtime_ns:
+            self.hits += 1
+            return row[2]
+        self.misses += 1
+        key = compute()
+        if self.record and time.time_ns() - st.st_mtime_ns > SETTLE_NS:
+            self._new.append((path, st.st_size, st.st_mtime_ns, key))
+            if len(self._new) >= FLUSH_ROWS:
+                self.flush()
+        return key
+
+    def flush(self) -> None:
+        if self._new:
+            with self._db:  # one transaction
+                self._db.executemany("INSERT OR REPLACE INTO hashes VALUES (?, ?, ?, ?)", self._new)
+        self._new = []
+
+    def close(self) -> None:
+        self.flush()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+_ACTIVE: ContextVar[PlanCache | None] = ContextVar("compalign_plan_cache", default=None)
+
+
+def active_cache() -> PlanCache | None:
+    """The cache the current planning uses (PlanBuilder asks; sources need not pass it along)."""
+    return _ACTIVE.get()
+
+
+@contextmanager
+def using(cache: PlanCache | None) -> Iterator[PlanCache | None]:
+    token = _ACTIVE.set(cache)
+    try:
+        yield cache
+    finally:
+        _ACTIVE.reset(token)

@@ -1,0 +1,242 @@
+"""Web-scale image-caption data: webdataset tar shards, and img2dataset's output folders.
+
+webdataset   --root is a brace pattern (`shards/{00000..00009}.tar`), a glob (`shards/*.tar`), one .tar, a folder
+             of .tar files, or a URL pattern (`s3://bucket/{00000..00009}.tar`, https://; read through fsspec).
+             A sample is the members sharing a key (the member's path up to the first dot of its file name):
+             KEY.jpg / .jpeg / .png / .webp the image, KEY.txt the caption, KEY.json metadata (img2dataset's
+             `--output_format webdataset`). Tars are read uncompressed and by offset: the plan keeps
+             (shard, offset, size) per image, never the bytes, and the DataLoader workers read those ranges.
+img2dataset  --root is img2dataset's output folder, either format: its *.tar shards (read as above), or the `files`
+             layout, folders 00000/ holding 000000000.jpg + .txt + .json. The NNNNN.parquet and NNNNN_stats.json
+             files beside them are not read (each sample's .json carries the same metadata).
+Items: id (`shard/KEY`), image, caption, url (the metadata's, "" if none), shard. A sample without an image or a
+caption is skipped and named in the problems; a corrupt image is planned and fails at decoding, recorded in its
+image row's status, as with every source. An unreadable or truncated shard is a problem, not the end of the run.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import tarfile
+from pathlib import Path
+from typing import Any
+
+from .base import Plan, PlanBuilder, SourceError, is_url, open_binary, register_source
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")  # in order of preference when a sample has two
+NUMERIC_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """`a/{00000..00002}.tar` -> a/00000.tar, a/00001.tar, a/00002.tar; `{x,y}` alternatives, nested and repeated.
+    A range keeps the zero padding of its first bound (webdataset's and bash's convention)."""
+    group = _first_group(pattern)
+    if group is None:
+        return [pattern]
+    lo_at, hi_at, commas = group
+    head, body, tail = pattern[:lo_at], pattern[lo_at + 1:hi_at], pattern[hi_at + 1:]
+    rng = NUMERIC_RANGE.match(body)
+    if rng:
+        lo, hi = int(rng.group(1)), int(rng.group(2))
+        width = len(rng.group(1)) if rng.group(1).startswith("0") else 0
+        step = 1 if hi >= lo else -1
+        parts = [f"{i:0{width}d}" for i in range(lo, hi + step, step)]
+    elif commas:
+        cuts = [lo_at, *commas, hi_at]
+        parts = [pattern[a + 1:b] for a, b in zip(cuts, cuts[1:])]
+    else:  # `{}` or `{x}`: not a pattern, kept literally (a file may have braces in its name)
+        return [head + "{" + body + "}" + t for t in expand_braces(tail)]
+    return [out for p in parts for out in expand_braces(head + p + tail)]
+
+
+def _first_group(pattern: str) -> tuple[int, int, list[int]] | None:
+    """(position of the first `{`, of its matching `}`, of the commas at its own depth), or None."""
+    depth, start, commas = 0, -1, []
+    for i, c in enumerate(pattern):
+        if c == "{":
+            depth += 1
+            start = i if depth == 1 else start
+        elif c == "}" and depth:
+            depth -= 1
+            if depth == 0:
+                return start, i, commas
+        elif c == "," and depth == 1:
+            commas.append(i)
+    return None
+
+
+def _shards(root: str) -> tuple[list[str], list[str]]:
+    """(the shards to read, in order; the ones a pattern names that do not exist)."""
+    names = expand_braces(root)
+    if is_url(root):
+        return names, []  # listing a bucket costs requests: the pattern names the shards
+    found: list[str] = []
+    missing: list[str] = []
+    for name in names:
+        path = Path(name)
+        if any(c in name for c in "*?["):
+            found += sorted(glob.glob(name))
+        elif path.is_dir():
+            found += sorted(str(p) for p in path.glob("*.tar"))
+        elif path.is_file():
+            found.append(name)
+        else:
+            missing.append(name)
+    if not found:
+        why = f"{len(missing)} shard(s) the pattern names do not exist (e.g. {missing[0]})" if missing else "no .tar shard there"
+        raise SourceError(f"{root}: {why}. Pass --root as shards/{{00000..00009}}.tar, shards/*.tar, a .tar or a folder "
+                          "of .tar files (img2dataset's `files` layout: --data img2dataset)")
+    return [os.path.abspath(p) for p in found], missing
+
+
+def _split(member: str) -> tuple[str, str]:
+    """(key, extension): webdataset's convention, the extension is everything after the first dot of the file name."""
+    folder, _, name = member.rpartition("/")
+    stem, dot, ext = name.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), (ext.lower() if dot else "")
+
+
+def _caption(data: bytes, where: str, b: PlanBuilder) -> str | None:
+    try:
+        text = data.decode("utf-8").strip()
+    except UnicodeDecodeError as e:
+        b.problem(f"{where}.txt: not UTF-8 (byte 0x{data[e.start]:02x} at {e.start}); sample skipped")
+        return None
+    if not text:
+        b.problem(f"{where}.txt: empty caption; sample skipped")
+        return None
+    return text
+
+
+def _url(data: bytes | None, where: str, b: PlanBuilder) -> str:
+    """The sample's source URL from its .json metadata ("" without one); malformed metadata is a problem, not a skip."""
+    if data is None:
+        return ""
+    try:
+        meta = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        b.problem(f"{where}.json: malformed metadata ({e}); metadata ignored")
+        return ""
+    url = meta.get("url") if isinstance(meta, dict) else None
+    return url if isinstance(url, str) else ""
+
+
+def _image_ext(b: PlanBuilder, where: str, exts: dict[str, Any]) -> str | None:
+    """The extension of a sample's image if it has an image and a caption, else None after naming what it lacks."""
+    image = next((e for e in IMAGE_EXTS if e in exts), None)
+    if image is None:
+        b.problem(f"{where}: no image ({' / '.join('.' + e for e in IMAGE_EXTS)}; has {sorted(exts)}); sample skipped")
+        return None
+    if "txt" not in exts:
+        b.problem(f"{where}: no .txt caption; sample skipped")
+        return None
+    return image
+
+
+def _read_tar(b: PlanBuilder, shard: str) -> None:
+    """Plan every sample of one tar shard."""
+    name = shard.rsplit("/", 1)[-1]
+    stat = None if is_url(shard) else os.stat(shard)
+    samples: dict[str, dict[str, tarfile.TarInfo]] = {}  # key -> extension -> member, in order of first member
+    try:
+        with open_binary(shard) as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(0)
+            tf = tarfile.open(fileobj=f, mode="r:")  # reads through `f`, which the with closes
+            try:
+                for m in tf:  # headers only: tarfile seeks past each member's data
+                    if m.isfile():
+                        key, ext = _split(m.name)
+                        samples.setdefault(key, {})[ext] = m
+            except (tarfile.TarError, OSError) as e:
+                b.problem(f"{name}: unreadable after {sum(map(len, samples.values()))} members ({e}); the rest skipped")
+            # tarfile ends quietly at a header cut short, and plans a member whose data runs past the end.
+            cut = [k for k, exts in samples.items() if any(m.offset_data + m.size > size for m in exts.values())]
+            if cut:  # webdataset writes a sample's members together: one sample is cut, the rest are gone
+                b.problem(f"{name}: truncated ({size} bytes; member {cut[0]!r} runs past the end): samples after "
+                          "the cut are missing, and the one it cuts is skipped. Download the shard again")
+            for key, exts in samples.items():
+                where = f"{name}/{key}"
+                ext = _image_ext(b, where, exts) if key not in cut else None
+                if ext is None:
+                    continue
+                try:
+                    caption = _caption(tf.extractfile(exts["txt"]).read(), where, b)  # type: ignore[union-attr]
+                    if caption is None:
+                        continue
+                    url = _url(tf.extractfile(exts["json"]).read() if "json" in exts else None, where, b)  # type: ignore[union-attr]
+                    m = exts[ext]
+                    image = b.image_member(f"{name}/{m.name}", shard, m.offset_data, m.size,
+                                           lambda m=m: tf.extractfile(m).read(), stat, name=Path(m.name).name)  # type: ignore[union-attr]
+                except (tarfile.TarError, OSError) as e:  # a member cut short by a truncated shard
+                    b.problem(f"{where}: unreadable ({e}); sample skipped")
+                    continue
+                b.item(id=where, image=image, caption=b.text(caption), url=url, shard=name)
+    except tarfile.ReadError as e:
+        b.problem(f"{name}: not an uncompressed tar ({e}); shard skipped. Shards are read by offset: "
+                  "decompress .tar.gz shards first (`gunzip -c x.tar.gz > x.tar`)")
+    except OSError as e:
+        b.problem(f"{name}: cannot be opened ({e}); shard skipped")
+
+
+def _plan_tars(kind: str, root: str, shards: list[str], missing: list[str]) -> Plan:
+    base = Path(os.path.commonpath([os.path.dirname(s) for s in shards])) if not is_url(root) else Path(".")
+    b = PlanBuilder(kind, base)
+    for name in missing:
+        b.problem(f"{name}: shard not found; skipped")
+    for shard in shards:
+        _read_tar(b, shard)
+    b.info = {"dataset": kind, "layout": "webdataset", "shards": str(len(shards))}
+    plan = b.build(Path(root))
+    plan.root = root if is_url(root) else os.path.abspath(root)  # the pattern itself: what a resume reads again
+    return plan
+
+
+@register_source("webdataset", patterns=True)
+def plan_webdataset(root: str) -> Plan:
+    root = root.removeprefix("file://")  # a local path in URL form
+    shards, missing = _shards(root)
+    return _plan_tars("webdataset", root, shards, missing)
+
+
+def _files_layout(root: Path) -> Plan:
+    """img2dataset `--output_format files`: root/00000/000000000.jpg + .txt + .json, one folder per shard."""
+    b = PlanBuilder("img2dataset", root)
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and p.name.isdigit())
+    for folder in folders:
+        samples: dict[str, dict[str, Path]] = {}
+        for p in sorted(folder.iterdir()):
+            if p.is_file():
+                key, ext = _split(p.name)
+                samples.setdefault(key, {})[ext] = p
+        for key, exts in samples.items():
+            where = f"{folder.name}/{key}"
+            ext = _image_ext(b, where, exts)
+            if ext is None:
+                continue
+            try:
+                caption = _caption(exts["txt"].read_bytes(), where, b)
+                url = _url(exts["json"].read_bytes() if "json" in exts else None, where, b)
+            except OSError as e:
+                b.problem(f"{where}: unreadable ({e}); sample skipped")
+                continue
+            if caption is None:
+                continue
+            image = b.image_file(f"{folder.name}/{exts[ext].name}")
+            b.item(id=where, image=image, caption=b.text(caption), url=url, shard=folder.name)
+    b.info = {"dataset": "img2dataset", "layout": "files", "shards": str(len(folders))}
+    return b.build(root)
+
+
+@register_source("img2dataset")
+def plan_img2dataset(root: Path) -> Plan:
+    if root.is_dir() and any(root.glob("*.tar")):
+        shards, missing = _shards(str(root))
+        return _plan_tars("img2dataset", str(root), shards, missing)
+    if root.is_dir() and any(p.is_dir() and p.name.isdigit() for p in root.iterdir()):
+        return _files_layout(root)
+    raise SourceError(f"{root}: neither *.tar shards nor numbered folders (00000/) of an img2dataset output; pass "
+                      "--root the --output_folder img2dataset wrote (formats webdataset or files)")

@@ -1,0 +1,139 @@
+"""The planning cache: a rerun hashes no unchanged image; a touched or rewritten one is hashed again; plans are equal."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+from conftest import make_images
+from wds_data import jpeg, write_webdataset
+
+from compalign.extract.sources import PlanCache, cache_path, content_key, plan_source
+from compalign.extract.sources import base as source_base
+
+OLD = time.time() - 3600  # older than the settle time: such files are recorded
+
+
+@pytest.fixture
+def hashed(monkeypatch):
+    """The list of byte strings hashed for image keys (every image read for planning goes through content_key)."""
+    seen: list[bytes] = []
+
+    def counting(data: bytes) -> str:
+        seen.append(data)
+        return content_key(data)
+
+    monkeypatch.setattr(source_base, "content_key", counting)
+    return seen
+
+
+def _age(*paths, at: float = OLD) -> None:
+    for p in paths:
+        os.utime(p, (at, at))
+
+
+def _pairs(root, n: int = 5):
+    names = [f"{i}.png" for i in range(n)]
+    make_images(root / "img", names)
+    (root / "pairs.jsonl").write_text("\n".join(json.dumps({"image": f"img/{m}", "caption": f"c {m}"}) for m in names))
+    _age(*(root / "img").iterdir())
+    return root
+
+
+def _plan(kind, root, db):
+    cache = PlanCache(db)
+    try:
+        return plan_source(kind, root, hashes=cache), cache
+    finally:
+        cache.close()
+
+
+def _same(a, b) -> None:
+    assert a.fingerprint == b.fingerprint and a.items == b.items and a.texts == b.texts
+    assert [(r.key, r.path, r.offset, r.size) for r in a.images] == [(r.key, r.path, r.offset, r.size) for r in b.images]
+
+
+def test_rerun_reads_no_image_and_changed_files_are_hashed_again(tmp_path, hashed):
+    root, db = _pairs(tmp_path / "p"), tmp_path / "cache.sqlite"
+    first, c1 = _plan("pairs", root, db)
+    assert (len(hashed), c1.hits, c1.misses) == (5, 0, 5)
+    hashed.clear()
+    again, c2 = _plan("pairs", root, db)
+    assert (hashed, c2.hits, c2.misses) == ([], 5, 0)  # no image bytes were hashed
+    _same(first, again)
+    assert again.fingerprint == plan_source("pairs", root).fingerprint  # the same plan as without a cache
+
+    # Rewritten with other pixels (and so another size or the same one: mtime moves either way); merely touched.
+    make_images(root / "img", ["2.png"], seed=7)
+    _age(root / "img" / "2.png", at=OLD + 10)
+    _age(root / "img" / "3.png", at=OLD + 20)
+    hashed.clear()
+    changed, c3 = _plan("pairs", root, db)
+    assert len(hashed) == 2 and (c3.hits, c3.misses) == (3, 2)
+    assert changed.images[2].key == content_key((root / "img" / "2.png").read_bytes()) != first.images[2].key
+    assert changed.images[3].key == first.images[3].key
+    _same(changed, plan_source("pairs", root))
+    hashed.clear()
+    _plan("pairs", root, db)
+    assert hashed == []  # both re-recorded
+
+
+def test_a_file_younger_than_the_settle_time_is_not_trusted(tmp_path, hashed):
+    root, db = _pairs(tmp_path / "p", n=2), tmp_path / "cache.sqlite"
+    os.utime(root / "img" / "1.png")  # now: a rewrite within the mtime granularity could keep this mtime
+    _plan("pairs", root, db)
+    hashed.clear()
+    _, c = _plan("pairs", root, db)
+    assert (c.hits, c.misses) == (1, 1) and hashed == [(root / "img" / "1.png").read_bytes()]
+
+
+def test_tar_members_are_cached_by_the_shard(tmp_path, hashed):
+    root, db = write_webdataset(tmp_path / "s"), tmp_path / "cache.sqlite"
+    _age(*root.glob("*.tar"))
+    pattern = str(root / "{00000..00001}.tar")
+    first, c1 = _plan("webdataset", pattern, db)
+    assert c1.misses == 7 and len(hashed) == 7  # one lookup per planned sample (one image is in two samples)
+    hashed.clear()
+    again, c2 = _plan("webdataset", pattern, db)
+    assert (hashed, c2.hits) == ([], 7)
+    _same(first, again)
+    # A rewritten shard: all of its members are hashed again, the other shard's are not.
+    from wds_data import samples, write_tar
+    items = samples(1)
+    items[0][1]["jpg"] = jpeg(999)
+    write_tar(root / "00001.tar", items)
+    _age(root / "00001.tar", at=OLD + 5)
+    hashed.clear()
+    changed, c3 = _plan("webdataset", pattern, db)
+    assert (c3.hits, c3.misses) == (3, 4) and content_key(jpeg(999)) in [r.key for r in changed.images]
+    _same(changed, plan_source("webdataset", pattern))
+
+
+def test_an_unreadable_cache_is_started_afresh(tmp_path, hashed):
+    root, db = _pairs(tmp_path / "p", n=3), tmp_path / "cache.sqlite"
+    db.write_bytes(b"not a sqlite file at all" * 100)
+    plan, c = _plan("pairs", root, db)
+    assert c.misses == 3
+    _same(plan, plan_source("pairs", root))
+    hashed.clear()
+    _plan("pairs", root, db)
+    assert hashed == []
+
+
+def test_extract_keeps_the_cache_beside_the_store(tmp_path, hashed):
+    from compalign.extract.runner import ExtractConfig, extract
+
+    root, out = _pairs(tmp_path / "p", n=4), tmp_path / "c.zarr"
+    cfg = dict(model="tiny", data="pairs", root=str(root), out=str(out), workers=0, shard_rows=8)
+    extract(ExtractConfig(**cfg))
+    assert cache_path(out) == tmp_path / ".c.zarr.plan-cache.sqlite" and cache_path(out).is_file()
+    assert len(hashed) == 4
+    hashed.clear()
+    summary = extract(ExtractConfig(**cfg))  # a resume: every shard is done
+    assert hashed == [] and summary.shards_skipped == 2
+    extract(ExtractConfig(**cfg, overwrite=True))  # --overwrite replaces the store, not what is known of the inputs
+    assert hashed == []
+    extract(ExtractConfig(**cfg, plan_cache=False))
+    assert len(hashed) == 4
