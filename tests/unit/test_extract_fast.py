@@ -14,6 +14,7 @@ import zarr
 from PIL import Image
 
 from compalign.cache import CacheError, CacheReader
+from compalign.cache.store import resume_command
 from compalign.core import InputError
 from compalign.core.decode import decode_image
 from compalign.extract.backbones import load_backbone
@@ -119,7 +120,8 @@ def test_gpu_decode_on_a_cpu_host_is_refused_naming_the_others(pairs_dir, tmp_pa
 def test_a_store_remembers_its_decode_and_a_resume_must_match(pairs_dir, tmp_path):
     out = tmp_path / "s.zarr"
     extract(ExtractConfig(model="tiny", data="pairs", root=str(pairs_dir), out=str(out), workers=0, decode="fast"))
-    assert dict(zarr.open_group(str(out)).attrs)["extraction"]["decode"] == "fast"
+    attrs = dict(zarr.open_group(str(out)).attrs)
+    assert attrs["extraction"]["decode"] == "fast" and " --decode fast" in resume_command(attrs, out)
     with pytest.raises(CacheError, match="decode"):
         extract(ExtractConfig(model="tiny", data="pairs", root=str(pairs_dir), out=str(out), workers=0))
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -55,6 +56,7 @@ SCHEMA = "compalign.cache/1"
 COMPLETE_CHUNKS = "complete_chunks"  # root attr: every chunk of a written shard exists (absent = damaged)
 EVERY_CHUNK = {"write_empty_chunks": True}
 PENDING, OK, FAILED = 0, 1, 2
+_OPENING = threading.Lock()  # write_shard's arrays are opened under a process-wide Zarr config
 Kind = Literal["images", "texts"]
 
 
@@ -211,7 +213,11 @@ def write_shard(root: zarr.Group, path: Path, kind: Kind, shard: int, lo: int, a
     for name, data in arrays.items():
         key = f"{kind}/{name}"
         if key not in opened:
-            with zarr.config.set({"array.write_empty_chunks": True}):  # Zarr takes it when the array opens
+            # Zarr takes it when the array opens, from its process-wide config: one writer thread leaving the
+            # `set` block restores that config under another thread still opening (measured: 1 of 240 opens by
+            # 8 threads; a shard's all-empty `error` chunk would then be skipped, a hole in the store), so
+            # threads open their arrays one at a time.
+            with _OPENING, zarr.config.set({"array.write_empty_chunks": True}):
                 opened[key] = root[key]
         opened[key][lo:lo + len(data)] = data
     for name in arrays:  # durability before the marker: a crash after this line cannot lose the shard
