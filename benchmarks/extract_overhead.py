@@ -5,17 +5,25 @@ by default). The bare loop is what the model alone costs; extraction adds decodi
 writing float16 tokens and done-markers, which should hide behind the forward pass. Target: a
 ratio >= 0.90. Also prints bytes on disk per image / caption against raw float16 bytes.
 
-    .venv/bin/python benchmarks/extract_overhead.py [--n 256] [--batch-size 32] [--workers 1]
-        [--device cuda] [--precision bf16]
+    .venv/bin/python benchmarks/extract_overhead.py [--n 256] [--batch-size 32] [--workers auto]
+        [--decode exact|fast|gpu] [--writers 2] [--device cuda] [--precision bf16]
+    .venv/bin/python benchmarks/extract_overhead.py --zero-backbone [--n 256] [--shard-rows 32]
 
 On a GPU the bare loop times the same forward on the device under the same autocast as extraction
 (pixels already there, synchronised at the end), so the ratio shows what decoding and writing cost.
+
+`--zero-backbone` measures what the extraction can feed and write when the model costs nothing: the
+data path alone (DataLoader workers decoding + preprocessing, no model, no writing) in images/s per
+worker count and decode mode, how far `fast` (and `gpu`, on CUDA) move the pixels from `exact`, the
+shard writers in MB/s per writer count, and a whole `extract` call whose backbone is a stand-in
+returning stored real outputs (so the writers get realistic float16 tokens).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -25,9 +33,17 @@ import torch
 from common import coco_like_image, log
 from PIL import Image
 
+import compalign.extract.runner as runner
 from compalign.cache import open_cache
-from compalign.extract.backbones import load_backbone
+from compalign.cache.store import open_store
+from compalign.core.decode import decode_image
+from compalign.extract.backbones import ImageOut, load_backbone
+from compalign.extract.gpu_decode import GpuPreprocess
+from compalign.extract.image_rows import ImageRows, collate_rows, resize_target
 from compalign.extract.runner import ExtractConfig, _autocast, extract
+from compalign.extract.shards import ShardWriter
+from compalign.extract.sources import ImageRef
+from compalign.extract.transfer import to_device
 
 
 def make_data(root: Path, n: int) -> Path:
@@ -53,17 +69,143 @@ def bare_loop(bb, pixels: torch.Tensor, batch_size: int, precision: str) -> floa
     return time.perf_counter() - t0
 
 
+class ZeroCost:
+    """A backbone whose image forward costs nothing: its preprocess, tokenizer and text tower are the real
+    backbone's; `encode_images` hands back stored outputs of real forwards, cycled, correctly shaped."""
+
+    def __init__(self, bb, pool: ImageOut):
+        self.bb, self.pool, self.at = bb, pool, 0
+
+    def __getattr__(self, name: str):
+        return getattr(self.bb, name)
+
+    def encode_images(self, pixels: torch.Tensor, layers: list[int]) -> ImageOut:
+        idx = (self.at + torch.arange(len(pixels))) % len(self.pool.global_)
+        self.at += len(pixels)
+        p = self.pool
+        return ImageOut(p.global_[idx], {l: p.patches[-1][idx] for l in layers}, {l: p.prefix[-1][idx] for l in layers})
+
+
+def data_path(root: Path, n: int, bb, decode: str, workers: int, batch_size: int, device: str) -> float:
+    """Images/s of the loader alone (decode + preprocess in `workers` processes; pixels on the device)."""
+    refs = [ImageRef(key=str(i), origin=f"{i:05d}.jpg", path=str(root / "img" / f"{i:05d}.jpg")) for i in range(n)]
+    ds = ImageRows(refs, bb.preprocess, decode=decode, draft_short=resize_target(bb.preprocess, bb.meta["image_size"]))
+    batches = [list(range(b, min(n, b + batch_size))) for b in range(0, n, batch_size)]
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=batches, collate_fn=collate_rows, num_workers=workers,
+                                         pin_memory=device.startswith("cuda"), prefetch_factor=4 if workers else None)
+    gpu = GpuPreprocess(bb.preprocess, device) if decode == "gpu" else None
+    t0 = time.perf_counter()
+    for _batch in to_device(loader, device, gpu):
+        pass
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return n / (time.perf_counter() - t0)
+
+
+def deviation(root: Path, n: int, bb, tiny, decode: str, device: str) -> str:
+    """How far `decode` moves the pixels from exact (after normalisation) and the tiny backbone's global cosine."""
+    datas = [(root / "img" / f"{i:05d}.jpg").read_bytes() for i in range(n)]
+
+    def pixels(model, mode: str) -> torch.Tensor:
+        if mode == "gpu":
+            jp = [(i, torch.frombuffer(bytearray(d), dtype=torch.uint8), str(i)) for i, d in enumerate(datas)]
+            return torch.stack(GpuPreprocess(model.preprocess, device)(jp)[1]).cpu()
+        short = resize_target(model.preprocess, model.meta["image_size"]) if mode == "fast" else None
+        return torch.stack([model.preprocess(decode_image(d, draft_short=short)) for d in datas])
+
+    d = (pixels(bb, decode) - pixels(bb, "exact")).abs()
+    with torch.no_grad():
+        g = [torch.nn.functional.normalize(tiny.encode_images(pixels(tiny, m), [-1]).global_, dim=-1)
+             for m in ("exact", decode)]
+    cos = (g[0] * g[1]).sum(-1)
+    return (f"{decode} vs exact on {n} images: max |diff| {float(d.max()):.4f}, mean |diff| {float(d.mean()):.5f} "
+            f"(normalised pixels, {bb.meta['image_size'][0]} px); tiny backbone global cosine min {float(cos.min()):.6f}, "
+            f"mean {float(cos.mean()):.6f}")
+
+
+def writers_mb_s(store: Path, writers: int) -> float:
+    """Raw MB/s of rewriting every image shard of `store` with `writers` threads (compression, fsync, checksums)."""
+    root = open_store(store, "r+")
+    lay = dict(root.attrs)["layout"]
+    R, N = lay["shard_rows"], lay["n_images"]
+    names = ["global", "status", "error", "patches", "prefix"]
+    shards = [(s, s * R, {k: root[f"images/{k}"][s * R:min(N, (s + 1) * R)] for k in names})
+              for s in range((N + R - 1) // R)]
+    for s, _, _ in shards:
+        (store / ".done" / "images" / f"{s:06d}").unlink()
+    w = ShardWriter(root, store, writers)
+    t0 = time.perf_counter()
+    for s, lo, arrays in shards:
+        w.put("images", s, lo, arrays)
+    w.close()
+    return w.bytes / 1e6 / (time.perf_counter() - t0)
+
+
+def zero_backbone(args, root: Path) -> None:
+    cores = len(os.sched_getaffinity(0))
+    bb = load_backbone(args.model, "none", device=args.device)
+    tiny = load_backbone("tiny", device="cpu")
+    decodes = ["exact", "fast", *(["gpu"] if args.device.startswith("cuda") else [])]
+    counts = sorted({1, 2, *range(4, cores + 1, 4), cores})
+    print(f"data path: {args.n} coco_like JPEGs (640x480) -> {args.model} preprocess, batch {args.batch_size}, "
+          f"{cores} cores, device {args.device}; no model, no writing")
+    print("| decode | workers | images/s |")
+    print("|---|---:|---:|")
+    data_path(root, min(args.n, 2 * args.batch_size), bb, "exact", 1, args.batch_size, args.device)  # warm-up
+    for decode in decodes:
+        for w in counts:
+            best = max(data_path(root, args.n, bb, decode, w, args.batch_size, args.device) for _ in range(2))  # best of 2
+            print(f"| {decode} | {w} | {best:.0f} |")
+    for decode in decodes[1:]:
+        print(deviation(root, min(args.n, 64), bb, tiny, decode, args.device))
+
+    log("encoding a pool of", args.pool, "images for the zero-cost stand-in")
+    px = torch.stack([bb.preprocess(Image.open(root / "img" / f"{i:05d}.jpg")) for i in range(args.pool)]).to(args.device)
+    with torch.no_grad():
+        pool = bb.encode_images(px, [-1])
+    zero = ZeroCost(bb, pool)
+    runner.load_backbone = lambda *a, **k: zero  # the runner's own loop, minus the model
+    store = args.work / "zero.zarr"
+    shutil.rmtree(store, ignore_errors=True)
+    marks: list[float] = []  # the image stage's progress; it ends when extract returns (the last shards written)
+    extract(ExtractConfig(model=args.model, pretrained="none", data="pairs", root=str(root), out=str(store),
+                          batch_size=args.batch_size, workers=args.workers, writers=args.writers, device=args.device,
+                          decode=args.decode, shard_rows=args.shard_rows, token_codec=args.token_codec),
+            lambda stage, done, total: marks.append(time.perf_counter()) if stage == "images" else None)
+    t_end = time.perf_counter()
+    cfg = ExtractConfig(model="x", data="pairs", root=".", out=".", workers=args.workers)
+    print(f"whole extraction, zero-cost backbone (workers {cfg.workers}, writers {args.writers}, decode {args.decode}, "
+          f"token codec {args.token_codec}, shard rows {args.shard_rows}): {args.n / (t_end - marks[0]):.0f} images/s "
+          "(image stage, worker start and the last shard's write included)")
+    n_shards = (args.n + args.shard_rows - 1) // args.shard_rows
+    print(f"writers: {n_shards} image shards of {args.shard_rows} rows ({args.model} float16 tokens, "
+          f"codec {args.token_codec}), raw MB / wall time")
+    print("| writers | MB/s |")
+    print("|---:|---:|")
+    for w in (1, 2, 4):  # best of 2: a shared disk's hiccups only ever slow a run down
+        print(f"| {w} | {max(writers_mb_s(store, w) for _ in range(2)):.0f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="ViT-B-16")
     ap.add_argument("--n", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--workers", default="auto", help="auto | a number, as extract's")
+    ap.add_argument("--writers", type=int, default=2)
+    ap.add_argument("--decode", default="exact", choices=["exact", "fast", "gpu"])
+    ap.add_argument("--token-codec", default="none")
+    ap.add_argument("--shard-rows", type=int, default=256)
+    ap.add_argument("--zero-backbone", action="store_true", help="the data path and the writers with a model that costs nothing")
+    ap.add_argument("--pool", type=int, default=32, help="--zero-backbone: real forwards the stand-in cycles through")
     ap.add_argument("--work", type=Path, default=Path("/tmp/compalign-extract-overhead"))
     ap.add_argument("--device", default="cpu", help="cpu | cuda")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast dtype, as extract's")
     args = ap.parse_args()
+    args.workers = args.workers if args.workers == "auto" else int(args.workers)
     root = make_data(args.work / "data", args.n)
+    if args.zero_backbone:
+        return zero_backbone(args, root)
     bb = load_backbone(args.model, "none", device=args.device)
     log("pre-decoding", args.n, "images for the bare loop")
     pixels = torch.stack([bb.preprocess(Image.open(root / "img" / f"{i:05d}.jpg")) for i in range(args.n)]).to(args.device)
@@ -84,7 +226,8 @@ def main() -> None:
         t0 = time.perf_counter()
         extract(ExtractConfig(model=args.model, pretrained="none", data="pairs", root=str(root), out=str(store),
                               batch_size=args.batch_size, workers=args.workers, device=args.device,
-                              precision=args.precision), progress)
+                              precision=args.precision, decode=args.decode, writers=args.writers,
+                              shard_rows=args.shard_rows, token_codec=args.token_codec), progress)
         t_total = time.perf_counter() - t0
         t_img = marks["images"][-1] - marks["images"][0]
         runs.append((t_bare, t_img, t_total))
@@ -92,7 +235,9 @@ def main() -> None:
             f"whole extract call {t_total:.1f} s")
     t_bare = float(np.mean([r[0] for r in runs]))
     t_img = float(np.mean([r[1] for r in runs]))
-    print(f"backbone {args.model} (random init), {args.n} images, batch {args.batch_size}, workers {args.workers}, "
+    workers = ExtractConfig(model="x", data="pairs", root=".", out=".", workers=args.workers).workers
+    print(f"backbone {args.model} (random init), {args.n} images, batch {args.batch_size}, workers {workers}, "
+          f"writers {args.writers}, decode {args.decode}, token codec {args.token_codec}, "
           f"torch threads {torch.get_num_threads()}, device {args.device}, precision {args.precision}")
     print(f"bare forward loop: {args.n / t_bare:.2f} img/s")
     print(f"extraction:        {args.n / t_img:.2f} img/s")

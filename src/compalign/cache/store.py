@@ -45,12 +45,14 @@ import hashlib
 import json
 import math
 import shlex
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import zarr
+from zarr.codecs import ZstdCodec
 
 from ..core import CompalignError
 from .location import Location, location
@@ -59,6 +61,7 @@ SCHEMA = "compalign.cache/1"
 COMPLETE_CHUNKS = "complete_chunks"  # root attr: every chunk of a written shard exists (absent = damaged)
 EVERY_CHUNK = {"write_empty_chunks": True}
 PENDING, OK, FAILED = 0, 1, 2
+_OPENING = threading.Lock()  # write_shard's arrays are opened under a process-wide Zarr config
 Kind = Literal["images", "texts"]
 
 
@@ -86,13 +89,29 @@ class Layout:
         return self.layers if self.text_layers is None else self.text_layers
 
 
-def _array(g: zarr.Group, name: str, shape: tuple[int, ...], dtype: Any, lay: Layout, big: bool = False) -> None:
+def token_codec_level(spec: str) -> int | None:
+    """The zstd level of a token codec spec `zstd:LEVEL` (1..22), None for `none`.
+
+    The float16 token arrays are most of a store's bytes and nearly incompressible: zstd keeps 0.92 of
+    ViT-B-16 patch tokens at ~600 MB/s per thread to write and ~700 MB/s to read (benchmarks/patch_codec.py),
+    so the default stores them raw and `zstd:LEVEL` trades that CPU time for 8% of the disk."""
+    if spec == "none":
+        return None
+    kind, _, level = spec.partition(":")
+    if kind == "zstd" and level.isdigit() and 1 <= int(level) <= 22:
+        return int(level)
+    raise CacheError(f"--token-codec is none or zstd:LEVEL with LEVEL 1..22 (got {spec!r})")
+
+
+def _array(g: zarr.Group, name: str, shape: tuple[int, ...], dtype: Any, lay: Layout, big: bool = False,
+           token_codec: str = "none") -> None:
     rows = lay.shard_rows  # a shard may overhang the array's end; Zarr stores only what exists
     if big:  # token arrays: small inner chunks inside one shard per writer
         chunk = math.gcd(rows, lay.chunk_rows)  # inner chunks must tile the shard exactly
         rest = tuple(max(1, d) for d in shape[1:])  # towers without a class token have K = 0 prefix rows
+        level = token_codec_level(token_codec)
         g.create_array(name, shape=shape, dtype=dtype, chunks=(chunk, *rest), shards=(rows, *rest), fill_value=0,
-                       config=EVERY_CHUNK)
+                       compressors=None if level is None else ZstdCodec(level=level), config=EVERY_CHUNK)
     else:
         fill = "" if dtype is str else 0
         g.create_array(name, shape=shape, dtype=dtype, chunks=(rows, *shape[1:]), fill_value=fill, config=EVERY_CHUNK)
@@ -101,10 +120,11 @@ def _array(g: zarr.Group, name: str, shape: tuple[int, ...], dtype: Any, lay: La
 def create_store(path: Path | Location, lay: Layout, attrs: dict[str, Any], items: dict[str, list[str]],
                  image_keys: list[str], image_origins: list[str], text_keys: list[str], texts: list[str],
                  projections: dict[str, np.ndarray], segments: dict[str, list[str]] | None = None,
-                 regions: dict[str, tuple[tuple[int, ...], str]] | None = None) -> zarr.Group:
+                 regions: dict[str, tuple[tuple[int, ...], str]] | None = None, token_codec: str = "none") -> zarr.Group:
     """Preallocate every array; key/string columns, items and segments are written now, features later by shard.
 
     `regions`: extra image arrays {path under images/: (shape of one row, dtype)}, written with the image shards.
+    `token_codec`: the float16 token arrays' compression (`token_codec_level`); the other arrays keep Zarr's zstd.
     The root attributes are written last: only then is the folder a store (`extract.target.is_store`), so a
     creation cut short is never taken for one (a local store is also built aside and renamed into place)."""
     loc = location(path)
@@ -125,14 +145,14 @@ def create_store(path: Path | Location, lay: Layout, attrs: dict[str, Any], item
     _array(tx, "global", (M, lay.embed_dim), "float32", lay)
     for layer in lay.layers:
         gi = im if layer == -1 else im.require_group(f"layers/{layer}")
-        _array(gi, "patches", (N, lay.n_patches, lay.image_width), "float16", lay, big=True)
-        _array(gi, "prefix", (N, lay.n_prefix, lay.image_width), "float16", lay, big=True)
+        _array(gi, "patches", (N, lay.n_patches, lay.image_width), "float16", lay, True, token_codec)
+        _array(gi, "prefix", (N, lay.n_prefix, lay.image_width), "float16", lay, True, token_codec)
     for name, (shape, dtype) in (regions or {}).items():
         folder, _, leaf = name.rpartition("/")
         _array(im.require_group(folder) if folder else im, leaf, (N, *shape), dtype, lay)
     for layer in lay.layers_text:
         gt = tx if layer == -1 else tx.require_group(f"layers/{layer}")
-        _array(gt, "tokens", (M, lay.text_len, lay.text_width), "float16", lay, big=True)
+        _array(gt, "tokens", (M, lay.text_len, lay.text_width), "float16", lay, True, token_codec)
     pg = root.create_group("proj")
     for name, mat in projections.items():
         pg.create_array(name, data=np.asarray(mat, dtype="float32"), config=EVERY_CHUNK)
@@ -199,7 +219,11 @@ def write_shard(root: zarr.Group, path: Path | Location, kind: Kind, shard: int,
     for name, data in arrays.items():
         key = f"{kind}/{name}"
         if key not in opened:
-            with zarr.config.set({"array.write_empty_chunks": True}):  # Zarr takes it when the array opens
+            # Zarr takes it when the array opens, from its process-wide config: one writer thread leaving the
+            # `set` block restores that config under another thread still opening (measured: 1 of 240 opens by
+            # 8 threads; a shard's all-empty `error` chunk would then be skipped, a hole in the store), so
+            # threads open their arrays one at a time.
+            with _OPENING, zarr.config.set({"array.write_empty_chunks": True}):
                 opened[key] = root[key]
         opened[key][lo:lo + len(data)] = data
     # Durability before the marker: a crash after this loop cannot lose the shard. In object storage each chunk
@@ -251,7 +275,7 @@ def resume_command(attrs: dict[str, Any], out: Path | Location | str) -> str:
     layers = [l for l in ext["layers"] if l != -1]
     extra = {"--batch-size": (ext["batch_size"], 64), "--shard-rows": (ext["shard_rows"], 256),
              "--precision": (ext["precision"], "fp32"), "--layers": (",".join(map(str, layers)), ""),
-             "--segments": (ext.get("segments", "none"), "none"),
+             "--segments": (ext.get("segments", "none"), "none"), "--decode": (ext.get("decode", "exact"), "exact"),
              "--crops": ((ext.get("crops") or {}).get("spec", "none"), "none")}
     return cmd + "".join(f" {flag} {v}" for flag, (v, default) in extra.items() if v != default)
 

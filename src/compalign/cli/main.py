@@ -40,6 +40,15 @@ def _layers(text: str) -> list[int]:
         raise typer.BadParameter(f"--layers takes comma-separated block indices like -1,-4 (got {text!r})") from None
 
 
+def _workers(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise typer.BadParameter(f"--workers takes auto or a number (got {text!r})") from None
+
+
 @app.command()
 def extract(
     model: str = typer.Option(..., help="preset (clip, siglip2, pe, tiny), open_clip name, or local-dir:PATH"),
@@ -52,7 +61,14 @@ def extract(
     pretrained: str | None = typer.Option(None, help="open_clip pretrained tag (presets bring their own; 'none' = random init)"),
     batch_size: int = typer.Option(64, help="images / captions per forward pass"),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
-    workers: int = typer.Option(1, help="image decoding processes (0 = in this process)"),
+    workers: str = typer.Option("auto", help="image decoding processes: auto (= CPU cores - 1, at least 1), "
+                                "or a number (0 = in this process)"),
+    decode: str = typer.Option("exact", help="exact (the checkpoint's preprocessing) | fast (JPEGs decoded at a "
+                               "reduced scale first, pixels differ slightly) | gpu (JPEGs decoded and resized on "
+                               "the CUDA device)"),
+    writers: int = typer.Option(2, help="threads writing shards (each writes whole shards)"),
+    token_codec: str = typer.Option("none", help="compression of the float16 token arrays: none | zstd:LEVEL "
+                                    "(zstd keeps ~0.92 of the bytes, at ~600 MB/s per writer thread)"),
     precision: str = typer.Option("fp32", help="fp32 | bf16 | fp16 (autocast)"),
     layers: str = typer.Option("-1", help="token layers to keep, e.g. -1,-4 (the final layer is always kept)"),
     shard_rows: int = typer.Option(256, help="rows per shard: the unit of writing and of resume"),
@@ -77,7 +93,8 @@ def extract(
 
     with user_errors():
         cfg = ExtractConfig(model=model, data=data, root=root, out=out, pretrained=pretrained,
-                            batch_size=batch_size, device=device, workers=workers, precision=precision,  # type: ignore[arg-type]
+                            batch_size=batch_size, device=device, workers=_workers(workers),  # type: ignore[arg-type]
+                            precision=precision, decode=decode, writers=writers, token_codec=token_codec,  # type: ignore[arg-type]
                             layers=_layers(layers), shard_rows=shard_rows, overwrite=overwrite,
                             exif_transpose=exif_transpose, split=split, segments=segments,  # type: ignore[arg-type]
                             crops=crops, storage_options=storage_options(storage_option), plan_cache=plan_cache)

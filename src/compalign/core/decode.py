@@ -19,14 +19,21 @@ class DecodeError(ValueError):
     pass
 
 
-def decode_image(data: bytes, exif_transpose: bool = False) -> Image.Image:
-    """RGB image of `data`; `exif_transpose` applies the EXIF orientation tag (open_clip's pipeline does not)."""
+def decode_image(data: bytes, exif_transpose: bool = False, draft_short: int | None = None) -> Image.Image:
+    """RGB image of `data`; `exif_transpose` applies the EXIF orientation tag (open_clip's pipeline does not).
+
+    `draft_short`: let a JPEG decode at 1/2, 1/4 or 1/8 scale (PIL's draft mode, the DCT does the
+    downscaling) as long as its shorter side stays >= `draft_short`; other formats decode in full."""
     if not data:
         raise DecodeError("empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))  # checks the header's size against PIL's limit
+            if draft_short and img.format == "JPEG":
+                w, h = img.size
+                short = min(w, h)  # draft keeps both sides >= the request: ask for the shorter one at draft_short
+                img.draft(img.mode, (-(-w * draft_short // short), -(-h * draft_short // short)))
             img.load()  # truncated files fail here, not later in a worker's transform
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise DecodeError(f"decompression bomb refused: {e}") from None

@@ -6,10 +6,12 @@ which records the settings that change stored values and refuses a resume that d
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..cache.location import is_url
+from ..cache.store import CacheError, token_codec_level
 from ..core import InputError
 from .crops import canonical_spec
 
@@ -23,7 +25,11 @@ class ExtractConfig:
     pretrained: str | None = None  # open_clip pretrained tag (presets bring their own)
     batch_size: int = 64  # images / captions per forward pass
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    workers: int = 1  # image decoding processes (0 = in this process)
+    workers: int | Literal["auto"] = "auto"  # image decoding processes (0 = in this process; auto = cores - 1, >= 1)
+    decode: Literal["exact", "fast", "gpu"] = "exact"  # exact: the checkpoint's preprocess; fast: JPEG draft first;
+    #   gpu: nvjpeg decode + resize/crop/normalise on the CUDA device (both change pixels slightly: stored in attrs)
+    writers: int = 2  # shard writer threads, each writing whole shards
+    token_codec: str = "none"  # codec of the float16 token arrays: none | zstd:LEVEL (benchmarks/patch_codec.py)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype for the forward pass
     layers: list[int] = field(default_factory=lambda: [-1])  # token layers kept; -1 = final
     shard_rows: int = 256  # rows per shard (the unit of writing and of resume)
@@ -45,13 +51,27 @@ class ExtractConfig:
         if -1 not in self.layers:
             self.layers = [-1, *self.layers]
         self.layers = sorted(set(self.layers), key=lambda x: (x != -1, -x))
+        if self.workers == "auto":
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            self.workers = max(1, cores - 1)  # the cores this process may use, one left to the model's process
         for flag, value, least in (("--batch-size", self.batch_size, 1), ("--shard-rows", self.shard_rows, 1),
-                                   ("--workers", self.workers, 0), ("chunk_rows", self.chunk_rows, 1)):
+                                   ("--workers", self.workers, 0), ("--writers", self.writers, 1),
+                                   ("chunk_rows", self.chunk_rows, 1)):
             if value < least:
                 raise InputError(f"{flag} must be at least {least} (got {value})")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise InputError(f"--precision is fp32, bf16 or fp16 (got {self.precision!r})")
+        if self.decode not in ("exact", "fast", "gpu"):
+            raise InputError(f"--decode is exact, fast or gpu (got {self.decode!r})")
+        if self.decode == "gpu" and self.crops != "none":
+            raise InputError("--decode gpu does not cut --crops (crops are cut from the CPU-decoded image); "
+                             "use --decode exact or fast with --crops")
+        try:
+            token_codec_level(self.token_codec)  # refuses a malformed codec now
+        except CacheError as e:
+            raise InputError(str(e)) from None
         if self.segments not in ("none", "rules"):
             raise InputError(f"--segments is none or rules (got {self.segments!r})")
         if self.crops != "none":
             self.crops = canonical_spec(self.crops)  # refuses a malformed SPEC before anything is loaded
+

@@ -5,32 +5,68 @@ would: so a row comes back as (row, pixels or None, crops or None, error or None
 splits a batch into the rows that encode and the errors the runner records in the shard's status.
 With `--crops`, each row's boxes are cut from the same decoded image and preprocessed here too
 (extract.crops), so the main process only runs forward passes.
+
+`--decode`: `exact` runs the checkpoint's preprocess on the full decode; `fast` lets PIL decode a JPEG at
+1/2, 1/4 or 1/8 scale first (draft mode: the DCT drops the detail the resize would drop anyway) as long
+as its shorter side stays at or above the resize target; `gpu` sends a plain RGB/grey JPEG's bytes on
+(gpu_decode.py decodes them on the device) and decodes anything else here, exactly.
 """
 
 from __future__ import annotations
 
+import io
+import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
+from torchvision import transforms as T
 
 from ..core.decode import DecodeError, decode_image
 from .crops import crop_pixels
 from .sources import ImageRef
 
-Row = tuple[int, torch.Tensor | None, torch.Tensor | None, str | None]  # (row, pixels, crops (R, 3, H, W), error)
+Decode = Literal["exact", "fast", "gpu"]
+# (row, pixels, crops (R, 3, H, W), error, (JPEG bytes (n,) uint8, origin) for the device to decode)
+Row = tuple[int, torch.Tensor | None, torch.Tensor | None, str | None, tuple[torch.Tensor, str] | None]
+
+
+def resize_target(preprocess: Any, image_size: Sequence[int]) -> int:
+    """The shorter side the preprocess resizes to (its Resize's size; else the model's input size)."""
+    for t in getattr(preprocess, "transforms", []):
+        if isinstance(t, T.Resize):
+            return int(t.size) if isinstance(t.size, int) else max(t.size)
+    return max(image_size)
+
+
+def _device_can_decode(data: bytes, exif_transpose: bool) -> bool:
+    """A complete baseline/progressive RGB or grey JPEG that needs no rotation: nvjpeg's to decode."""
+    if not data.rstrip(b"\0").endswith(b"\xff\xd9"):  # no end-of-image marker: truncated, PIL decides
+        return False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))  # the header only; a bomb is refused on the CPU path
+        return (img.format == "JPEG" and img.mode in ("RGB", "L")
+                and not (exif_transpose and img.getexif().get(0x0112, 1) != 1))
+    except Exception:
+        return False
 
 
 class ImageRows(Dataset):
-    """Row -> (row, pixels or None, crops or None, error or None). Bad data becomes an error string, never an exception.
+    """Row -> (row, pixels or None, crops or None, error or None, JPEG for the device or None).
+    Bad data becomes an error string, never an exception.
 
-    `boxes`: each row's (R, 4) crop boxes in fractions (`--crops`), or None for no crops."""
+    `boxes`: each row's (R, 4) crop boxes in fractions (`--crops`), or None for no crops.
+    `draft_short`: with decode `fast`, the shorter side a JPEG's draft decode must keep (`resize_target`)."""
 
     def __init__(self, refs: list[ImageRef], preprocess: Any, exif_transpose: bool = False,
-                 boxes: Sequence[np.ndarray] | None = None):
+                 boxes: Sequence[np.ndarray] | None = None, decode: Decode = "exact", draft_short: int | None = None):
         self.refs, self.preprocess, self.exif_transpose, self.boxes = refs, preprocess, exif_transpose, boxes
+        self.decode, self.draft_short = decode, draft_short if decode == "fast" else None
 
     def __len__(self) -> int:
         return len(self.refs)
@@ -38,26 +74,35 @@ class ImageRows(Dataset):
     def __getitem__(self, row: int) -> Row:
         ref = self.refs[row]
         if ref.error:
-            return row, None, None, ref.error
+            return row, None, None, ref.error, None
         try:
             data = ref.read()  # in memory, a file, or a tar member's byte range
-            image = decode_image(data, self.exif_transpose)
+            if self.decode == "gpu" and _device_can_decode(data, self.exif_transpose):
+                return row, None, None, None, (torch.frombuffer(bytearray(data), dtype=torch.uint8), ref.origin)
+            image = decode_image(data, self.exif_transpose, self.draft_short)
             crops = crop_pixels(image, self.boxes[row], self.preprocess) if self.boxes is not None else None
-            return row, self.preprocess(image), crops, None
+            return row, self.preprocess(image), crops, None, None
         except DecodeError as e:
-            return row, None, None, f"{ref.origin}: {e}"
+            return row, None, None, f"{ref.origin}: {e}", None
         except Exception as e:  # unreadable file, transform failure: recorded, the run goes on
-            return row, None, None, f"{ref.origin}: {type(e).__name__}: {e}"
+            return row, None, None, f"{ref.origin}: {type(e).__name__}: {e}", None
 
 
-def collate_rows(batch: list[Row]):
-    """(all rows, rows that decoded, their (B, 3, H, W) pixels or None, {row: error}, crops).
+class Batch(NamedTuple):
+    rows: list[int]  # every row of the batch
+    good: list[int]  # the rows that decoded, in the order of `pixels`
+    pixels: torch.Tensor | None  # (B, 3, H, W) or None
+    errors: dict[int, str]  # row -> why it failed
+    crops: tuple[torch.Tensor | None, list[int]]  # (every decoded row's crops (C, 3, H, W) or None, count per row)
+    jpegs: list[tuple[int, torch.Tensor, str]]  # (row, JPEG bytes, origin) still to decode on the device
 
-    crops: (every decoded row's crops concatenated, (C, 3, H, W) or None; how many each decoded row has)."""
+
+def collate_rows(batch: list[Row]) -> Batch:
     rows = [r for r, *_ in batch]
-    good = [(r, x, c) for r, x, c, _ in batch if x is not None]
-    errors = {r: e for r, _, _, e in batch if e is not None}
+    good = [(r, x, c) for r, x, c, _, _ in batch if x is not None]
+    errors = {r: e for r, _, _, e, _ in batch if e is not None}
     pixels = torch.stack([x for _, x, _ in good]) if good else None
     counts = [0 if c is None else len(c) for _, _, c in good]
     crops = torch.cat([c for _, _, c in good if c is not None]) if any(counts) else None
-    return rows, [r for r, _, _ in good], pixels, errors, (crops, counts)
+    jpegs = [(r, *j) for r, _, _, _, j in batch if j is not None]
+    return Batch(rows, [r for r, _, _ in good], pixels, errors, (crops, counts), jpegs)

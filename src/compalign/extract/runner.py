@@ -1,8 +1,10 @@
 """The extraction runner: plan the source, open or create the store, encode the pending shards.
 
 Texts first (cheap), then images. Images are decoded and preprocessed in DataLoader workers
-(image_rows.py), with `--crops` their boxes cut and preprocessed there too (crops.py); the model runs
-in this process; a single writer thread writes whole shards (shards.py) so the model never waits on disk.
+(image_rows.py; with `--decode gpu` the workers read bytes and the device decodes, gpu_decode.py), with
+`--crops` their boxes cut and preprocessed there too (crops.py); the model runs in this process, its
+inputs and outputs crossing to and from the device beside the forward pass (transfer.py); `--writers`
+threads write whole shards (shards.py) so the model never waits on disk.
 Batches never cross a shard, so a resumed shard is computed exactly as before; which store is resumed
 and which shards are left is store_setup.py's.
 This file is the loop itself: what runs on the model, in what order, and the summary of a run.
@@ -30,13 +32,15 @@ from ..core.device import resolve_device
 from .backbones import load_backbone
 from .config import ExtractConfig
 from .crops import CropPlan, plan_crops
-from .image_rows import ImageRows, collate_rows
+from .gpu_decode import GpuPreprocess, check_gpu_decode, tensor_steps
+from .image_rows import ImageRows, collate_rows, resize_target
 from .ranks import Job, join_job, own_share
 from .segments import add_segments
 from .shards import ShardWriter, finish_image_shard, new_image_shard
 from .sources import Plan, PlanCache, cache_path, plan_source
 from .store_setup import open_or_create, pending_shards
 from .target import NOT_WRITABLE, ObjectLock, WriterLock, check_target, writer_lock
+from .transfer import HostCopies, to_device
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]  # (stage, rows done, rows total)
@@ -97,7 +101,11 @@ def _extract(cfg: ExtractConfig, out: Location, progress: Progress | None, job: 
     crops = plan_crops(cfg.crops, plan)  # before the model loads: a root without oracle boxes fails now
     device = str(resolve_device(cfg.device))
     _autocast(device, cfg.precision)  # refuse an impossible precision before a store is made
+    if cfg.decode == "gpu":
+        check_gpu_decode(device)
     bb = load_backbone(cfg.model, cfg.pretrained, device=device, seed=cfg.seed)
+    if cfg.decode == "gpu":
+        tensor_steps(bb.preprocess)  # a preprocessing the device cannot run is refused before a store is made
     lengths, truncated = _token_lengths(bb, plan.texts)  # (M,), (M,): the ids themselves are made shard by shard
     # Causal towers: sort captions by length so each batch is cut at its own longest caption.
     order = np.argsort(lengths, kind="stable") if bb.causal_text else np.arange(len(plan.texts))
@@ -116,7 +124,7 @@ def _extract(cfg: ExtractConfig, out: Location, progress: Progress | None, job: 
         if job.rank:
             lock.take(shared=True)
             root, notes = open_store(out, "r+"), []
-    writer = ShardWriter(root, out)
+    writer = ShardWriter(root, out, cfg.writers)
     written = skipped = 0
     try:
         with _autocast(device, cfg.precision):
@@ -251,16 +259,33 @@ def _extract_images(cfg, bb, plan, out, writer, device, progress, crops: CropPla
         return 0, skipped
     batches = [list(range(b, min(min(N, (s + 1) * R), b + cfg.batch_size)))
                for s in todo for b in range(s * R, min(N, (s + 1) * R), cfg.batch_size)]
-    rows_ds = ImageRows(plan.images, bb.preprocess, cfg.exif_transpose, crops.row_boxes(N) if crops is not None else None)
+    rows_ds = ImageRows(plan.images, bb.preprocess, cfg.exif_transpose, crops.row_boxes(N) if crops is not None else None,
+                        cfg.decode, resize_target(bb.preprocess, bb.meta["image_size"]))
     loader = DataLoader(rows_ds, batch_sampler=batches, collate_fn=collate_rows,
                         num_workers=cfg.workers, pin_memory=device.startswith("cuda"),
                         persistent_workers=False, prefetch_factor=4 if cfg.workers else None)
+    gpu = GpuPreprocess(bb.preprocess, device, cfg.exif_transpose) if cfg.decode == "gpu" else None
     lay = Layout(**dict(open_store(out).attrs)["layout"])
+    copies = HostCopies(device, cfg.batch_size)
     shard: dict[str, Any] | None = None
-    for rows, good, pixels, errors, (crop_pixels, counts) in loader:
+    landing: tuple[dict[str, Any], np.ndarray, Any] | None = None  # (shard, its rows, copies in flight)
+
+    def land() -> None:  # the previous batch's features, now on the host, into their shard
+        nonlocal landing
+        if landing is not None:
+            sh, at, started = landing
+            got = copies.wait(started)
+            sh["global"][at] = got["global"]
+            for l in lay.layers:
+                sh["patches", l][at] = got[f"patches/{l}"]
+                sh["prefix", l][at] = got[f"prefix/{l}"]
+            landing = None
+
+    for rows, good, pixels, errors, (crop_pixels, counts), _ in to_device(loader, device, gpu):
         s = rows[0] // R
         if shard is None or shard["s"] != s:
             if shard is not None:
+                land()
                 writer.put("images", *finish_image_shard(shard))
             lo, hi = s * R, min(N, (s + 1) * R)
             regions = crops.shard_buffers(lo, hi - lo, lay.embed_dim) if crops is not None else None
@@ -271,15 +296,15 @@ def _extract_images(cfg, bb, plan, out, writer, device, progress, crops: CropPla
         if pixels is not None:
             enc = bb.encode_images(pixels.to(device, non_blocking=True), lay.layers)
             at = np.asarray(good) - shard["lo"]
-            shard["global"][at] = enc.global_.float().cpu().numpy()
-            for l in lay.layers:
-                shard["patches", l][at] = enc.patches[l].float().cpu().numpy()
-                shard["prefix", l][at] = enc.prefix[l].float().cpu().numpy()
+            started = copies.start(enc, lay.layers)  # CUDA: copies queued behind the forward; CPU: the tensors
+            land()  # batch k - 1 lands while the device runs batch k
+            landing = (shard, at, started)
             if crops is not None and crop_pixels is not None:  # (C, 3, H, W): every decoded row's crops
                 crops.record(shard["regions"], at, counts, _encode_crops(bb, crop_pixels, cfg.batch_size, device))
         done_rows += len(rows)
         if progress:
             progress("images", done_rows, N)
+    land()
     if shard is not None:
         writer.put("images", *finish_image_shard(shard))
     return len(todo), skipped

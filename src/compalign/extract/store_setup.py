@@ -59,6 +59,8 @@ def _settings(cfg: ExtractConfig, text_len: int, crops: CropPlan | None = None) 
            "shard_rows": cfg.shard_rows, "chunk_rows": cfg.chunk_rows, "text_len": text_len}
     if cfg.exif_transpose:  # only when on, so stores made before the option existed still resume
         out["exif_transpose"] = True
+    if cfg.decode != "exact":  # likewise: fast and gpu decoding change the pixels a little
+        out["decode"] = cfg.decode
     if cfg.segments != "none":  # likewise
         out["segments"] = cfg.segments
     if crops is not None:  # likewise; the boxes themselves (grid) or their digest (oracle), not just the spec
@@ -154,7 +156,7 @@ def open_or_create(cfg: ExtractConfig, bb: Backbone, plan: Plan, order: np.ndarr
     texts = [plan.texts[i] for i in order]
     create_store(tmp, lay, attrs, plan.items, [r.key for r in plan.images], [r.origin for r in plan.images],
                  [text_key(t) for t in texts], texts, proj, plan.segments,
-                 crops.arrays(lay.embed_dim) if crops is not None else None)
+                 crops.arrays(lay.embed_dim) if crops is not None else None, token_codec=cfg.token_codec)
     if out.local:
         tmp.path.rename(out.path)  # an empty folder at `out` is replaced by the rename
     return open_store(out, "r+"), notes

@@ -1,0 +1,168 @@
+"""The fast extraction paths against their slow references: decode modes, several writers, the token codec."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from PIL import Image
+
+from compalign.cache import CacheError, CacheReader
+from compalign.cache.store import resume_command
+from compalign.core import InputError
+from compalign.core.decode import decode_image
+from compalign.extract.backbones import load_backbone
+from compalign.extract.gpu_decode import GpuPreprocess, check_gpu_decode
+from compalign.extract.image_rows import ImageRows, resize_target
+from compalign.extract.runner import ExtractConfig, extract
+from compalign.extract.sources import ImageRef
+
+
+def _photo(seed: int, size: tuple[int, int]) -> bytes:
+    """Smooth random content + noise as a quality-90 JPEG (benchmarks/common.py's coco_like_image)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (size[0] // 16, size[1] // 16, 3), dtype=np.uint8)
+    img = np.asarray(Image.fromarray(small).resize((size[1], size[0]), Image.BICUBIC)).astype(int)
+    img = Image.fromarray(np.clip(img + rng.integers(-12, 13, (*size, 3)), 0, 255).astype(np.uint8))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_backbone("tiny")
+
+
+@pytest.fixture(scope="module")
+def big_jpeg() -> bytes:
+    return _photo(0, (1536, 2048))
+
+
+def _rows(refs: list[ImageRef], bb, decode: str) -> torch.Tensor:
+    ds = ImageRows(refs, bb.preprocess, decode=decode, draft_short=resize_target(bb.preprocess, bb.meta["image_size"]))
+    return torch.stack([ds[i][1] for i in range(len(refs))])
+
+
+def _ref(data: bytes) -> ImageRef:
+    return ImageRef(key="k", origin="big.jpg", data=data)
+
+
+def _global(bb, pixels: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.nn.functional.normalize(bb.encode_images(pixels, [-1]).global_, dim=-1)
+
+
+def test_exact_is_the_checkpoints_preprocess_bit_for_bit(tiny, big_jpeg):
+    assert torch.equal(_rows([_ref(big_jpeg)], tiny, "exact")[0], tiny.preprocess(decode_image(big_jpeg)))
+
+
+def test_fast_decodes_a_large_jpeg_at_a_reduced_scale_and_stays_close(tiny, big_jpeg):
+    # Measured (PIL 13, libjpeg-turbo; tiny's 64-px input): the 2048x1536 JPEG drafts to 256x192 (1/8 scale, the
+    # shorter side still >= 64); after normalisation max |diff| 0.0600 (4 grey levels), mean 0.01168; cosine of
+    # the tiny global embeddings 0.999983. Tolerances: one grey level (0.015) on the max, 10% on the mean, 5e-5
+    # on the cosine (the spread of three seeds: mean 0.0116-0.0117, cosine 0.99993-0.99998).
+    assert decode_image(big_jpeg, draft_short=64).size == (256, 192)
+    exact, fast = _rows([_ref(big_jpeg)], tiny, "exact")[0], _rows([_ref(big_jpeg)], tiny, "fast")[0]
+    diff = (fast - exact).abs()
+    assert float(diff.max()) == pytest.approx(0.0600, abs=0.015)
+    assert float(diff.mean()) == pytest.approx(0.01168, rel=0.1)
+    g = _global(tiny, torch.stack([exact, fast]))
+    assert float(g[0] @ g[1]) == pytest.approx(0.999983, abs=5e-5)
+
+
+def test_fast_leaves_a_png_exact(tiny, tmp_path):
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(_photo(1, (480, 640)))).save(buf, format="PNG")
+    assert torch.equal(_rows([_ref(buf.getvalue())], tiny, "fast"), _rows([_ref(buf.getvalue())], tiny, "exact"))
+
+
+def test_gpu_steps_run_the_same_preprocess_on_tensors(tiny, big_jpeg):
+    # The device path's decode + resize/crop/normalise, here on the CPU (nvjpeg itself needs a GPU). Measured:
+    # max |diff| 0.0150 (one grey level: torch's and PIL's bicubic round differently), mean 0.00069, cosine 0.999998.
+    data = torch.frombuffer(bytearray(big_jpeg), dtype=torch.uint8)
+    rows, pixels, errors = GpuPreprocess(tiny.preprocess, "cpu")([(7, data, "big.jpg")])
+    assert rows == [7] and not errors
+    exact = _rows([_ref(big_jpeg)], tiny, "exact")[0]
+    diff = (pixels[0] - exact).abs()
+    assert float(diff.max()) == pytest.approx(0.0150, abs=0.015)
+    assert float(diff.mean()) == pytest.approx(0.00069, rel=0.2)
+    g = _global(tiny, torch.stack([exact, pixels[0]]))
+    assert float(g[0] @ g[1]) == pytest.approx(0.999998, abs=5e-5)
+
+
+def test_gpu_workers_send_jpeg_bytes_and_decode_the_rest(tiny):
+    png = io.BytesIO()
+    Image.new("RGB", (30, 20), (200, 10, 10)).save(png, format="PNG")
+    truncated = _photo(2, (200, 300))[:-500]
+    ds = ImageRows([_ref(_photo(2, (200, 300))), _ref(png.getvalue()), _ref(truncated)], tiny.preprocess, decode="gpu")
+    jpeg, other, cut = ds[0], ds[1], ds[2]
+    assert jpeg[1] is None and jpeg[4][0].dtype == torch.uint8 and other[1] is not None and other[4] is None
+    assert cut[4] is None and "truncated" in cut[3]  # no end-of-image marker: the CPU path names the fault
+
+
+def test_gpu_decode_on_a_cpu_host_is_refused_naming_the_others(pairs_dir, tmp_path):
+    with pytest.raises(InputError, match="--decode exact .*--decode fast"):
+        check_gpu_decode("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="--decode exact"):
+            extract(ExtractConfig(model="tiny", data="pairs", root=str(pairs_dir), out=str(tmp_path / "g.zarr"),
+                                  workers=0, decode="gpu", device="cpu"))
+        assert not (tmp_path / "g.zarr").exists()
+
+
+def test_a_store_remembers_its_decode_and_a_resume_must_match(pairs_dir, tmp_path):
+    out = tmp_path / "s.zarr"
+    extract(ExtractConfig(model="tiny", data="pairs", root=str(pairs_dir), out=str(out), workers=0, decode="fast"))
+    attrs = dict(zarr.open_group(str(out)).attrs)
+    assert attrs["extraction"]["decode"] == "fast" and " --decode fast" in resume_command(attrs, out)
+    with pytest.raises(CacheError, match="decode"):
+        extract(ExtractConfig(model="tiny", data="pairs", root=str(pairs_dir), out=str(out), workers=0))
+
+
+def _tree(p: Path) -> dict[str, bytes]:
+    out = {str(f.relative_to(p)): f.read_bytes() for f in sorted(p.rglob("*")) if f.is_file()}
+    root = json.loads(out.pop("zarr.json"))
+    root["attributes"].pop("created")  # the one value that depends on when
+    out["zarr.json"] = json.dumps(root, sort_keys=True).encode()
+    return out
+
+
+def test_three_writers_write_the_same_store_as_one(pairs_dir, tmp_path):
+    stores = []
+    for writers in (1, 3):
+        out = tmp_path / f"w{writers}.zarr"
+        extract(ExtractConfig(model="tiny", data="pairs", root=str(pairs_dir), out=str(out), workers=0, shard_rows=2,
+                              batch_size=2, writers=writers))
+        stores.append(_tree(out))
+    one, three = stores
+    assert sum(k.startswith(".done/images/") for k in one) == 6 and sum(k.startswith(".done/texts/") for k in one) == 8
+    assert one.keys() == three.keys()
+    assert [k for k in one if one[k] != three[k]] == []  # chunks and done markers (with their checksums) alike
+
+
+def test_token_codec_is_lossless_and_refused_when_malformed(pairs_dir, tmp_path):
+    got = {}
+    for codec in ("none", "zstd:3"):
+        out = tmp_path / f"{codec.replace(':', '')}.zarr"
+        extract(ExtractConfig(model="tiny", data="pairs", root=str(pairs_dir), out=str(out), workers=0,
+                              token_codec=codec))
+        got[codec] = CacheReader(out)
+        codecs = zarr.open_group(str(out))["images/patches"].compressors
+        assert [type(c).__name__ for c in codecs] == ([] if codec == "none" else ["ZstdCodec"])
+    rows = np.arange(12)
+    assert np.array_equal(got["none"].read("images", "patches", rows), got["zstd:3"].read("images", "patches", rows))
+    with pytest.raises(InputError, match="--token-codec is none or zstd:LEVEL"):
+        ExtractConfig(model="tiny", data="pairs", root=".", out="x", token_codec="gzip")
+
+
+def test_workers_auto_leaves_one_core_to_the_model():
+    cfg = ExtractConfig(model="tiny", data="pairs", root=".", out="x")
+    assert cfg.workers == max(1, len(os.sched_getaffinity(0)) - 1)
+    assert ExtractConfig(model="tiny", data="pairs", root=".", out="x", workers=3).workers == 3
