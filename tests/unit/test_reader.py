@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -165,3 +166,23 @@ def test_resident_arrays_read_the_same_rows_within_their_budget(store):
     assert r._whole["images/patches"] is not None and r._whole["texts/tokens"] is None
     assert r._lru and all(path == "texts/tokens" for path, _ in r._lru)
     assert r.read("images", "patches", np.array([], dtype=np.int64)).shape == (0, *patches.shape[1:])
+
+
+def test_a_local_dir_backbone_is_known_by_its_weights_not_its_folder(store, tmp_path):
+    # The shipped `tiny` is read from the package folder: two checkouts (or a copied fine-tuned backbone) give
+    # another model_name path for the same weights, and a head trained in one must score caches of the other.
+    r = open_cache(store)
+    assert r.backbone["model_name"].startswith("local-dir:") and r.backbone["checkpoint_sha"]
+
+    def moved(name: str, **change: str):
+        copy = tmp_path / name
+        shutil.copytree(store, copy)
+        meta = json.loads((copy / "zarr.json").read_text())
+        meta["attributes"]["backbone"].update(change)
+        (copy / "zarr.json").write_text(json.dumps(meta))
+        return open_cache(copy)
+
+    elsewhere = moved("elsewhere.zarr", model_name="local-dir:/another/checkout/backbone")
+    assert (elsewhere.backbone_id, elsewhere.fingerprint) == (r.backbone_id, r.fingerprint)
+    other_weights = moved("other.zarr", checkpoint_sha="0123456789abcdef")
+    assert other_weights.backbone_id != r.backbone_id and other_weights.fingerprint != r.fingerprint

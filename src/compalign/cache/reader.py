@@ -37,6 +37,13 @@ SEGMENTS = "segments"  # a text field gathered from the segments table, not stor
 REGIONS = {"regions_crops": ("crops", "grid"), "regions_oracle": ("oracle", "oracle")}
 
 
+
+def _weights(backbone: dict[str, Any]) -> dict[str, Any]:
+    """A `local-dir:` backbone is its weights (`checkpoint_sha`), not the folder they were read from: the shipped
+    `tiny` of two checkouts, or a fine-tuned backbone copied elsewhere, is the same backbone."""
+    name = str(backbone.get("model_name") or "")
+    return {"model_name": "local-dir"} if name.startswith("local-dir:") and backbone.get("checkpoint_sha") else {}
+
 class CacheReader:
     def __init__(self, path: str | Path | Location, cache_bytes: int = 512 * 2**20, resident_bytes: int = 0):
         self.path = location(path)  # a local folder or file, or an object-storage URL (read as it streams)
@@ -106,7 +113,7 @@ class CacheReader:
     @property
     def fingerprint(self) -> str:
         """Identifies (backbone, source, extraction): heads trained on one cache check it on another."""
-        ident = {k: self.attrs[k] for k in ("backbone", "extraction")}
+        ident = {"backbone": {**self.attrs["backbone"], **_weights(self.backbone)}, "extraction": self.attrs["extraction"]}
         ident["source"] = self.attrs["source"]["fingerprint"]
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -114,7 +121,7 @@ class CacheReader:
     def backbone_id(self) -> str:
         """Identifies the backbone alone (same weights ⇒ same id, whatever the data)."""
         b = self.backbone
-        ident = {k: b.get(k) for k in ("model_name", "pretrained", "checkpoint_sha", "seed")}
+        ident = {**{k: b.get(k) for k in ("model_name", "pretrained", "checkpoint_sha", "seed")}, **_weights(b)}
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
     # ---- keys and status -----------------------------------------------------------------
