@@ -1,4 +1,4 @@
-"""Peak RSS of extraction and of scoring at two store sizes: it must not grow with the rows.
+"""Peak RSS of extraction, training and scoring at two store sizes: it must not grow with the rows.
 
 Each stage runs in its own process (ru_maxrss is per process) on N and 4N generated images with
 the tiny backbone. Prints both peaks and their ratio (flat ~ 1.0; what grows is what holds rows).
@@ -26,6 +26,10 @@ from compalign.evaluate.scoring import score_pairs
 stage, root, out = sys.argv[1:4]
 if stage == "extract":
     extract(ExtractConfig(model="tiny", data="pairs", root=root, out=out, workers=1, batch_size=128))
+elif stage == "train":  # a local head on the patches and tokens: the heaviest reads training makes
+    from compalign.heads.train import TrainConfig, train_head
+    cfg = TrainConfig(steps=60, batch_size=64, eval_every=30, device="cpu", n_hard=0, losses={"infonce": 1.0})
+    train_head("tflocal_tiny", out, out + ".run", cfg)
 else:
     r = open_cache(out)
     it = r.items
@@ -34,6 +38,9 @@ else:
         pass  # a full streamed pass over the largest array
 print(json.dumps({"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
+
+
+STAGES = ("extract", "train", "score")
 
 
 def make(root: Path, n: int) -> None:
@@ -63,10 +70,11 @@ def main() -> None:
         root, out = args.work / f"data{n}", args.work / f"store{n}.zarr"
         make(root, n)
         shutil.rmtree(out, ignore_errors=True)
-        results[n] = (peak("extract", root, out), peak("score", root, out))
-        print(f"{n:6d} rows: extract peak {results[n][0]:7.1f} MiB, score+stream peak {results[n][1]:7.1f} MiB")
+        shutil.rmtree(f"{out}.run", ignore_errors=True)
+        results[n] = [peak(stage, root, out) for stage in STAGES]
+        print(f"{n:6d} rows: " + ", ".join(f"{s} peak {v:7.1f} MiB" for s, v in zip(STAGES, results[n])))
     a, b = results[args.n], results[4 * args.n]
-    print(f"4x the rows: extract peak x{b[0] / a[0]:.2f}, score peak x{b[1] / a[1]:.2f} (flat ~ 1.0)")
+    print("4x the rows: " + ", ".join(f"{s} peak x{y / x:.2f}" for s, x, y in zip(STAGES, a, b)) + " (flat ~ 1.0)")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ re-encodes crops pays at every score. Against it:
       goal: the crops' encoding >= 1000x the re-score;
   (b) the `regions_roi` scoring pass (patch tokens pooled over the same grid, projected) against the `global`
       pass on the same store; goal <= 2x. Also printed: regions_crops against global, and the extraction
-      cost of --crops grid against none.
+      cost of --crops grid against none;
+  (c) from the images to the scores: one extraction + the scoring pass, for global, regions_roi (no extra
+      backbone pass) and regions_crops (a forward per box).
 The machine's load average is printed with the figures: on a shared 2-core machine torch's intra-op threads
 wait on each other (measured at load 6.8: the region heads' torch steps 5-10x slower than with one thread),
 which `--threads 1` takes out of the scoring figures.
@@ -83,6 +85,11 @@ def main() -> None:
     t_global, t_roi = times["global"][0], times["regions_roi"][0]
     log(f"(b) scoring pass: global {t_global * 1e3:.1f} ms, regions_roi {t_roi * 1e3:.1f} ms: {t_roi / t_global:.2f}x "
         f"(goal <= 2x); regions_crops {t_crops / t_global:.2f}x global")
+    # What each region kind costs from the images to a score: roi needs the one backbone pass global needs, crops
+    # one more forward per box.
+    log(f"(c) images to scores: global {t_plain + t_global:.2f} s, regions_roi {t_plain + t_roi:.2f} s "
+        f"({(t_plain + t_roi) / (t_plain + t_global):.2f}x global), regions_crops {t_grid + t_crops:.2f} s "
+        f"({(t_grid + t_crops) / (t_plain + t_global):.2f}x global)")
 
 
 if __name__ == "__main__":
