@@ -14,6 +14,7 @@ from ..cache.location import is_url
 from ..cache.store import CacheError, token_codec_level
 from ..core import InputError
 from .crops import canonical_spec
+from .sources.base import SOURCES
 
 
 @dataclass
@@ -44,7 +45,7 @@ class ExtractConfig:
     plan_cache: bool = True  # remember image hashes by (path, size, mtime) beside the store (sources/plan_cache.py)
 
     def __post_init__(self) -> None:
-        if is_url(self.root) and self.data != "webdataset":
+        if is_url(self.root) and not SOURCES.meta(self.data).get("patterns"):  # the sources that read URLs say so
             raise InputError(f"--root {self.root}: --data {self.data} reads a local folder (only webdataset shards and "
                              "--out may be URLs); copy the data here, or mount the bucket (mountpoint-s3, s3fs-fuse) and "
                              "pass the mount")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ...cache.location import is_url  # re-exported: the sources read URLs (webdataset shards) the way stores do
 from ...core import CompalignError
 from ...core.registry import Registry
 from .plan_cache import PlanCache, active_cache, using
@@ -60,11 +61,6 @@ def parquet_image_bytes(cell: object) -> bytes | None:
 def parquet_image_name(cell: object) -> str | None:
     """The file name the Hub's Image feature keeps beside the bytes ({"bytes", "path"}), if any."""
     return (cell.get("path") or None) if isinstance(cell, dict) else None
-
-
-def is_url(path: str) -> bool:
-    """`s3://bucket/x.tar`, `https://host/x.tar`: read through fsspec, not the local filesystem."""
-    return "://" in path
 
 
 def open_binary(path: str) -> Any:
