@@ -9,6 +9,9 @@ ratio >= 0.90. Also prints bytes on disk per image / caption against raw float16
         [--decode exact|fast|gpu] [--writers 2] [--device cuda] [--precision bf16]
     .venv/bin/python benchmarks/extract_overhead.py --zero-backbone [--n 256] [--shard-rows 32]
 
+Both run under the heap policy the CLI sets for every command (core/memory.py; `--heap default` for
+glibc's own, under which the same forward runs at two speeds depending on what freed memory before it).
+
 On a GPU the bare loop times the same forward on the device under the same autocast as extraction
 (pixels already there, synchronised at the end), so the ratio shows what decoding and writing cost.
 
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import time
 from pathlib import Path
@@ -37,6 +41,7 @@ import compalign.extract.runner as runner
 from compalign.cache import open_cache
 from compalign.cache.store import open_store
 from compalign.core.decode import decode_image
+from compalign.core.memory import keep_freed_memory
 from compalign.extract.backbones import ImageOut, load_backbone
 from compalign.extract.gpu_decode import GpuPreprocess
 from compalign.extract.image_rows import ImageRows, collate_rows, resize_target
@@ -201,7 +206,10 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/compalign-extract-overhead"))
     ap.add_argument("--device", default="cpu", help="cpu | cuda")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast dtype, as extract's")
+    ap.add_argument("--heap", default="keep", choices=["keep", "default"], help="the CLI's heap policy or glibc's own")
     args = ap.parse_args()
+    if args.heap == "keep":
+        keep_freed_memory()
     args.workers = args.workers if args.workers == "auto" else int(args.workers)
     root = make_data(args.work / "data", args.n)
     if args.zero_backbone:
@@ -238,10 +246,12 @@ def main() -> None:
     workers = ExtractConfig(model="x", data="pairs", root=".", out=".", workers=args.workers).workers
     print(f"backbone {args.model} (random init), {args.n} images, batch {args.batch_size}, workers {workers}, "
           f"writers {args.writers}, decode {args.decode}, token codec {args.token_codec}, "
-          f"torch threads {torch.get_num_threads()}, device {args.device}, precision {args.precision}")
+          f"torch threads {torch.get_num_threads()}, device {args.device}, precision {args.precision}, heap {args.heap}")
     print(f"bare forward loop: {args.n / t_bare:.2f} img/s")
     print(f"extraction:        {args.n / t_img:.2f} img/s")
     print(f"ratio extraction / bare: {t_bare / t_img:.3f} (target >= 0.90)")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS of this process (model, pixels, both loops): {peak:,.0f} MiB")
 
     r = open_cache(store)
     lay = r.layout

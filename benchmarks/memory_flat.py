@@ -1,7 +1,8 @@
 """Peak RSS of extraction, training and scoring at two store sizes: it must not grow with the rows.
 
 Each stage runs in its own process (ru_maxrss is per process) on N and 4N generated images with
-the tiny backbone. Prints both peaks and their ratio (flat ~ 1.0; what grows is what holds rows).
+the tiny backbone, under the CLI's heap policy (core/memory.py). Prints both peaks and their ratio
+(flat ~ 1.0; what grows is what holds rows).
 
     .venv/bin/python benchmarks/memory_flat.py [--n 1000]
 """
@@ -19,6 +20,8 @@ from common import coco_like_image
 
 CHILD = """
 import resource, sys, json
+from compalign.core.memory import keep_freed_memory
+keep_freed_memory()  # as every CLI command does
 from compalign.extract.runner import ExtractConfig, extract
 from compalign.cache import open_cache
 from compalign.heads import create_head

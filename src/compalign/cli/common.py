@@ -61,6 +61,13 @@ def store_location(where: str | Path, options: list[str]) -> Any:
     return location(where, storage_options(options))
 
 
+def setup_process() -> None:
+    """What every command's process runs under, set before the command (core/memory.py says why)."""
+    from ..core.memory import keep_freed_memory
+
+    keep_freed_memory()
+
+
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
                         handlers=[RichHandler(console=console, show_path=False)], force=True)

@@ -15,10 +15,24 @@ from ..core import InputError
 from ..evaluate.benchmarks import create_benchmark, list_benchmarks
 from ..heads import create_head, describe_head, list_heads
 from ..heads.base import HEADS
-from .common import STORAGE_OPTION_HELP, console, existing_store, path_or_url, setup_logging, store_location, user_errors
+from .common import (
+    STORAGE_OPTION_HELP,
+    console,
+    existing_store,
+    path_or_url,
+    setup_logging,
+    setup_process,
+    store_location,
+    user_errors,
+)
 from .workspace import RUNS, find_cache, find_run, stores
 
 app = typer.Typer(help="Train and score alignment heads from a feature cache alone.", no_args_is_help=True)
+
+
+@app.callback()
+def _process() -> None:
+    setup_process()  # before any command, so DataLoader workers fork with it
 
 
 @app.command("list")

@@ -16,6 +16,7 @@ from .common import (
     path_or_url,
     progress_bar,
     setup_logging,
+    setup_process,
     store_location,
     user_errors,
 )
@@ -24,6 +25,11 @@ app = typer.Typer(help="compalign: encode images and captions once, then align a
                   no_args_is_help=True)
 cache_app = typer.Typer(help="Inspect feature caches.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
+
+
+@app.callback()
+def _process() -> None:
+    setup_process()  # before any command, so DataLoader workers fork with it
 
 try:  # the synthetic world's commands live with the world
     from .shapes import app as shapes_app
