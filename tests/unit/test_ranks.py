@@ -6,8 +6,9 @@ import os
 
 import pytest
 
+from compalign.cache.location import location
 from compalign.cache.store import CacheError
-from compalign.extract.ranks import Job, join_job, own_share
+from compalign.extract.ranks import Job, job_progress, join_job
 from compalign.extract.target import writer_lock
 
 
@@ -28,14 +29,24 @@ def test_outside_torchrun_the_job_is_one_process(monkeypatch):
     job.barrier()  # nothing to wait for
 
 
-def test_rank_zero_progress_counts_its_own_pending_rows():
+def test_rank_zero_progress_counts_every_ranks_done_shards(tmp_path):
+    marks = tmp_path / "s.zarr" / ".done" / "images"
+    marks.mkdir(parents=True)
     seen = []
-    report = own_share(lambda *a: seen.append(a))
-    report("images", 60, 100)  # 40 rows are rank 0's to do
-    report("images", 70, 100)
-    report("texts", 10, 20)
-    report("images", 100, 100)
-    assert seen == [("images", 0, 40), ("images", 10, 40), ("texts", 0, 10), ("images", 40, 40)]
+    report = job_progress(lambda *a: seen.append(a), location(tmp_path / "s.zarr"), shard_rows=4, every=0)
+    report("images", 0, 10)  # shards 0-1 of 4 rows, shard 2 of 2 rows; none done yet
+    (marks / "000001").touch()  # rank 1 finished its shard
+    report("images", 4, 10)
+    (marks / "000002").touch()
+    (marks / "000000").touch()
+    report("images", 10, 10)
+    assert seen == [("images", 0, 10), ("images", 4, 10), ("images", 10, 10)]
+    throttled = job_progress(lambda *a: seen.append(a), location(tmp_path / "s.zarr"), shard_rows=4, every=3600)
+    seen.clear()
+    throttled("images", 0, 10)
+    throttled("images", 4, 10)  # within the interval: no listing, no report
+    throttled("images", 10, 10)  # rank 0's last report always looks
+    assert seen == [("images", 10, 10), ("images", 10, 10)]
 
 
 def test_the_ranks_of_a_job_share_the_lock_and_keep_every_other_writer_out(tmp_path):

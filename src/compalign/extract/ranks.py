@@ -31,11 +31,14 @@ Without the torchrun environment (or with one process) the job is rank 0 of 1 an
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from ..cache.location import Location
+from ..cache.store import done_shards
 from ..core.training import init_distributed
 
 # A barrier waits for the slowest rank (rank 0 verifying every done shard of a large store, a rank with more
@@ -84,14 +87,23 @@ def join_job() -> Job:
     return Job(rank, world, dist.new_group(backend="gloo", timeout=BARRIER_TIMEOUT))
 
 
-def own_share(progress: Callable[[str, int, int], None]) -> Callable[[str, int, int], None]:
-    """Rank 0's progress bar counts rank 0's own pending rows: the runner reports a table's rows as done minus
-    pending, and under a job the pending rows are only this rank's (the others' are counted as done), so each
-    stage is rebased on its first report."""
-    base: dict[str, int] = {}
+def job_progress(progress: Callable[[str, int, int], None], out: Location, shard_rows: int,
+                 every: float = 2.0) -> Callable[[str, int, int], None]:
+    """Rank 0's progress bars count the whole job: a table's rows done are the rows of its shards with a done
+    marker, whichever rank wrote them. Rank 0's own reports (one per batch) only say when to look; the markers
+    are listed at most once per `every` seconds (a listing per batch would be a LIST request per batch on
+    object storage). So the bars move a shard at a time, and reach the end when the last rank's last shard is
+    durable, not when rank 0's is."""
+    last: dict[str, tuple[float, int]] = {}
 
     def report(stage: str, done: int, total: int) -> None:
-        base.setdefault(stage, done)
-        progress(stage, done - base[stage], total - base[stage])
+        now = time.monotonic()
+        if stage in last and now - last[stage][0] < every and done < total:
+            return
+        marked = done_shards(out, stage)  # type: ignore[arg-type]
+        rows = sum(min(shard_rows, total - s * shard_rows) for s in marked)
+        rows = max(rows, last.get(stage, (0.0, 0))[1])  # a listing never takes the bar back
+        last[stage] = (now, rows)
+        progress(stage, rows, total)
 
     return report

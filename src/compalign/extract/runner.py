@@ -34,7 +34,7 @@ from .config import ExtractConfig
 from .crops import CropPlan, plan_crops
 from .gpu_decode import GpuPreprocess, check_gpu_decode, tensor_steps
 from .image_rows import ImageRows, collate_rows, resize_target
-from .ranks import Job, join_job, own_share
+from .ranks import Job, job_progress, join_job
 from .segments import add_segments
 from .shards import ShardWriter, finish_image_shard, new_image_shard
 from .sources import Plan, PlanCache, cache_path, plan_source
@@ -85,7 +85,7 @@ def extract(cfg: ExtractConfig, progress: Progress | None = None) -> ExtractSumm
     if job.rank == 0:
         check_target(out, Path(cfg.root), cfg.overwrite)  # before loading anything: nothing is touched if refused
     if job.world > 1:
-        progress = own_share(progress) if progress and job.rank == 0 else None
+        progress = job_progress(progress, out, cfg.shard_rows) if progress and job.rank == 0 else None
     with writer_lock(out, take=job.rank == 0) as lock:  # the other ranks take theirs once the store is ready
         return _extract(cfg, out, progress, job, lock)
 
