@@ -130,7 +130,7 @@ def deviation(root: Path, n: int, bb, tiny, decode: str, device: str) -> str:
 
 def writers_mb_s(store: Path, writers: int) -> float:
     """Raw MB/s of rewriting every image shard of `store` with `writers` threads (compression, fsync, checksums)."""
-    root = open_store(store, "r+")
+    root = open_store(store, "r+", digests=True)  # as extraction's writers open it
     lay = dict(root.attrs)["layout"]
     R, N = lay["shard_rows"], lay["n_images"]
     names = ["global", "status", "error", "patches", "prefix"]

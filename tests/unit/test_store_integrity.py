@@ -206,3 +206,30 @@ def test_an_hdf5_export_is_scored_trained_and_described_through_the_cli(mini_sc_
 def test_export_into_a_missing_folder_names_it(mini_sc_cache, tmp_path):
     res = CliRunner().invoke(app, ["cache", "export", str(mini_sc_cache), str(tmp_path / "no" / "such" / "x.h5")])
     assert res.exit_code == 2 and "does not exist; create it (mkdir -p" in " ".join(res.output.split())
+
+
+def test_checksums_taken_as_written_equal_the_files_read_back(tmp_path, monkeypatch):
+    import compalign.cache.store as store
+
+    lay = store.Layout(n_images=10, n_texts=0, embed_dim=8, n_patches=4, n_prefix=1, image_width=6, text_len=1,
+                       text_width=8, layers=[-1], shard_rows=4, chunk_rows=2)
+    def write(path: Path, digests: bool) -> dict[str, str]:
+        store.create_store(path, lay, {}, {}, [f"k{i}" for i in range(10)], [f"o{i}" for i in range(10)], [], [], {})
+        root = store.open_store(path, "r+", digests=digests)
+        for s, lo in enumerate(range(0, 10, 4)):
+            n = min(4, 10 - lo)
+            r = np.random.default_rng(s)
+            store.write_shard(root, path, "images", s, lo, {
+                "global": r.standard_normal((n, 8), dtype=np.float32),
+                "patches": r.standard_normal((n, 4, 6)).astype(np.float16),
+                "prefix": r.standard_normal((n, 1, 6)).astype(np.float16),
+                "status": np.ones(n, np.int8), "error": np.full(n, "", dtype=str)})
+        if digests:
+            assert not [k for k in root.store.written if "/c/" in k]  # every chunk's checksum went into a marker
+        return {f.name: f.read_text() for f in sorted((path / ".done" / "images").iterdir())}
+
+    read_back = write(tmp_path / "a.zarr", digests=False)
+    monkeypatch.setattr(store, "_digest", lambda f: pytest.fail(f"{f} was read back for its checksum"))
+    assert write(tmp_path / "b.zarr", digests=True) == read_back  # the same markers, no chunk read again
+    monkeypatch.undo()
+    assert not store.damaged_shards(tmp_path / "b.zarr")  # and they verify against the files

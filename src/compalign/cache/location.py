@@ -176,10 +176,15 @@ class Location:
         shutil.rmtree(self.path) if self.local else self.fs.rm(self.key, recursive=True)
 
     # ---- zarr ------------------------------------------------------------------------------
-    def zarr_store(self, mode: str) -> Any:
-        """What `zarr.open_group` takes: the path string locally (as before), zarr's FsspecStore remotely."""
-        if self.local:
+    def zarr_store(self, mode: str, as_object: bool = False) -> Any:
+        """What `zarr.open_group` takes: the path string locally (as before; `as_object`: the LocalStore zarr
+        makes of it), zarr's FsspecStore remotely."""
+        if self.local and not as_object:
             return str(self.path)
+        if self.local:
+            from zarr.storage import LocalStore
+
+            return LocalStore(self.path, read_only=mode == "r")
         from zarr.storage import FsspecStore
 
         return FsspecStore.from_url(str(self), storage_options=self.options, read_only=mode == "r")

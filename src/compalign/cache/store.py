@@ -53,6 +53,7 @@ from typing import Any, Literal
 import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
+from zarr.storage import WrapperStore
 
 from ..core import CompalignError
 from .location import Location, location
@@ -197,13 +198,36 @@ def _digest(p: Location) -> str:
     return h.hexdigest()
 
 
-def _shard_files(path: Path | Location, kind: Kind, names: list[str], shard: int) -> dict[str, list[Any]]:
-    """{relative path: [bytes, sha256]} of every chunk file of `shard` in the named arrays."""
+class DigestStore(WrapperStore):
+    """A Zarr store that keeps (bytes, sha256) of every object written through it until `take` collects them.
+
+    A done marker checksums its shard's chunk files. Taken from the bytes as they are handed to the store,
+    the checksums cost no second read; read back from the store they cost a download of every chunk in
+    object storage. Both give the same digests: the store keeps exactly the bytes it is given."""
+
+    def __init__(self, store: Any):
+        super().__init__(store)
+        self.written: dict[str, list[Any]] = {}
+
+    async def set(self, key: str, value: Any) -> None:
+        data = value.as_numpy_array()  # (n,) uint8, a view of the encoded chunk
+        self.written[key] = [int(data.nbytes), hashlib.sha256(data).hexdigest()]
+        await self._store.set(key, value)
+
+    def take(self, key: str) -> list[Any] | None:
+        return self.written.pop(key, None)
+
+
+def _shard_files(path: Path | Location, kind: Kind, names: list[str], shard: int,
+                 written: DigestStore | None = None) -> dict[str, list[Any]]:
+    """{relative path: [bytes, sha256]} of every chunk file of `shard` in the named arrays: what `written`
+    recorded as it wrote them, else read back."""
     loc = location(path)
     out: dict[str, list[Any]] = {}
     for name in names:
         for f in (loc / f"{kind}/{name}/c/{shard}").files():
-            out[f.relative_to(loc)] = [f.size(), _digest(f)]
+            rel = f.relative_to(loc)
+            out[rel] = (written.take(rel) if written is not None else None) or [f.size(), _digest(f)]
     return out
 
 
@@ -230,7 +254,8 @@ def write_shard(root: zarr.Group, path: Path | Location, kind: Kind, shard: int,
     # is one PUT, durable when it returns, so the marker PUT after them is the same contract with nothing to fsync.
     for name in arrays:
         (loc / f"{kind}/{name}/c/{shard}").fsync()
-    files = _shard_files(loc, kind, sorted(arrays), shard)
+    store = root.store if isinstance(root.store, DigestStore) else None
+    files = _shard_files(loc, kind, sorted(arrays), shard, store)
     marker = loc / ".done" / kind / f"{shard:06d}"
     marker.write_atomic(json.dumps({"rows": [lo, lo + len(next(iter(arrays.values())))], "files": files}))
 
@@ -280,7 +305,8 @@ def resume_command(attrs: dict[str, Any], out: Path | Location | str) -> str:
     return cmd + "".join(f" {flag} {v}" for flag, (v, default) in extra.items() if v != default)
 
 
-def open_store(path: Path | Location, mode: Literal["r", "r+"] = "r") -> zarr.Group:
+def open_store(path: Path | Location, mode: Literal["r", "r+"] = "r", digests: bool = False) -> zarr.Group:
+    """The store's root group; `digests`: written through a DigestStore, whose checksums `write_shard` takes."""
     path = location(path)
     if not (path / "zarr.json").exists():
         path.check()  # a remote store in a bucket that is not there: say that, not "does not exist"
@@ -288,7 +314,8 @@ def open_store(path: Path | Location, mode: Literal["r", "r+"] = "r") -> zarr.Gr
         raise CacheError(f"{path} {what}. Create one with "
                          f"`compalign extract --model MODEL --data KIND --root DATA --out {path}`, "
                          "or pass the folder an earlier extraction wrote.")
-    root = zarr.open_group(path.zarr_store(mode), mode=mode)
+    root = zarr.open_group(DigestStore(path.zarr_store(mode, as_object=True)) if digests else path.zarr_store(mode),
+                           mode=mode)
     schema = root.attrs.get("schema")
     if schema != SCHEMA:
         raise CacheError(f"{path} has schema {schema!r}; this compalign reads {SCHEMA!r}. Re-extract it with this version.")

@@ -112,7 +112,7 @@ def _extract(cfg: ExtractConfig, out: Location, progress: Progress | None, job: 
     text_len = int(lengths.max(initial=1)) if bb.causal_text else bb.context_length
     if job.rank == 0:
         try:
-            root, notes = open_or_create(cfg, bb, plan, order, text_len, device, crops)
+            notes = open_or_create(cfg, bb, plan, order, text_len, device, crops)[1]
         except OSError as e:
             if e.errno not in NOT_WRITABLE:
                 raise
@@ -123,8 +123,9 @@ def _extract(cfg: ExtractConfig, out: Location, progress: Progress | None, job: 
         job.barrier()
         if job.rank:
             lock.take(shared=True)
-            root, notes = open_store(out, "r+"), []
-    writer = ShardWriter(root, out, cfg.writers)
+            notes = []
+    # the writers' own handle on the store: checksums of the chunks as written, not read back (store.DigestStore)
+    writer = ShardWriter(open_store(out, "r+", digests=True), out, cfg.writers)
     written = skipped = 0
     try:
         with _autocast(device, cfg.precision):
