@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 
+import numpy as np
 import pytest
 from conftest import mini_sugarcrepe
 from safetensors.numpy import load_file
@@ -115,6 +116,27 @@ def test_extract_train_score_on_s3_equal_a_local_run(s3, tmp_path, monkeypatch):
         assert there["cache"] == url and here["items"]
         for k in ("metrics", "intervals", "items", "counts"):
             assert here[k] == there[k], (label, k)
+
+
+def test_the_reader_lists_each_array_once_and_names_a_lost_chunk(s3, tmp_path, monkeypatch):
+    from compalign.cache import CacheError, CacheReader
+    from compalign.cache.location import Location
+
+    root = mini_sugarcrepe(tmp_path / "sc", n=8)
+    url = f"s3://{BUCKET}/caches/listed.zarr"
+    _ok(CliRunner().invoke(app, [*EXTRACT, "--root", str(root), "--out", url]))
+    heads = []
+    real = Location.is_file
+    monkeypatch.setattr(Location, "is_file", lambda self: heads.append(str(self)) or real(self))
+    r = CacheReader(url)
+    n = r.layout.n_images
+    assert r.layout.shard_rows < n  # several shards
+    assert r.read("images", "patches", np.arange(n)).shape[0] == n
+    assert heads == []  # every shard's chunk was in the one listing of images/patches/c
+    s3.rm_file(f"{BUCKET}/caches/listed.zarr/images/prefix/c/1/0/0")
+    with pytest.raises(CacheError, match=r"images shard 1 is marked done but its chunk file is gone "
+                                         r"\(images/prefix/c/1/0/0 is missing\)"):
+        CacheReader(url).read("images", "prefix", np.arange(n))
 
 
 def _one_line_error(res) -> str:

@@ -63,6 +63,7 @@ class CacheReader:
         self.layout = Layout(**self.attrs["layout"])
         self.is_zarr = not isinstance(self.root, H5Group)
         self._present: set[tuple[str, int]] = set()  # (array, shard) whose chunk file was seen
+        self._listed: set[str] = set()  # arrays in object storage whose chunks were listed at once
 
     # ---- completeness ----------------------------------------------------------------------
     def shards_done(self) -> dict[str, tuple[int, int]]:
@@ -86,6 +87,11 @@ class CacheReader:
         if not self.is_zarr or not self.attrs.get(COMPLETE_CHUNKS) or not arr.path.startswith(("images/", "texts/")):
             return
         step = self.layout.shard_rows
+        if not self.path.local and arr.path not in self._listed:
+            # One listing per array instead of a HEAD per shard. An object store has no folders: a shard's prefix
+            # `c/S` is listed only while an object (its one chunk file: the shards are whole chunks) is under it.
+            self._listed.add(arr.path)
+            self._present.update((arr.path, int(n)) for n in (self.path / arr.path / "c").names() if n.isdigit())
         for s in range(lo // step, (hi - 1) // step + 1 if hi > lo else lo // step):
             if (arr.path, s) in self._present:
                 continue
