@@ -259,3 +259,16 @@ def test_a_missing_root_or_bucket_is_one_line_naming_the_url(s3, tmp_path):
     said = _one_line_error(CliRunner().invoke(app, [*args, "--root", f"s3://{BUCKET}/nopairs",
                                                     "--out", f"s3://{BUCKET}"]))
     assert f"--out s3://{BUCKET} is the data root s3://{BUCKET}/nopairs or holds it" in said
+
+
+def test_sugarcrepe_aro_order_and_a_pairs_file_plan_from_a_bucket_as_from_their_local_folders(s3, tmp_path, pairs_dir):
+    """The other sources with a URL root: the same plan (images, captions, items) as the local folder gives."""
+    sc = mini_sugarcrepe(tmp_path / "sc", n=3)
+    coco = _karpathy(tmp_path / "coco")
+    cases = [("sugarcrepe", sc, _upload(s3, sc, "plans/sc")), ("aro_order", coco, _upload(s3, coco, "plans/coco")),
+             ("pairs", pairs_dir / "pairs.jsonl", _upload(s3, pairs_dir, "plans/pairs") + "/pairs.jsonl")]
+    for data, local, url in cases:
+        here, there = plan_source(data, str(local)), plan_source(data, url)
+        assert there.fingerprint == here.fingerprint and there.items == here.items and there.texts == here.texts, data
+        assert [r.origin for r in there.images] == [r.origin for r in here.images] and there.problems == here.problems
+        assert [r.read() for r in there.images] == [r.read() for r in here.images], data
