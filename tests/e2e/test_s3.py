@@ -272,3 +272,16 @@ def test_sugarcrepe_aro_order_and_a_pairs_file_plan_from_a_bucket_as_from_their_
         assert there.fingerprint == here.fingerprint and there.items == here.items and there.texts == here.texts, data
         assert [r.origin for r in there.images] == [r.origin for r in here.images] and there.problems == here.problems
         assert [r.read() for r in there.images] == [r.read() for r in here.images], data
+
+
+def test_webdataset_shards_in_a_bucket_take_the_endpoint_as_a_storage_option(s3, tmp_path, monkeypatch):
+    from wds_data import write_webdataset
+
+    local = write_webdataset(tmp_path / "shards")
+    url = _upload(s3, local, "wds") + "/{00000..00001}.tar"
+    options = {"endpoint_url": os.environ["AWS_ENDPOINT_URL"]}
+    monkeypatch.delenv("AWS_ENDPOINT_URL")  # planning and each image's range read reach moto through the option only
+    there, here = plan_source("webdataset", url, options=options), plan_source("webdataset", str(local / "{00000..00001}.tar"))
+    assert there.items["image"] == here.items["image"] and there.texts == here.texts and len(here.images) == 6
+    assert all(r.options == options for r in there.images)
+    assert [r.read() for r in there.images] == [r.read() for r in here.images]
