@@ -10,15 +10,19 @@ import json
 import logging
 import os
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import mini_sugarcrepe
+from conftest import make_images, mini_sugarcrepe
 from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
+from compalign.cache.reader import CacheReader
+from compalign.cache.store import OK
 from compalign.cli.heads import app as heads_app
 from compalign.cli.main import app
+from compalign.extract.sources import PlanCache, cache_path, plan_source
 
 BUCKET = "compalign-test"
 
@@ -163,8 +167,9 @@ def test_a_missing_bucket_or_a_bad_url_is_one_line_naming_the_url_and_the_fix(s3
     said = _one_line_error(CliRunner().invoke(heads_app, ["score", "--bench", "sugarcrepe", "--cache",
                                                           f"s3://{BUCKET}/absent.zarr"]))
     assert f"s3://{BUCKET}/absent.zarr does not exist. Create one with `compalign extract" in said
-    said = _one_line_error(CliRunner().invoke(app, [*EXTRACT, "--root", f"s3://{BUCKET}/data", "--out", str(tmp_path / "x")]))
-    assert "--data sugarcrepe reads a local folder (only webdataset shards and --out may be URLs)" in said
+    bivlc = [*EXTRACT[:4], "bivlc", *EXTRACT[5:]]
+    said = _one_line_error(CliRunner().invoke(app, [*bivlc, "--root", f"s3://{BUCKET}/data", "--out", str(tmp_path / "x")]))
+    assert "--data bivlc reads a local folder (URL roots: aro_order, karpathy, pairs, sugarcrepe, webdataset)" in said
 
 
 def test_a_second_writer_on_an_s3_store_is_refused_by_its_lock_object(s3, tmp_path):
@@ -184,3 +189,121 @@ def test_storage_options_parse_as_json_where_they_do():
         "endpoint_url": "http://127.0.0.1:9000", "anon": True, "max_concurrency": 4}
     with pytest.raises(StorageError, match="--storage-option takes KEY=VALUE"):
         storage_options(["anon"])
+
+
+# ---- --root in a bucket: the folder sources read it with their own code, and write the local folder's store ----
+
+def _tree(store: Path) -> dict[str, bytes]:
+    """Every file of a local store; the root attrs without the creation time and the root the data was read from."""
+    out = {str(f.relative_to(store)): f.read_bytes() for f in sorted(store.rglob("*")) if f.is_file()}
+    root = json.loads(out.pop("zarr.json"))
+    root["attributes"].pop("created")
+    root["attributes"]["source"].pop("root")
+    out["zarr.json"] = json.dumps(root, sort_keys=True).encode()
+    return out
+
+
+def _karpathy(root: Path) -> Path:
+    """dataset_coco.json (3 test images with 2 captions each, 1 train image) and its images under val2014/."""
+    names = [f"COCO_val2014_{i:012d}.jpg" for i in range(4)]
+    rows = [{"filepath": "val2014", "filename": n, "split": "train" if i == 3 else "test", "imgid": i, "cocoid": i,
+             "sentences": [{"raw": f"a thing {i} seen {k} ways", "sentid": 10 * i + k} for k in range(2)]}
+            for i, n in enumerate(names)]
+    root.mkdir(parents=True)
+    (root / "dataset_coco.json").write_text(json.dumps({"images": rows, "dataset": "coco"}))
+    make_images(root / "val2014", names)
+    return root
+
+
+def _upload(s3, local: Path, prefix: str) -> str:
+    for f in sorted(local.rglob("*")):
+        if f.is_file():
+            s3.pipe_file(f"{BUCKET}/{prefix}/{f.relative_to(local)}", f.read_bytes())
+    return f"s3://{BUCKET}/{prefix}"
+
+
+@pytest.mark.parametrize("data", ["pairs", "karpathy"])
+def test_a_root_in_a_bucket_extracts_the_store_of_the_same_local_folder(s3, tmp_path, pairs_dir, data):
+    local = pairs_dir if data == "pairs" else _karpathy(tmp_path / "coco")
+    url = _upload(s3, local, f"data/{data}")
+    args = ["extract", "--model", "tiny", "--data", data, "--shard-rows", "4"]
+    _ok(CliRunner().invoke(app, [*args, "--root", str(local), "--out", str(tmp_path / "here.zarr"), "--workers", "0"]))
+    # One decoding worker: a forked process that opens its own s3fs from the URL and the environment
+    _ok(CliRunner().invoke(app, [*args, "--root", url, "--out", str(tmp_path / "there.zarr"), "--workers", "1"]))
+    here, there = _tree(tmp_path / "here.zarr"), _tree(tmp_path / "there.zarr")
+    assert here.keys() == there.keys() and [k for k in here if here[k] != there[k]] == []
+    assert CacheReader(tmp_path / "there.zarr").attrs["source"]["root"] == url
+
+    # The planning cache beside the local store knows every object by (URL, size, ETag): a rerun reads none
+    hashes = PlanCache(cache_path(tmp_path / "there.zarr"))
+    try:
+        plan = plan_source(data, url, hashes=hashes)
+    finally:
+        hashes.close()
+    assert (hashes.hits, hashes.misses) == (len(plan.images), 0) and len(plan.images) == (12 if data == "pairs" else 3)
+    s3.pipe_file(f"{BUCKET}/data/{data}/{plan.images[0].origin}", (local / plan.images[1].origin).read_bytes())
+    hashes = PlanCache(cache_path(tmp_path / "there.zarr"))  # an object rewritten: its new ETag is hashed again
+    try:
+        again = plan_source(data, url, hashes=hashes)
+    finally:
+        hashes.close()
+    assert (hashes.hits, hashes.misses) == (len(plan.images) - 1, 1) and again.images[0].key == plan.images[1].key
+
+
+def test_a_missing_image_object_is_a_failed_row_naming_its_url(s3, tmp_path, monkeypatch):
+    root = tmp_path / "p"
+    make_images(root / "img", ["a.png", "b.png"])
+    rows = [{"image": "img/a.png", "caption": "a cat"}, {"image": "img/b.png", "caption": "a dog"},
+            {"image": "img/gone.png", "caption": "a bird"}]
+    (root / "pairs.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    url = _upload(s3, root, "missing/p")
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    monkeypatch.delenv("AWS_ENDPOINT_URL")  # the endpoint as a storage option: it must reach the decoding worker too
+    out = tmp_path / "p.zarr"
+    said = _ok(CliRunner().invoke(app, ["extract", "--model", "tiny", "--data", "pairs", "--root", url, "--out", str(out),
+                                        "--workers", "1", "--storage-option", f"endpoint_url={endpoint}"]))
+    assert f"image failed file not found: {url}/img/gone.png" in " ".join(said.split()), said
+    failures = CacheReader(out).failures("images")
+    assert [(o, e) for _, o, e in failures] == [("img/gone.png", f"file not found: {url}/img/gone.png")]
+    assert (CacheReader(out).status("images") == OK).sum() == 2  # the two objects there were encoded
+
+
+def test_a_missing_root_or_bucket_is_one_line_naming_the_url(s3, tmp_path):
+    args = ["extract", "--model", "tiny", "--data", "pairs", "--out", str(tmp_path / "x.zarr")]
+    said = _one_line_error(CliRunner().invoke(app, [*args, "--root", "s3://no-such-bucket/pairs"]))
+    assert "s3://no-such-bucket/pairs: the bucket 'no-such-bucket' does not exist" in said and "aws s3 mb" in said
+    said = _one_line_error(CliRunner().invoke(app, [*args, "--root", f"s3://{BUCKET}/nothing/here"]))
+    assert (f"s3://{BUCKET}/nothing/here does not exist (no object and no prefix of that name); pass --root pointing at "
+            f"the pairs data (`aws s3 ls s3://{BUCKET}/nothing/` shows what is there)") in said
+    s3.pipe_file(f"{BUCKET}/nopairs/img/a.png", b"x")
+    said = _one_line_error(CliRunner().invoke(app, [*args, "--root", f"s3://{BUCKET}/nopairs"]))
+    assert f"s3://{BUCKET}/nopairs: no pairs.jsonl / pairs.csv / captions.jsonl / captions.csv" in said
+    said = _one_line_error(CliRunner().invoke(app, [*args, "--root", f"s3://{BUCKET}/nopairs",
+                                                    "--out", f"s3://{BUCKET}"]))
+    assert f"--out s3://{BUCKET} is the data root s3://{BUCKET}/nopairs or holds it" in said
+
+
+def test_sugarcrepe_aro_order_and_a_pairs_file_plan_from_a_bucket_as_from_their_local_folders(s3, tmp_path, pairs_dir):
+    """The other sources with a URL root: the same plan (images, captions, items) as the local folder gives."""
+    sc = mini_sugarcrepe(tmp_path / "sc", n=3)
+    coco = _karpathy(tmp_path / "coco")
+    cases = [("sugarcrepe", sc, _upload(s3, sc, "plans/sc")), ("aro_order", coco, _upload(s3, coco, "plans/coco")),
+             ("pairs", pairs_dir / "pairs.jsonl", _upload(s3, pairs_dir, "plans/pairs") + "/pairs.jsonl")]
+    for data, local, url in cases:
+        here, there = plan_source(data, str(local)), plan_source(data, url)
+        assert there.fingerprint == here.fingerprint and there.items == here.items and there.texts == here.texts, data
+        assert [r.origin for r in there.images] == [r.origin for r in here.images] and there.problems == here.problems
+        assert [r.read() for r in there.images] == [r.read() for r in here.images], data
+
+
+def test_webdataset_shards_in_a_bucket_take_the_endpoint_as_a_storage_option(s3, tmp_path, monkeypatch):
+    from wds_data import write_webdataset
+
+    local = write_webdataset(tmp_path / "shards")
+    url = _upload(s3, local, "wds") + "/{00000..00001}.tar"
+    options = {"endpoint_url": os.environ["AWS_ENDPOINT_URL"]}
+    monkeypatch.delenv("AWS_ENDPOINT_URL")  # planning and each image's range read reach moto through the option only
+    there, here = plan_source("webdataset", url, options=options), plan_source("webdataset", str(local / "{00000..00001}.tar"))
+    assert there.items["image"] == here.items["image"] and there.texts == here.texts and len(here.images) == 6
+    assert all(r.options == options for r in there.images)
+    assert [r.read() for r in there.images] == [r.read() for r in here.images]

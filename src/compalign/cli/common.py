@@ -33,8 +33,8 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
-STORAGE_OPTION_HELP = ("fsspec option for an s3:// (or other object-storage) store, KEY=VALUE, repeatable, e.g. "
-                       "endpoint_url=http://127.0.0.1:9000 (credentials: the usual AWS_* environment variables)")
+STORAGE_OPTION_HELP = ("fsspec option for an s3:// (or other object-storage) store or extract --root, KEY=VALUE, "
+                       "repeatable, e.g. endpoint_url=http://127.0.0.1:9000 (credentials: the usual AWS_* environment variables)")
 
 
 def path_or_url(value: str | None) -> str | None:

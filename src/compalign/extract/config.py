@@ -14,7 +14,7 @@ from ..cache.location import is_url
 from ..cache.store import CacheError, token_codec_level
 from ..core import InputError
 from .crops import canonical_spec
-from .sources.base import SOURCES
+from .sources.base import url_sources
 
 
 @dataclass
@@ -41,14 +41,14 @@ class ExtractConfig:
     split: str | None = None  # the split to read, for sources that have splits (karpathy: test by default)
     segments: Literal["none", "rules"] = "none"  # caption segments encoded beside the captions (extract.segments)
     crops: str = "none"  # boxes cropped and encoded beside each image: none | grid | 1,2+halves | oracle | grid+oracle
-    storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options for an --out URL (endpoint_url=...)
+    storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options for --out / --root URLs (endpoint_url=...)
     plan_cache: bool = True  # remember image hashes by (path, size, mtime) beside the store (sources/plan_cache.py)
 
     def __post_init__(self) -> None:
-        if is_url(self.root) and not SOURCES.meta(self.data).get("patterns"):  # the sources that read URLs say so
-            raise InputError(f"--root {self.root}: --data {self.data} reads a local folder (only webdataset shards and "
-                             "--out may be URLs); copy the data here, or mount the bucket (mountpoint-s3, s3fs-fuse) and "
-                             "pass the mount")
+        if is_url(self.root) and self.data not in url_sources():  # the sources that read URLs say so
+            raise InputError(f"--root {self.root}: --data {self.data} reads a local folder (URL roots: "
+                             f"{', '.join(url_sources())}); copy the data here, or mount the bucket (mountpoint-s3, "
+                             "s3fs-fuse) and pass the mount")
         if -1 not in self.layers:
             self.layers = [-1, *self.layers]
         self.layers = sorted(set(self.layers), key=lambda x: (x != -1, -x))

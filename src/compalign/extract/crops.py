@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..cache.location import is_url
 from ..core import InputError, MissingFileError
 from ..core.regions import region_boxes
 
@@ -179,6 +180,9 @@ def read_boxes(path: Path) -> dict[str, Any]:
 
 def oracle_boxes(plan: Plan) -> list[np.ndarray]:
     """(R_i, 4) true object boxes of each image row, from ROOT/boxes.jsonl; an image that failed to resolve has none."""
+    if is_url(plan.root):
+        raise InputError(f"--crops oracle reads {BOXES_FILE} from a local --root (the synthetic world's folder), not "
+                         f"{plan.root}; copy the world here, or use --crops grid")
     path = Path(plan.root) / BOXES_FILE
     if not path.is_file():
         raise MissingFileError(

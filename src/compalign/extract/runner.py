@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..cache.location import Location, location
+from ..cache.location import Location, is_url, location
 from ..cache.store import FAILED, OK, CacheError, Layout, n_shards, open_store
 from ..core import InputError
 from ..core.device import resolve_device
@@ -83,7 +83,8 @@ def extract(cfg: ExtractConfig, progress: Progress | None = None) -> ExtractSumm
     out = location(cfg.out, cfg.storage_options)  # a local folder or an object-storage prefix
     job = join_job()  # rank 0 of 1 without torchrun
     if job.rank == 0:
-        check_target(out, Path(cfg.root), cfg.overwrite)  # before loading anything: nothing is touched if refused
+        # before loading anything: nothing is touched if refused
+        check_target(out, cfg.root if is_url(cfg.root) else Path(cfg.root), cfg.overwrite)
     if job.world > 1:
         progress = job_progress(progress, out, cfg.shard_rows) if progress and job.rank == 0 else None
     with writer_lock(out, take=job.rank == 0) as lock:  # the other ranks take theirs once the store is ready
@@ -162,13 +163,14 @@ def _extract(cfg: ExtractConfig, out: Location, progress: Progress | None, job: 
 def _plan(cfg: ExtractConfig, out: Location, job: Job) -> Plan:
     """The source's plan, with the planning cache beside the store unless --no-plan-cache (plan_cache.py).
 
-    A store in object storage has none: the cache is a local sqlite file, and its keys are local files' mtimes."""
+    A store in object storage has none: the cache is a local sqlite file beside the store. A root in object storage
+    may have one (a local store): its objects are known by URL, size and ETag."""
     if not cfg.plan_cache or not out.local:
-        return plan_source(cfg.data, cfg.root, cfg.split)
+        return plan_source(cfg.data, cfg.root, cfg.split, options=cfg.storage_options)
     # Under torchrun every rank plans at once: only rank 0 records, the others read what earlier runs left.
     hashes = PlanCache(cache_path(out.path), record=job.rank == 0)
     try:
-        plan = plan_source(cfg.data, cfg.root, cfg.split, hashes)
+        plan = plan_source(cfg.data, cfg.root, cfg.split, hashes, cfg.storage_options)
     finally:
         hashes.close()
     if hashes.hits or hashes.misses:

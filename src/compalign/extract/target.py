@@ -39,24 +39,30 @@ def is_store(path: Path | Location) -> bool:
     return str(attrs.get("schema", "")).startswith(SCHEMA.split("/")[0] + "/")
 
 
-def check_target(out: Path | Location, data_root: Path, overwrite: bool) -> None:
-    """Refuse an --out that would destroy what is not ours, before anything is loaded or written."""
+def check_target(out: Path | Location, data_root: Path | str, overwrite: bool) -> None:
+    """Refuse an --out that would destroy what is not ours, before anything is loaded or written.
+    `data_root`: the --root, a local folder (Path) or a URL (str)."""
     loc = location(out)
-    if not loc.local:  # the data root is local, so it cannot be the store; the bucket must be there
+    if isinstance(data_root, str):  # a URL root: only a store at or above it in the same bucket can hold it
+        where, root = str(loc).rstrip("/"), data_root.rstrip("/")
+        if not loc.local and (root == where or root.startswith(where + "/")):
+            raise CacheError(f"--out {loc} is the data root {data_root} or holds it; extraction never writes over its "
+                             f"input. Pass a new prefix, e.g. --out {root}.zarr")
+    if not loc.local:  # the bucket must be there
         loc.check()
         if "/" not in loc.key:
             raise CacheError(f"--out {loc} is a whole bucket; pass a store inside it, e.g. --out {loc}/NAME.zarr")
         if loc.is_file():
             raise CacheError(f"--out {loc} exists and is an object, not a prefix; pass a new or existing compalign store")
-    else:
+    elif isinstance(data_root, Path):
         out = loc.path
         out_abs, data_abs = out.absolute(), data_root.absolute()
         for a, b in ((out_abs, data_abs), (out_abs.resolve(), data_abs.resolve())):
             if a == b or a in b.parents:
                 raise CacheError(f"--out {out} is the data root {data_root} or holds it; extraction never writes over its "
                                  f"input. Pass a new folder, e.g. --out {data_root.parent / (data_root.name + '.zarr')}")
-        if out.is_symlink() or (out.exists() and not out.is_dir()):
-            raise CacheError(f"--out {out} exists and is not a folder; pass the path of a new or existing compalign store")
+    if loc.local and (loc.path.is_symlink() or (loc.path.exists() and not loc.path.is_dir())):
+        raise CacheError(f"--out {loc.path} exists and is not a folder; pass the path of a new or existing compalign store")
     if loc.exists() and not is_store(loc) and (overwrite or loc.names()):
         n = sum(1 for _ in loc.path.rglob("*")) if loc.local else len(loc.files())
         raise CacheError(f"--out {loc} is a folder that is not a compalign store ({n} entries); compalign only replaces "

@@ -248,7 +248,7 @@ def order_perturbations(caption: str, rng: random.Random) -> list[str]:
             " ".join(within), " ".join(t for tri in tris for t in tri)]
 
 
-@register_source("aro_order", splits=True)
+@register_source("aro_order", splits=True, urls=True)  # karpathy's reading
 def plan_aro_order(root: Path, split: str = "test") -> Plan:
     from .karpathy import plan_karpathy
 

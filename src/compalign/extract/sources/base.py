@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...cache.location import is_url  # re-exported: the sources read URLs (webdataset shards) the way stores do
+from ...cache.location import is_url, location  # is_url re-exported: the sources read URLs the way stores do
 from ...core import CompalignError
 from ...core.registry import Registry
 from .plan_cache import PlanCache, active_cache, using
+from .remote import Remote, UrlPath
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +31,9 @@ class SourceError(CompalignError, ValueError):
     """The input cannot be read at all; the message names the file, the row and the fix."""
 
 
-def read_text(path: Path) -> str:
+def read_text(path: Path | UrlPath) -> str:
     """An annotation file as text: UTF-8, with or without a BOM (Excel and Notepad write one)."""
-    data = path.read_bytes()
+    data = read_bytes(path)
     body = data[len(codecs.BOM_UTF8):] if data.startswith(codecs.BOM_UTF8) else data
     try:
         return body.decode("utf-8")
@@ -42,7 +43,7 @@ def read_text(path: Path) -> str:
                           f"e.g. `iconv -f latin1 -t utf-8 {path.name} > utf8-{path.name}`") from None
 
 
-def read_json(path: Path, fix: str) -> Any:
+def read_json(path: Path | UrlPath, fix: str) -> Any:
     """An annotation file's JSON; malformed JSON raises SourceError naming the line, the column and `fix`."""
     text = read_text(path)  # raises SourceError naming the line of a non-UTF-8 byte
     try:
@@ -63,11 +64,42 @@ def parquet_image_name(cell: object) -> str | None:
     return (cell.get("path") or None) if isinstance(cell, dict) else None
 
 
-def open_binary(path: str) -> Any:
+def read_bytes(where: str | Path | UrlPath, options: dict[str, Any] | None = None,
+               start: int | None = None, end: int | None = None) -> bytes:
+    """The bytes of a local file, an fsspec URL or a UrlPath: all of them, or [start, end). How the sources read.
+
+    A URL string is opened here, in the calling process, with `options` (the --storage-option flags): a
+    DataLoader worker gets its own filesystem, never the planning process's (fsspec keeps one instance per
+    process and refuses a parent's async filesystem, s3fs included, after a fork)."""
+    if isinstance(where, UrlPath):
+        return where.remote.fs.cat_file(where.key, start=start, end=end)
+    if is_url(where):  # one request (a range one for a tar member), not a file object's read-ahead blocks
+        fs, key = _fsspec().core.url_to_fs(where, **(options or {}))
+        return fs.cat_file(key, start=start, end=end)
+    if start is None:
+        return Path(where).read_bytes()
+    with open(where, "rb") as f:
+        f.seek(start)
+        return f.read() if end is None else f.read(end - start)
+
+
+def open_binary(path: str, options: dict[str, Any] | None = None) -> Any:
     """A seekable binary file of a local path or an fsspec URL (fsspec is needed only for URLs)."""
     if not is_url(path):
         return open(path, "rb")
-    return _fsspec().open(path, "rb").open()
+    return _fsspec().open(path, "rb", **(options or {})).open()
+
+
+def url_root(url: str, kind: str, options: dict[str, Any] | None = None) -> UrlPath:
+    """The --root URL of a folder source as a UrlPath, once its bucket answers and something is there."""
+    location(url, options).check()  # a missing bucket, bad credentials or endpoint: one error naming the fix
+    fs, key = _fsspec().core.url_to_fs(url, **(options or {}))
+    root = UrlPath(Remote(fs, options), key)
+    if not root.exists():
+        above = url.rstrip("/").rsplit("/", 1)[0] + "/"
+        raise SourceError(f"{url} does not exist (no object and no prefix of that name); pass --root pointing at the "
+                          f"{kind} data" + (f" (`aws s3 ls {above}` shows what is there)" if url.startswith("s3://") else ""))
+    return root
 
 
 def _fsspec() -> Any:
@@ -97,23 +129,19 @@ class ImageRef:
     name: str | None = None  # the file name a parquet cell gives its bytes (files: the origin's own name)
     offset: int | None = None  # a member of a tar shard: its bytes are path[offset : offset + size]
     size: int | None = None
+    options: dict[str, Any] | None = None  # fsspec storage options of a URL path (--storage-option)
 
     def read(self) -> bytes:
         """The image's bytes: held in memory, a whole file, or a byte range of a tar shard (a path or an fsspec URL).
 
         A (path, offset, size) reference keeps a plan of millions of tar members small and picklable, and each
-        DataLoader worker opens the shard itself (no file handle is shared across processes)."""
+        DataLoader worker opens the file or shard itself (no file handle or filesystem is shared across processes)."""
         if self.data is not None:
             return self.data
         assert self.path is not None, f"{self.origin}: an image row without bytes or a path"
         if self.offset is None:
-            return Path(self.path).read_bytes()
-        if is_url(self.path):  # one range request, not a file object's read-ahead blocks
-            data = _fsspec().core.url_to_fs(self.path)[0].cat_file(self.path, start=self.offset, end=self.offset + self.size)
-        else:
-            with open(self.path, "rb") as f:
-                f.seek(self.offset)
-                data = f.read(self.size)
+            return read_bytes(self.path, self.options)
+        data = read_bytes(self.path, self.options, self.offset, self.offset + (self.size or 0))
         if len(data) != self.size:
             raise OSError(f"{self.path} ends {self.size - len(data)} bytes into this member: the shard was truncated "
                           "or rewritten after planning")
@@ -147,11 +175,15 @@ class Plan:
 class PlanBuilder:
     """Accumulates unique images/texts in first-seen order and the item table."""
 
-    def __init__(self, kind: str, root: Path):
-        self.kind, self.root = kind, root.resolve()
-        # Containment is judged on the path as the user wrote it: folders the root links to
-        # (root/val2017 -> /data/coco/val2017) are part of the dataset, `..` out of the root is not.
-        self._lexical_root = Path(os.path.normpath(os.path.abspath(root)))
+    def __init__(self, kind: str, root: Path | UrlPath):
+        self.kind = kind
+        if isinstance(root, UrlPath):  # a bucket has no links: the key as written is the key read
+            self.root = self._lexical_root = root.joined(".")
+        else:
+            self.root = root.resolve()
+            # Containment is judged on the path as the user wrote it: folders the root links to
+            # (root/val2017 -> /data/coco/val2017) are part of the dataset, `..` out of the root is not.
+            self._lexical_root = Path(os.path.normpath(os.path.abspath(root)))
         self._images: dict[str, ImageRef] = {}
         self._by_path: dict[tuple[str, str], str] = {}
         self._texts: dict[str, str] = {}
@@ -167,6 +199,15 @@ class PlanBuilder:
             return content_key(path.read_bytes())
         return self.hashes.key(str(path.resolve()), path.stat(), lambda: content_key(path.read_bytes()))
 
+    def _object_key(self, path: UrlPath, info: dict[str, Any]) -> str:
+        """The content key of an object, from the planning cache while its size and ETag (s3fs's listing has it;
+        every PUT of the object makes a new one) are unchanged. A filesystem that lists no ETag is hashed each time."""
+        etag = info.get("ETag") or info.get("etag")
+        if self.hashes is None or not etag:
+            return content_key(read_bytes(path))
+        return self.hashes.versioned_key(str(path), int(info.get("size") or 0), f"etag:{etag}",
+                                         lambda: content_key(read_bytes(path)))
+
     def _linked_outside(self, path: Path) -> Path | None:
         """The target of `path` if it is a symlinked file pointing outside every folder of the dataset."""
         if not path.is_symlink():
@@ -180,7 +221,11 @@ class PlanBuilder:
                 allowed.append(folder.resolve())
         return None if any(target.is_relative_to(a) for a in allowed) else target
 
-    def image_file(self, rel: str, base: Path | None = None) -> str:
+    def image_file(self, rel: str, base: Path | UrlPath | None = None) -> str:
+        """The key of the image file `rel` (relative to `base`, the root by default). A file that is missing or
+        outside the root becomes a failed row saying why, not an error."""
+        if isinstance(self._lexical_root, UrlPath):
+            return self._object_file(rel, base if isinstance(base, UrlPath) else self._lexical_root)
         base = Path(os.path.abspath(base or self._lexical_root))
         if (str(base), rel) in self._by_path:
             return self._by_path[(str(base), rel)]
@@ -193,15 +238,27 @@ class PlanBuilder:
                      "copy the file into the dataset or link its folder instead")
         elif not path.is_file():
             error = f"file not found: {path}"
-        if error:
-            key = "missing-" + text_key(rel)
-            ref = ImageRef(key=key, origin=rel, error=error)
-        else:
-            key = self._file_key(path)
-            ref = ImageRef(key=key, origin=rel, path=str(path.resolve()))
-        self._images.setdefault(key, ref)
-        self._by_path[(str(base), rel)] = key
-        return key
+        return self._add_file(base, rel, error, lambda: ImageRef(key=self._file_key(path), origin=rel,
+                                                                 path=str(path.resolve())))
+
+    def _object_file(self, rel: str, base: UrlPath) -> str:
+        """image_file in object storage: the same containment, on keys; existence, size and ETag from the listing."""
+        if (str(base), rel) in self._by_path:
+            return self._by_path[(str(base), rel)]
+        path, info, error = base.joined(rel), None, None
+        if rel.startswith("/") or not path.is_relative_to(self._lexical_root):
+            error = f"path {rel!r} escapes the data root {self._lexical_root}; use paths relative to the root"
+        elif (info := path.info()) is None or info.get("type") != "file":
+            error = f"file not found: {path}"
+        # The row keeps the URL and the options, never the filesystem: each decoding worker opens its own.
+        return self._add_file(base, rel, error, lambda: ImageRef(key=self._object_key(path, info or {}), origin=rel,
+                                                                 path=str(path), options=path.options))
+
+    def _add_file(self, base: Path | UrlPath, rel: str, error: str | None, ref: Callable[[], ImageRef]) -> str:
+        made = ImageRef(key="missing-" + text_key(rel), origin=rel, error=error) if error else ref()
+        self._images.setdefault(made.key, made)
+        self._by_path[(str(base), rel)] = made.key
+        return made.key
 
     def image_bytes(self, data: bytes | None, origin: str, name: str | None = None) -> str:
         if not data:
@@ -213,14 +270,17 @@ class PlanBuilder:
         return key
 
     def image_member(self, origin: str, shard: str, offset: int, size: int, read: Callable[[], bytes],
-                     stat: os.stat_result | None = None, name: str | None = None) -> str:
+                     stat: os.stat_result | None = None, name: str | None = None,
+                     options: dict[str, Any] | None = None) -> str:
         """A member of a tar shard, read later as shard[offset : offset + size]; `read` gives its bytes to hash.
-        `stat`: the shard's (local shards), so the planning cache can answer without reading the member."""
+        `stat`: the shard's (local shards), so the planning cache can answer without reading the member.
+        `options`: the storage options a URL shard is opened with."""
         if stat is not None and self.hashes is not None:
             key = self.hashes.key(f"{shard}#{origin}", stat, lambda: content_key(read()))
         else:
             key = content_key(read())
-        self._images.setdefault(key, ImageRef(key=key, origin=origin, path=shard, offset=offset, size=size, name=name))
+        self._images.setdefault(key, ImageRef(key=key, origin=origin, path=shard, offset=offset, size=size, name=name,
+                                                 options=options))
         return key
 
     def text(self, s: str) -> str:
@@ -258,31 +318,47 @@ SourceFn = Callable[..., Plan]  # (root, split=...) -> Plan; only sources with s
 SOURCES: Registry[SourceFn] = Registry("data kind")
 
 
-def register_source(name: str, splits: bool = False, patterns: bool = False) -> Callable[[SourceFn], SourceFn]:
+def register_source(name: str, splits: bool = False, patterns: bool = False, urls: bool = False
+                    ) -> Callable[[SourceFn], SourceFn]:
     """`splits`: the source reads one split of its files (`--split`, e.g. karpathy's train / val / test).
-    `patterns`: --root may be a brace pattern or a URL, not an existing path; the source gets it as a str."""
-    return SOURCES.decorator(name, splits=splits, patterns=patterns)
+    `patterns`: --root may be a brace pattern or a URL, not an existing path; the source gets it as a str, and the
+    storage options as `options=`. `urls`: --root may be a URL; the source gets a UrlPath (remote.py), which answers
+    the Path calls it makes and carries the storage options."""
+    return SOURCES.decorator(name, splits=splits, patterns=patterns, urls=urls)
 
 
 def list_sources() -> list[str]:
     return SOURCES.names()
 
 
-def plan_source(kind: str, root: str | Path, split: str | None = None, hashes: PlanCache | None = None) -> Plan:
-    """`hashes`: the planning cache (plan_cache.py) that spares rereading unchanged image files."""
+def url_sources() -> list[str]:
+    """The sources whose --root may be a URL."""
+    return [n for n in list_sources() if SOURCES.meta(n).get("patterns") or SOURCES.meta(n).get("urls")]
+
+
+def plan_source(kind: str, root: str | Path, split: str | None = None, hashes: PlanCache | None = None,
+                options: dict[str, Any] | None = None) -> Plan:
+    """`hashes`: the planning cache (plan_cache.py) that spares rereading unchanged image files.
+    `options`: fsspec storage options for a URL root (`--storage-option`; credentials come from the environment)."""
     with using(hashes):
-        return _plan(kind, root, split)
+        return _plan(kind, root, split, options)
 
 
-def _plan(kind: str, root: str | Path, split: str | None) -> Plan:
+def _plan(kind: str, root: str | Path, split: str | None, options: dict[str, Any] | None) -> Plan:
     read = SOURCES.get(kind)
     if SOURCES.meta(kind).get("patterns"):
         if split is not None:
             raise SourceError(f"--split applies to sources with splits; --data {kind} reads every shard of {root}")
-        return read(str(root))  # a pattern or URL: Path() would fold `s3://` into `s3:/`
-    root = Path(root)
-    if not root.exists():
-        raise SourceError(f"{root} does not exist; pass --root pointing at the {kind} data")
+        return read(str(root), options=options)  # a pattern or URL: Path() would fold `s3://` into `s3:/`
+    if is_url(root):
+        if not SOURCES.meta(kind).get("urls"):
+            raise SourceError(f"--root {root}: --data {kind} reads a local folder (URL roots: {', '.join(url_sources())}); "
+                              "copy the data here, or mount the bucket (mountpoint-s3, s3fs-fuse) and pass the mount")
+        root = url_root(str(root), kind, options)
+    else:
+        root = Path(root)
+        if not root.exists():
+            raise SourceError(f"{root} does not exist; pass --root pointing at the {kind} data")
     if split is None:
         return read(root)
     if not SOURCES.meta(kind)["splits"]:

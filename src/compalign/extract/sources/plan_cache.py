@@ -5,7 +5,9 @@ a full read of the dataset before the first forward pass, on every resume. The c
 beside the store (`.NAME.plan-cache.sqlite`, like the writer lock: `--overwrite` removes the store, not what
 is known about the inputs). An entry is trusted only while the file's size and mtime are what they were;
 a touched or rewritten file is hashed again and its entry replaced. Tar members are cached under
-`shard.tar#member` with the shard's own size and mtime.
+`shard.tar#member` with the shard's own size and mtime. An object of a URL root (`s3://...`) is cached under its
+URL with its size and its ETag from the bucket listing (stored as `etag:...` in the mtime column): every PUT gives
+an object a new ETag, so an entry is trusted while the ETag is unchanged, with no clock involved.
 
 A file modified within the filesystem's timestamp granularity of being hashed could keep its mtime (git's
 "racy" case), so a file whose mtime is younger than SETTLE_NS when it is hashed is hashed but not recorded.
@@ -41,7 +43,7 @@ class PlanCache:
     def __init__(self, path: Path, record: bool = True):
         self.path, self.record = path, record  # record=False: look up only (another process writes the file)
         self.hits = self.misses = 0
-        self._new: list[tuple[str, int, int, str]] = []
+        self._new: list[tuple[str, int, int | str, str]] = []
         self._conn: sqlite3.Connection | None = None  # opened on the first lookup: sources without files make no file
 
     @property
@@ -67,14 +69,22 @@ class PlanCache:
 
     def key(self, path: str, st: os.stat_result, compute: Callable[[], str]) -> str:
         """The cached key of `path` if its size and mtime are unchanged, else `compute()` (and remember it)."""
+        return self._lookup(path, st.st_size, st.st_mtime_ns, compute, st.st_mtime_ns)
+
+    def versioned_key(self, path: str, size: int, version: str, compute: Callable[[], str]) -> str:
+        """The cached key of an object while its size and `version` (its ETag) are unchanged, else `compute()`.
+        No settling: a rewrite changes the ETag whatever the clocks say."""
+        return self._lookup(path, size, version, compute, None)
+
+    def _lookup(self, path: str, size: int, stamp: int | str, compute: Callable[[], str], mtime_ns: int | None) -> str:
         row = self._db.execute("SELECT size, mtime_ns, key FROM hashes WHERE path = ?", (path,)).fetchone()
-        if row is not None and row[0] == st.st_size and row[1] == st.st_mtime_ns:
+        if row is not None and row[0] == size and row[1] == stamp:
             self.hits += 1
             return row[2]
         self.misses += 1
         key = compute()
-        if self.record and time.time_ns() - st.st_mtime_ns > SETTLE_NS:
-            self._new.append((path, st.st_size, st.st_mtime_ns, key))
+        if self.record and (mtime_ns is None or time.time_ns() - mtime_ns > SETTLE_NS):
+            self._new.append((path, size, stamp, key))
             if len(self._new) >= FLUSH_ROWS:
                 self.flush()
         return key

@@ -136,13 +136,13 @@ def _image_ext(b: PlanBuilder, where: str, exts: dict[str, Any]) -> str | None:
     return image
 
 
-def _read_tar(b: PlanBuilder, shard: str) -> None:
-    """Plan every sample of one tar shard."""
+def _read_tar(b: PlanBuilder, shard: str, options: dict[str, Any] | None = None) -> None:
+    """Plan every sample of one tar shard; `options`: the storage options of a URL shard."""
     name = shard.rsplit("/", 1)[-1]
     stat = None if is_url(shard) else os.stat(shard)
     samples: dict[str, dict[str, tarfile.TarInfo]] = {}  # key -> extension -> member, in order of first member
     try:
-        with open_binary(shard) as f:
+        with open_binary(shard, options) as f:
             size = f.seek(0, os.SEEK_END)
             f.seek(0)
             tf = tarfile.open(fileobj=f, mode="r:")  # reads through `f`, which the with closes
@@ -170,7 +170,8 @@ def _read_tar(b: PlanBuilder, shard: str) -> None:
                     url = _url(tf.extractfile(exts["json"]).read() if "json" in exts else None, where, b)  # type: ignore[union-attr]
                     m = exts[ext]
                     image = b.image_member(f"{name}/{m.name}", shard, m.offset_data, m.size,
-                                           lambda m=m: tf.extractfile(m).read(), stat, name=Path(m.name).name)  # type: ignore[union-attr]
+                                           lambda m=m: tf.extractfile(m).read(), stat, name=Path(m.name).name,  # type: ignore[union-attr]
+                                           options=options)
                 except (tarfile.TarError, OSError) as e:  # a member cut short by a truncated shard
                     b.problem(f"{where}: unreadable ({e}); sample skipped")
                     continue
@@ -182,13 +183,14 @@ def _read_tar(b: PlanBuilder, shard: str) -> None:
         b.problem(f"{name}: cannot be opened ({e}); shard skipped")
 
 
-def _plan_tars(kind: str, root: str, shards: list[str], missing: list[str]) -> Plan:
+def _plan_tars(kind: str, root: str, shards: list[str], missing: list[str], options: dict[str, Any] | None = None
+               ) -> Plan:
     base = Path(os.path.commonpath([os.path.dirname(s) for s in shards])) if not is_url(root) else Path(".")
     b = PlanBuilder(kind, base)
     for name in missing:
         b.problem(f"{name}: shard not found; skipped")
     for shard in shards:
-        _read_tar(b, shard)
+        _read_tar(b, shard, options)
     b.info = {"dataset": kind, "layout": "webdataset", "shards": str(len(shards))}
     plan = b.build(Path(root))
     plan.root = root if is_url(root) else os.path.abspath(root)  # the pattern itself: what a resume reads again
@@ -196,10 +198,10 @@ def _plan_tars(kind: str, root: str, shards: list[str], missing: list[str]) -> P
 
 
 @register_source("webdataset", patterns=True)
-def plan_webdataset(root: str) -> Plan:
+def plan_webdataset(root: str, options: dict[str, Any] | None = None) -> Plan:
     root = root.removeprefix("file://")  # a local path in URL form
     shards, missing = _shards(root)
-    return _plan_tars("webdataset", root, shards, missing)
+    return _plan_tars("webdataset", root, shards, missing, options)
 
 
 def _files_layout(root: Path) -> Plan:
