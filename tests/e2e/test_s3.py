@@ -307,3 +307,31 @@ def test_webdataset_shards_in_a_bucket_take_the_endpoint_as_a_storage_option(s3,
     assert there.items["image"] == here.items["image"] and there.texts == here.texts and len(here.images) == 6
     assert all(r.options == options for r in there.images)
     assert [r.read() for r in there.images] == [r.read() for r in here.images]
+
+
+def test_planning_reads_a_buckets_images_in_batches_and_a_vanished_object_is_a_failed_row(s3, tmp_path, pairs_dir,
+                                                                                            monkeypatch):
+    import compalign.extract.sources.remote as remote
+
+    url = _upload(s3, pairs_dir, "batched/pairs")
+    here = plan_source("pairs", str(pairs_dir))
+    batches = []
+    real = remote.Remote.read_many
+
+    def spy(self, keys):
+        batches.append(len(keys))
+        s3.rm_file(f"{BUCKET}/batched/pairs/img/003.png")  # listed, then gone before its bytes are read
+        return real(self, keys)
+
+    monkeypatch.setattr(remote, "READ_AHEAD", 5)
+    monkeypatch.setattr(remote.Remote, "read_many", spy)
+    calls = []
+    real_cat = s3.cat_ranges  # planning's filesystem is this one (fsspec keeps one instance per set of options)
+    monkeypatch.setattr(s3, "cat_ranges", lambda paths, *a, **k: calls.append(len(paths)) or real_cat(paths, *a, **k))
+    there = plan_source("pairs", url)
+    assert batches == [12] and calls == [5, 5, 2]  # the 12 images in one pass, 5 requests in flight at a time
+    assert [r.origin for r in there.images] == [r.origin for r in here.images]  # the rows in the source's order
+    gone = [r for r in there.images if r.error]
+    assert [(r.origin, r.error.split(" (")[0]) for r in gone] == [("img/003.png", f"file not found: {url}/img/003.png")]
+    assert [r.key for r in there.images if not r.error] == [r.key for r in here.images if r.origin != "img/003.png"]
+    assert there.items["caption"] == here.items["caption"]

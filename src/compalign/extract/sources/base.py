@@ -192,6 +192,7 @@ class PlanBuilder:
         self.notes: list[str] = []
         self.info: dict[str, str] = {}  # dataset, split: recorded in the store's attrs
         self.hashes: PlanCache | None = active_cache()  # known keys of unchanged files (plan_cache.py)
+        self._pending: dict[str, tuple[UrlPath, dict[str, Any]]] = {}  # objects of a URL root still to hash
 
     def _file_key(self, path: Path) -> str:
         """The content key of a file, from the planning cache while its size and mtime are unchanged."""
@@ -199,14 +200,49 @@ class PlanBuilder:
             return content_key(path.read_bytes())
         return self.hashes.key(str(path.resolve()), path.stat(), lambda: content_key(path.read_bytes()))
 
-    def _object_key(self, path: UrlPath, info: dict[str, Any]) -> str:
-        """The content key of an object, from the planning cache while its size and ETag (s3fs's listing has it;
-        every PUT of the object makes a new one) are unchanged. A filesystem that lists no ETag is hashed each time."""
-        etag = info.get("ETag") or info.get("etag")
-        if self.hashes is None or not etag:
-            return content_key(read_bytes(path))
-        return self.hashes.versioned_key(str(path), int(info.get("size") or 0), f"etag:{etag}",
-                                         lambda: content_key(read_bytes(path)))
+    def _resolve_objects(self) -> None:
+        """Give the objects of a URL root their content keys, in place of the stand-ins `_object_file` handed out.
+
+        Hashing an object means downloading it; one at a time, a bucket of 100,000 images would plan at the speed
+        of 100,000 round trips, so the objects are read here, at the end of planning, many requests at once
+        (Remote.read_many). The planning cache answers first: an object whose size and ETag (s3fs's listing has
+        it; every PUT of the object makes a new one) are unchanged is not read at all; a filesystem that lists no
+        ETag is read every time. The rows keep the order in which the source named them, and two objects with
+        the same bytes are one image, as with local files."""
+        if not self._pending:
+            return
+        cache, keys, failed = self.hashes, {}, {}  # stand-in -> content key / why it could not be read
+
+        def stamp(info: dict[str, Any]) -> tuple[int, str] | None:
+            etag = info.get("ETag") or info.get("etag")
+            return (int(info.get("size") or 0), f"etag:{etag}") if etag and cache is not None else None
+
+        for ph, (path, info) in self._pending.items():
+            if (st := stamp(info)) and (key := cache.known(str(path), *st)):  # type: ignore[union-attr]
+                keys[ph] = key
+        todo = [ph for ph in self._pending if ph not in keys]
+        remote = next(iter(self._pending.values()))[0].remote  # one root, one filesystem
+        for ph, (_, got) in zip(todo, remote.read_many([self._pending[ph][0].key for ph in todo])):
+            path, info = self._pending[ph]
+            if isinstance(got, BaseException):  # gone between the listing and the read: a failed row, as when absent
+                failed[ph] = f"file not found: {path} ({type(got).__name__})"
+                continue
+            keys[ph] = content_key(got)
+            if st := stamp(info):
+                cache.remember(str(path), *st, keys[ph])  # type: ignore[union-attr]
+        final = {}
+        for ph in self._pending:
+            ref = self._images[ph]
+            final[ph] = (ImageRef(key="missing-" + text_key(ref.origin), origin=ref.origin, error=failed[ph])
+                         if ph in failed else ImageRef(key=keys[ph], origin=ref.origin, path=ref.path, options=ref.options))
+        images: dict[str, ImageRef] = {}
+        for key, ref in self._images.items():
+            ref = final.get(key, ref)
+            images.setdefault(ref.key, ref)
+        swap = {ph: ref.key for ph, ref in final.items()}
+        self._images, self._pending = images, {}
+        self.items = {name: [swap.get(v, v) for v in col] for name, col in self.items.items()}
+        self._by_path = {where: swap.get(k, k) for where, k in self._by_path.items()}
 
     def _linked_outside(self, path: Path) -> Path | None:
         """The target of `path` if it is a symlinked file pointing outside every folder of the dataset."""
@@ -251,8 +287,12 @@ class PlanBuilder:
         elif (info := path.info()) is None or info.get("type") != "file":
             error = f"file not found: {path}"
         # The row keeps the URL and the options, never the filesystem: each decoding worker opens its own.
-        return self._add_file(base, rel, error, lambda: ImageRef(key=self._object_key(path, info or {}), origin=rel,
-                                                                 path=str(path), options=path.options))
+        # Its key is a stand-in until _resolve_objects has read the bytes, many objects at once.
+        stand_in = "object-" + text_key(str(path))
+        if error is None:
+            self._pending[stand_in] = (path, info or {})
+        return self._add_file(base, rel, error, lambda: ImageRef(key=stand_in, origin=rel, path=str(path),
+                                                                 options=path.options))
 
     def _add_file(self, base: Path | UrlPath, rel: str, error: str | None, ref: Callable[[], ImageRef]) -> str:
         made = ImageRef(key="missing-" + text_key(rel), origin=rel, error=error) if error else ref()
@@ -304,6 +344,7 @@ class PlanBuilder:
         self.notes.append(msg)
 
     def build(self, source: Path) -> Plan:
+        self._resolve_objects()
         # An empty plan would extract an empty store and exit 0: say why nothing was usable instead.
         if not self.items:
             why = "; ".join(self.problems[:3]) + (f"; ... ({len(self.problems) - 3} more)" if len(self.problems) > 3 else "")

@@ -71,10 +71,22 @@ class PlanCache:
         """The cached key of `path` if its size and mtime are unchanged, else `compute()` (and remember it)."""
         return self._lookup(path, st.st_size, st.st_mtime_ns, compute, st.st_mtime_ns)
 
-    def versioned_key(self, path: str, size: int, version: str, compute: Callable[[], str]) -> str:
-        """The cached key of an object while its size and `version` (its ETag) are unchanged, else `compute()`.
+    def known(self, path: str, size: int, version: str) -> str | None:
+        """The cached key of an object while its size and `version` (its ETag) are unchanged (a hit), else None.
         No settling: a rewrite changes the ETag whatever the clocks say."""
-        return self._lookup(path, size, version, compute, None)
+        row = self._db.execute("SELECT size, mtime_ns, key FROM hashes WHERE path = ?", (path,)).fetchone()
+        if row is not None and row[0] == size and row[1] == version:
+            self.hits += 1
+            return row[2]
+        return None
+
+    def remember(self, path: str, size: int, version: str, key: str) -> None:
+        """Record an object's key after `known` had none (a miss)."""
+        self.misses += 1
+        if self.record:
+            self._new.append((path, size, version, key))
+            if len(self._new) >= FLUSH_ROWS:
+                self.flush()
 
     def _lookup(self, path: str, size: int, stamp: int | str, compute: Callable[[], str], mtime_ns: int | None) -> str:
         row = self._db.execute("SELECT size, mtime_ns, key FROM hashes WHERE path = ?", (path,)).fetchone()
