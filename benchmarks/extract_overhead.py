@@ -59,7 +59,8 @@ def image_shape(short: int) -> tuple[int, int]:
 
 def _save_image(job: tuple[str, int, tuple[int, int]]) -> None:
     path, seed, shape = job
-    coco_like_image(seed, shape).save(path, quality=90)
+    coco_like_image(seed, shape).save(path + ".part", "JPEG", quality=90)
+    os.replace(path + ".part", path)  # a run killed mid-write leaves no truncated JPEG for the next to take
 
 
 def make_data(root: Path, n: int, short: int = 0) -> Path:
