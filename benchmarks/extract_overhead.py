@@ -6,11 +6,16 @@ writing float16 tokens and done-markers, which should hide behind the forward pa
 ratio >= 0.90. Also prints bytes on disk per image / caption against raw float16 bytes.
 
     .venv/bin/python benchmarks/extract_overhead.py [--n 256] [--batch-size 32] [--workers auto]
-        [--decode exact|fast|gpu] [--writers 2] [--device cuda] [--precision bf16]
+        [--decode exact|fast|gpu] [--writers 2] [--device cuda] [--precision bf16] [--image-size 224]
     .venv/bin/python benchmarks/extract_overhead.py --zero-backbone [--n 256] [--shard-rows 32]
 
 Both run under the heap policy the CLI sets for every command (core/memory.py; `--heap default` for
 glibc's own, under which the same forward runs at two speeds depending on what freed memory before it).
+
+The images are COCO-size (640x480) JPEGs; `--image-size 224` writes them pre-resized instead (short side
+224, as img2dataset stores them), so the checkpoint's resize has nothing left to do. After the timed runs
+the stored global embeddings are compared with the bare loop's forward of the same pixels: each row must
+be closest to its own image (a batch's features landing in another batch's rows would show here).
 
 On a GPU the bare loop times the same forward on the device under the same autocast as extraction
 (pixels already there, synchronised at the end), so the ratio shows what decoding and writing cost.
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import resource
 import shutil
@@ -51,27 +57,79 @@ from compalign.extract.sources import ImageRef
 from compalign.extract.transfer import to_device
 
 
-def make_data(root: Path, n: int) -> Path:
+def image_shape(short: int) -> tuple[int, int]:
+    """(H, W) of the test JPEGs: COCO's typical 640x480, or landscape 4:3 with short side `short`."""
+    return (480, 640) if not short else (short, round(short * 4 / 3))
+
+
+def _save_image(job: tuple[str, int, tuple[int, int]]) -> None:
+    path, seed, shape = job
+    coco_like_image(seed, shape).save(path + ".part", "JPEG", quality=90)
+    os.replace(path + ".part", path)  # a run killed mid-write leaves no truncated JPEG for the next to take
+
+
+def make_data(root: Path, n: int, short: int = 0) -> Path:
+    """`n` JPEGs (made once, by all cores: thousands of 640x480 ones take a core minutes) + pairs.jsonl."""
     (root / "img").mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i in range(n):
-        p = root / "img" / f"{i:05d}.jpg"
-        if not p.exists():
-            coco_like_image(i).save(p, quality=90)
-        rows.append({"image": f"img/{i:05d}.jpg", "caption": f"a photo of a small object number {i}"})
+    missing = [(str(root / "img" / f"{i:05d}.jpg"), i, image_shape(short)) for i in range(n)
+               if not (root / "img" / f"{i:05d}.jpg").exists()]
+    if missing:
+        log("writing", len(missing), "test JPEGs to", root / "img")
+        with multiprocessing.Pool(len(os.sched_getaffinity(0))) as pool:
+            pool.map(_save_image, missing, chunksize=16)
+    rows = [{"image": f"img/{i:05d}.jpg", "caption": f"a photo of a small object number {i}"} for i in range(n)]
     (root / "pairs.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     return root
 
 
-def bare_loop(bb, pixels: torch.Tensor, batch_size: int, precision: str) -> float:
+class Predecoded(torch.utils.data.Dataset):
+    """Image i of `root` through `preprocess` (exact decoding), for the bare loop's pixels."""
+
+    def __init__(self, root: Path, n: int, preprocess):
+        self.root, self.n, self.preprocess = root, n, preprocess
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.preprocess(Image.open(self.root / "img" / f"{i:05d}.jpg"))
+
+
+def predecode(root: Path, n: int, preprocess, workers: int, batch_size: int) -> torch.Tensor:
+    """(n, 3, H, W) pixels, decoded by `workers` processes (one process takes ~7 ms an image)."""
+    loader = torch.utils.data.DataLoader(Predecoded(root, n, preprocess), batch_size=batch_size, num_workers=workers)
+    return torch.cat(list(loader))
+
+
+def bare_loop(bb, pixels: torch.Tensor, batch_size: int, precision: str) -> tuple[float, torch.Tensor]:
+    """(seconds, (n, E) global embeddings) of the forward alone, batch by batch."""
     dev = pixels.device
+    out = []
     t0 = time.perf_counter()
     with torch.no_grad(), _autocast(dev.type, precision):  # the autocast extraction runs under
         for b in range(0, len(pixels), batch_size):
-            bb.encode_images(pixels[b:b + batch_size], [-1])
+            out.append(bb.encode_images(pixels[b:b + batch_size], [-1]).global_)  # kept on the device: no sync
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, torch.cat(out).float()
+
+
+def same_rows(store: Path, direct: torch.Tensor) -> str:
+    """Stored global embeddings against the bare loop's (n, E) `direct` ones: the cosine of each row with its
+    own image's forward, and how many rows are closer to another image's (pinned buffers reused too early,
+    rows written to the wrong shard). Random-init globals of different images are close too, hence the count."""
+    r = open_cache(store)
+    image = torch.tensor([int(Path(o).stem) for o in r.column("images/origin").tolist()])  # row -> image number
+    stored = torch.from_numpy(r.read("images", "global", np.arange(len(image)))).to(direct.device)
+    a = torch.nn.functional.normalize(stored, dim=-1)
+    b = torch.nn.functional.normalize(direct, dim=-1)
+    own = (a * b[image.to(direct.device)]).sum(-1)
+    closest = torch.cat([(a[i:i + 1024] @ b.T).argmax(-1) for i in range(0, len(a), 1024)]).cpu()
+    wrong = int((closest != image).sum())
+    other = (a * b[(image.to(direct.device) + 1) % len(b)]).sum(-1)
+    return (f"stored global vs the bare loop's forward of the same pixels: cosine min {float(own.min()):.6f}, "
+            f"mean {float(own.mean()):.6f} (the next image's: mean {float(other.mean()):.6f}); "
+            f"rows closest to another image's forward: {wrong} of {len(image)}")
 
 
 class ZeroCost:
@@ -152,7 +210,8 @@ def zero_backbone(args, root: Path) -> None:
     tiny = load_backbone("tiny", device="cpu")
     decodes = ["exact", "fast", *(["gpu"] if args.device.startswith("cuda") else [])]
     counts = sorted({1, 2, *range(4, cores + 1, 4), cores})
-    print(f"data path: {args.n} coco_like JPEGs (640x480) -> {args.model} preprocess, batch {args.batch_size}, "
+    h, w = image_shape(args.image_size)
+    print(f"data path: {args.n} coco_like JPEGs ({w}x{h}) -> {args.model} preprocess, batch {args.batch_size}, "
           f"{cores} cores, device {args.device}; no model, no writing")
     print("| decode | workers | images/s |")
     print("|---|---:|---:|")
@@ -207,16 +266,19 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu | cuda")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast dtype, as extract's")
     ap.add_argument("--heap", default="keep", choices=["keep", "default"], help="the CLI's heap policy or glibc's own")
+    ap.add_argument("--image-size", type=int, default=0,
+                    help="short side of the test JPEGs, pre-resized as img2dataset writes them (0: COCO's 640x480)")
     args = ap.parse_args()
     if args.heap == "keep":
         keep_freed_memory()
     args.workers = args.workers if args.workers == "auto" else int(args.workers)
-    root = make_data(args.work / "data", args.n)
+    root = make_data(args.work / (f"data-{args.image_size}" if args.image_size else "data"), args.n, args.image_size)
     if args.zero_backbone:
         return zero_backbone(args, root)
     bb = load_backbone(args.model, "none", device=args.device)
+    workers = ExtractConfig(model="x", data="pairs", root=".", out=".", workers=args.workers).workers
     log("pre-decoding", args.n, "images for the bare loop")
-    pixels = torch.stack([bb.preprocess(Image.open(root / "img" / f"{i:05d}.jpg")) for i in range(args.n)]).to(args.device)
+    pixels = predecode(root, args.n, bb.preprocess, workers, args.batch_size).to(args.device)
     bare_loop(bb, pixels[: args.batch_size], args.batch_size, args.precision)  # warm-up
 
     # image stage time, read off the runner's progress callback
@@ -227,7 +289,7 @@ def main() -> None:
 
     runs = []
     for rep in range(2):  # bare, extract, bare, extract: drift on a shared machine hits both
-        t_bare = bare_loop(bb, pixels, args.batch_size, args.precision)
+        t_bare, direct = bare_loop(bb, pixels, args.batch_size, args.precision)
         store = args.work / "store.zarr"
         shutil.rmtree(store, ignore_errors=True)
         marks.clear()
@@ -243,8 +305,8 @@ def main() -> None:
             f"whole extract call {t_total:.1f} s")
     t_bare = float(np.mean([r[0] for r in runs]))
     t_img = float(np.mean([r[1] for r in runs]))
-    workers = ExtractConfig(model="x", data="pairs", root=".", out=".", workers=args.workers).workers
-    print(f"backbone {args.model} (random init), {args.n} images, batch {args.batch_size}, workers {workers}, "
+    h, w = image_shape(args.image_size)
+    print(f"backbone {args.model} (random init), {args.n} images {w}x{h}, batch {args.batch_size}, workers {workers}, "
           f"writers {args.writers}, decode {args.decode}, token codec {args.token_codec}, "
           f"torch threads {torch.get_num_threads()}, device {args.device}, precision {args.precision}, heap {args.heap}")
     print(f"bare forward loop: {args.n / t_bare:.2f} img/s")
@@ -252,6 +314,7 @@ def main() -> None:
     print(f"ratio extraction / bare: {t_bare / t_img:.3f} (target >= 0.90)")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS of this process (model, pixels, both loops): {peak:,.0f} MiB")
+    print(same_rows(store, direct))
 
     r = open_cache(store)
     lay = r.layout
