@@ -8,7 +8,7 @@ import pytest
 
 from compalign.cache.location import location
 from compalign.cache.store import CacheError
-from compalign.extract.ranks import Job, job_progress, join_job
+from compalign.extract.ranks import Job, job_progress, join_job, rank_zero_warns
 from compalign.extract.target import writer_lock
 
 
@@ -67,3 +67,24 @@ def test_the_ranks_of_a_job_share_the_lock_and_keep_every_other_writer_out(tmp_p
                     pass
         with writer_lock(out):  # every rank gone: the next extraction may start
             pass
+
+
+def test_only_rank_zero_logs_what_planning_skipped(pairs_dir, caplog):
+    import json
+    import logging
+
+    from compalign.extract.sources import plan_source
+
+    with (pairs_dir / "pairs.jsonl").open("a") as f:
+        f.write(json.dumps({"image": "img/000.png"}) + "\n")  # no caption: a skipped row, a warning
+    said = {}
+    for rank in (0, 1):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING), rank_zero_warns(Job(rank, 2)):
+            plan = plan_source("pairs", str(pairs_dir))
+            for p in plan.problems:
+                logging.getLogger("compalign.extract.runner").warning("%s", p)
+        said[rank] = [r.getMessage() for r in caplog.records]
+    assert plan.problems and all(p in said[0] for p in plan.problems)
+    assert said[1] == []
+    assert logging.getLogger("compalign.extract").level == logging.NOTSET  # rank 1's silence ends with the block

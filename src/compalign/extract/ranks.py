@@ -31,8 +31,10 @@ Without the torchrun environment (or with one process) the job is rank 0 of 1 an
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -85,6 +87,22 @@ def join_job() -> Job:
     import torch.distributed as dist
 
     return Job(rank, world, dist.new_group(backend="gloo", timeout=BARRIER_TIMEOUT))
+
+
+@contextmanager
+def rank_zero_warns(job: Job) -> Iterator[None]:
+    """Planning's warnings (skipped rows, a damaged planning cache) from rank 0 alone: every rank plans the same
+    source, and K copies of each warning would bury the one that matters. Errors still come from every rank."""
+    if job.rank == 0:
+        yield
+        return
+    logger = logging.getLogger("compalign.extract")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def job_progress(progress: Callable[[str, int, int], None], out: Location, shard_rows: int,

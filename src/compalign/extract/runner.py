@@ -34,7 +34,7 @@ from .config import ExtractConfig
 from .crops import CropPlan, plan_crops
 from .gpu_decode import GpuPreprocess, check_gpu_decode, tensor_steps
 from .image_rows import ImageRows, collate_rows, resize_target
-from .ranks import Job, job_progress, join_job
+from .ranks import Job, job_progress, join_job, rank_zero_warns
 from .segments import add_segments
 from .shards import ShardWriter, finish_image_shard, new_image_shard
 from .sources import Plan, PlanCache, cache_path, plan_source
@@ -94,11 +94,12 @@ def extract(cfg: ExtractConfig, progress: Progress | None = None) -> ExtractSumm
 def _extract(cfg: ExtractConfig, out: Location, progress: Progress | None, job: Job, lock: WriterLock | ObjectLock
              ) -> ExtractSummary:
     t0 = time.perf_counter()
-    plan = _plan(cfg, out, job)
-    if cfg.segments != "none":
-        plan = add_segments(plan)
-    for p in plan.problems:
-        log.warning("%s", p)
+    with rank_zero_warns(job):
+        plan = _plan(cfg, out, job)
+        if cfg.segments != "none":
+            plan = add_segments(plan)
+        for p in plan.problems:
+            log.warning("%s", p)
     crops = plan_crops(cfg.crops, plan)  # before the model loads: a root without oracle boxes fails now
     device = str(resolve_device(cfg.device))
     _autocast(device, cfg.precision)  # refuse an impossible precision before a store is made
