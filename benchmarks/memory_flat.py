@@ -4,7 +4,7 @@ Each stage runs in its own process (ru_maxrss is per process) on N and 4N genera
 the tiny backbone, under the CLI's heap policy (core/memory.py). Prints both peaks and their ratio
 (flat ~ 1.0; what grows is what holds rows).
 
-    .venv/bin/python benchmarks/memory_flat.py [--n 1000]
+    .venv/bin/python benchmarks/memory_flat.py [--n 1000] [--times 4] [--heap keep|default] [--stages extract,train,score]
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from common import coco_like_image
 CHILD = """
 import resource, sys, json
 from compalign.core.memory import keep_freed_memory
-keep_freed_memory()  # as every CLI command does
+if sys.argv[4] == "keep":
+    keep_freed_memory()  # as every CLI command does
 from compalign.extract.runner import ExtractConfig, extract
 from compalign.cache import open_cache
 from compalign.heads import create_head
@@ -57,8 +58,8 @@ def make(root: Path, n: int) -> None:
     (root / "pairs.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
 
 
-def peak(stage: str, root: Path, out: Path) -> float:
-    res = subprocess.run([sys.executable, "-c", CHILD, stage, str(root), str(out)], capture_output=True, text=True,
+def peak(stage: str, root: Path, out: Path, heap: str = "keep") -> float:
+    res = subprocess.run([sys.executable, "-c", CHILD, stage, str(root), str(out), heap], capture_output=True, text=True,
                          check=True)
     return json.loads(res.stdout.strip().splitlines()[-1])["peak_mib"]
 
@@ -66,18 +67,22 @@ def peak(stage: str, root: Path, out: Path) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--times", type=int, default=4, help="the second size is N x this")
+    ap.add_argument("--heap", default="keep", choices=["keep", "default"], help="the CLI's heap policy or glibc's own")
+    ap.add_argument("--stages", default=",".join(STAGES), help="which of extract,train,score (train and score need extract)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/compalign-memory"))
     args = ap.parse_args()
+    stages = [s for s in STAGES if s in args.stages.split(",")]
     results = {}
-    for n in (args.n, 4 * args.n):
+    for n in (args.n, args.times * args.n):
         root, out = args.work / f"data{n}", args.work / f"store{n}.zarr"
         make(root, n)
         shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(f"{out}.run", ignore_errors=True)
-        results[n] = [peak(stage, root, out) for stage in STAGES]
-        print(f"{n:6d} rows: " + ", ".join(f"{s} peak {v:7.1f} MiB" for s, v in zip(STAGES, results[n])))
-    a, b = results[args.n], results[4 * args.n]
-    print("4x the rows: " + ", ".join(f"{s} peak x{y / x:.2f}" for s, x, y in zip(STAGES, a, b)) + " (flat ~ 1.0)")
+        results[n] = [peak(stage, root, out, args.heap) for stage in stages]
+        print(f"{n:6d} rows (heap {args.heap}): " + ", ".join(f"{s} peak {v:7.1f} MiB" for s, v in zip(stages, results[n])))
+    a, b = results[args.n], results[args.times * args.n]
+    print(f"{args.times}x the rows: " + ", ".join(f"{s} peak x{y / x:.2f}" for s, x, y in zip(stages, a, b)) + " (flat ~ 1.0)")
 
 
 if __name__ == "__main__":
