@@ -167,9 +167,10 @@ def test_a_missing_bucket_or_a_bad_url_is_one_line_naming_the_url_and_the_fix(s3
     said = _one_line_error(CliRunner().invoke(heads_app, ["score", "--bench", "sugarcrepe", "--cache",
                                                           f"s3://{BUCKET}/absent.zarr"]))
     assert f"s3://{BUCKET}/absent.zarr does not exist. Create one with `compalign extract" in said
-    bivlc = [*EXTRACT[:4], "bivlc", *EXTRACT[5:]]
-    said = _one_line_error(CliRunner().invoke(app, [*bivlc, "--root", f"s3://{BUCKET}/data", "--out", str(tmp_path / "x")]))
-    assert "--data bivlc reads a local folder (URL roots: aro_order, karpathy, pairs, sugarcrepe, webdataset)" in said
+    aro = [*EXTRACT[:4], "aro", *EXTRACT[5:]]
+    said = _one_line_error(CliRunner().invoke(app, [*aro, "--root", f"s3://{BUCKET}/data", "--out", str(tmp_path / "x")]))
+    assert ("--data aro reads a local folder (URL roots: aro_order, bivlc, karpathy, pairs, sugarcrepe, webdataset, "
+            "winoground)") in said
 
 
 def test_a_second_writer_on_an_s3_store_is_refused_by_its_lock_object(s3, tmp_path):
@@ -294,6 +295,47 @@ def test_sugarcrepe_aro_order_and_a_pairs_file_plan_from_a_bucket_as_from_their_
         assert there.fingerprint == here.fingerprint and there.items == here.items and there.texts == here.texts, data
         assert [r.origin for r in there.images] == [r.origin for r in here.images] and there.problems == here.problems
         assert [r.read() for r in there.images] == [r.read() for r in here.images], data
+
+
+def _parquet_sources(root: Path) -> dict[str, Path]:
+    """A BiVLC folder (one parquet file, a row without image bytes) and a Winoground one (two shards under data/)."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    def png(seed: int) -> bytes:
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8), (seed * 40 % 256, 90, 200)).save(buf, format="PNG")
+        return buf.getvalue()
+
+    (root / "bivlc").mkdir(parents=True)
+    pq.write_table(pa.table({"image": [{"bytes": png(1), "path": "a.png"}, {"bytes": None, "path": "b.png"}],
+                             "caption": ["a red thing", "a blue thing"], "negative_caption": ["a blue thing", "a red one"],
+                             "negative_image": [{"bytes": png(2), "path": "c.png"}, {"bytes": png(1), "path": "a.png"}],
+                             "type": ["swap", "replace"], "subtype": ["att", "obj"]}), root / "bivlc" / "test.parquet")
+    (root / "wino" / "data").mkdir(parents=True)
+    for part in range(2):
+        ids = range(3 * part, 3 * part + 3)
+        pq.write_table(pa.table({"id": list(ids), "image_0": [{"bytes": png(i), "path": None} for i in ids],
+                                 "image_1": [{"bytes": png(i + 9), "path": None} for i in ids],
+                                 "caption_0": [f"a {i} on b" for i in ids], "caption_1": [f"b on a {i}" for i in ids],
+                                 "tag": ["Object"] * 3, "secondary_tag": [""] * 3, "num_main_preds": [1] * 3,
+                                 "collapsed_tag": ["Object"] * 3}), root / "wino" / "data" / f"test-0000{part}-of-00002.parquet")
+    return {"bivlc": root / "bivlc", "winoground": root / "wino"}
+
+
+def test_parquet_sources_plan_from_a_bucket_as_from_their_local_folders(s3, tmp_path):
+    for data, local in _parquet_sources(tmp_path).items():
+        url = _upload(s3, local, f"parquet/{data}")
+        here, there = plan_source(data, str(local)), plan_source(data, url)
+        assert there.fingerprint == here.fingerprint and there.items == here.items and there.texts == here.texts, data
+        assert [(r.key, r.origin, r.error, r.read() if not r.error else None) for r in there.images] == \
+               [(r.key, r.origin, r.error, r.read() if not r.error else None) for r in here.images], data
+        assert len(there.images) == (3 if data == "bivlc" else 12)  # bivlc: a.png twice, b.png without bytes
+        one = plan_source(data, f"{url}/test.parquet" if data == "bivlc" else url)  # a file URL as --root too
+        assert one.items == here.items
 
 
 def test_webdataset_shards_in_a_bucket_take_the_endpoint_as_a_storage_option(s3, tmp_path, monkeypatch):

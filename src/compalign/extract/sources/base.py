@@ -59,6 +59,17 @@ def parquet_image_bytes(cell: object) -> bytes | None:
     return cell if isinstance(cell, bytes) else None
 
 
+def read_parquet(path: Path | UrlPath) -> Any:
+    """A parquet file as a pyarrow Table, local or in a bucket (read through a seekable fsspec file: the footer,
+    then the column chunks, not a download of the whole file first)."""
+    import pyarrow.parquet as pq
+
+    if isinstance(path, UrlPath):
+        with path.remote.fs.open(path.key, "rb") as f:
+            return pq.read_table(f)
+    return pq.read_table(path)
+
+
 def parquet_image_name(cell: object) -> str | None:
     """The file name the Hub's Image feature keeps beside the bytes ({"bytes", "path"}), if any."""
     return (cell.get("path") or None) if isinstance(cell, dict) else None

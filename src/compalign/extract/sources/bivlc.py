@@ -4,15 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
-from .base import Plan, PlanBuilder, SourceError, parquet_image_bytes, parquet_image_name, register_source
+from .base import (
+    Plan,
+    PlanBuilder,
+    SourceError,
+    UrlPath,
+    parquet_image_bytes,
+    parquet_image_name,
+    read_parquet,
+    register_source,
+)
 
 COLUMNS = ("image", "caption", "negative_caption", "negative_image", "type", "subtype")
 
 
-@register_source("bivlc")
-def plan_bivlc(root: Path) -> Plan:
+@register_source("bivlc", urls=True)
+def plan_bivlc(root: Path | UrlPath) -> Plan:
     files = [root] if root.is_file() else sorted(root.rglob("*.parquet"))
     if not files:
         raise SourceError(f"{root}: no .parquet files. Download BiVLC with "
@@ -20,7 +27,7 @@ def plan_bivlc(root: Path) -> Plan:
     b = PlanBuilder("bivlc", root if root.is_dir() else root.parent)
     for path in files:
         try:
-            table = pq.read_table(path)
+            table = read_parquet(path)
         except Exception as e:
             raise SourceError(f"{path}: not a readable parquet file ({type(e).__name__}: {e}). Re-download it.") from None
         missing = [c for c in COLUMNS if c not in table.column_names]

@@ -1,15 +1,16 @@
 """A data root in object storage: the Path calls the folder sources make, answered for an fsspec URL.
 
-The folder sources (pairs, karpathy, sugarcrepe, aro_order) are written against pathlib.Path; a UrlPath answers
-the same calls (`/`, name, suffix, stem, parent, is_file, is_dir, exists, iterdir, glob) for `s3://bucket/prefix`,
-so a source reads a bucket with its own code, and reads bytes through base.read_bytes like a local file.
+The folder sources (pairs, karpathy, sugarcrepe, aro_order, and the parquet ones, bivlc and winoground) are written
+against pathlib.Path; a UrlPath answers the same calls (`/`, name, suffix, stem, parent, is_file, is_dir, exists,
+iterdir, glob, rglob) for `s3://bucket/prefix`, so a source reads a bucket with its own code, and reads bytes
+through base.read_bytes like a local file.
 
 Each folder is listed once per plan (one LIST request per 1,000 keys) and every is_file, size and ETag after that
-is answered from the listing: the images of a folder cost one request, not one HEAD each. The objects a plan
-must hash (those the planning cache does not know) are read at the end of planning, many at once (read_many).
-A bucket has no links and no `..`, so the checks on a key are lexical (PlanBuilder). Only the planning process
-holds a filesystem: the image rows carry the URL and the storage options, and each decoding worker opens its
-own (base.read_bytes).
+is answered from the listing: the images of a folder cost one request, not one HEAD each. The objects a plan must
+hash (those the planning cache does not know) are read at the end of planning, many at once (read_many). A bucket
+has no links and no `..`, so the checks on a key are lexical (PlanBuilder). Only the planning process holds a
+filesystem: the image rows carry the URL and the storage options, and each decoding worker opens its own
+(base.read_bytes).
 """
 
 from __future__ import annotations
@@ -125,6 +126,12 @@ class UrlPath:
     def iterdir(self) -> Iterator[UrlPath]:
         for name in self.remote.listing(self.key):
             yield self / name
+
+    def rglob(self, pattern: str) -> Iterator[UrlPath]:
+        """Objects anywhere under this prefix whose name matches `pattern` (`*.parquet`), one recursive listing."""
+        for key in sorted(self.remote.fs.find(self.key)):
+            if fnmatch.fnmatchcase(posixpath.basename(key), pattern):
+                yield UrlPath(self.remote, key)
 
     def glob(self, pattern: str) -> Iterator[UrlPath]:
         """Entries matching `pattern`; wildcards in its last part only (`dataset_*.json`, `annotations/captions_*.json`)."""

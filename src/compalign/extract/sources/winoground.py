@@ -8,9 +8,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
-from .base import Plan, PlanBuilder, SourceError, parquet_image_bytes, register_source
+from .base import (
+    Plan,
+    PlanBuilder,
+    SourceError,
+    UrlPath,
+    parquet_image_bytes,
+    read_parquet,
+    register_source,
+)
 
 # What the items need; num_main_preds is in the official files but nothing here reads it, so it is not required.
 COLUMNS = ("id", "image_0", "image_1", "caption_0", "caption_1", "tag", "secondary_tag", "collapsed_tag")
@@ -20,8 +26,8 @@ FIX = ("download it with `huggingface-cli download facebook/winoground --repo-ty
        "(add `--revision refs/convert/parquet` if that gives examples.jsonl and images.zip instead of parquet)")
 
 
-@register_source("winoground")
-def plan_winoground(root: Path) -> Plan:
+@register_source("winoground", urls=True)
+def plan_winoground(root: Path | UrlPath) -> Plan:
     files = [root] if root.is_file() else sorted(root.rglob("*.parquet"))
     if not files:
         raise SourceError(f"{root}: no .parquet files; " + FIX.format(root=root))
@@ -30,7 +36,7 @@ def plan_winoground(root: Path) -> Plan:
     seen: dict[str, str] = {}  # item id -> where it was first read (two copies of a split would double-count)
     for path in files:
         try:
-            table = pq.read_table(path)
+            table = read_parquet(path)
         except Exception as e:
             raise SourceError(f"{path}: not a readable parquet file ({type(e).__name__}: {e}); re-"
                               + FIX.format(root=root)) from None
