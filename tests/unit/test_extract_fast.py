@@ -166,3 +166,41 @@ def test_workers_auto_leaves_one_core_to_the_model():
     cfg = ExtractConfig(model="tiny", data="pairs", root=".", out="x")
     assert cfg.workers == max(1, len(os.sched_getaffinity(0)) - 1)
     assert ExtractConfig(model="tiny", data="pairs", root=".", out="x", workers=3).workers == 3
+
+
+@pytest.mark.parametrize("workers, batch_bytes, free, ahead", [
+    (0, 10, 0, 4),            # no workers: nothing crosses shared memory
+    (2, 10, None, 4),         # no /dev/shm to measure (macOS): the default
+    (2, 10, 10_000, 4),       # room for far more than 4 batches each: PREFETCH at most
+    (2, 10, 80, 4),           # exactly 4 each
+    (2, 10, 79, 3),           # one byte short of 4 each
+    (2, 10, 20, 1),           # one each
+    (2, 10, 19, 0),           # not one each: the caller refuses the run
+])
+def test_prefetch_fits_the_workers_batches_in_shared_memory(workers, batch_bytes, free, ahead):
+    from compalign.extract.image_rows import prefetch_batches
+
+    assert prefetch_batches(workers, batch_bytes, free) == ahead
+
+
+def test_a_shared_memory_too_small_for_the_workers_is_refused_before_a_store_is_made(pairs_dir, tmp_path,
+                                                                                     monkeypatch, caplog):
+    import logging
+
+    import compalign.extract.runner as runner
+
+    batch = 8 * 3 * 64 * 64 * 4  # the tiny backbone's float32 pixels, --batch-size 8
+    monkeypatch.setattr(runner, "shm_free", lambda: batch)  # room for one worker's batch, not two
+    cfg = dict(model="tiny", data="pairs", root=str(pairs_dir), batch_size=8)
+    with pytest.raises(InputError, match=r"/dev/shm has 0.4 MiB free; 2 decoding workers need at least 0.8 MiB there "
+                                         r"\(one batch of 8 each\)\. Give it more \(docker run --shm-size=16g\)"):
+        extract(ExtractConfig(**cfg, out=str(tmp_path / "no.zarr"), workers=2))
+    assert not (tmp_path / "no.zarr").exists()
+    monkeypatch.setattr(runner, "shm_free", lambda: 2 * batch)  # one batch each fits: fewer ready, same store
+    with caplog.at_level(logging.WARNING, logger="compalign.extract.runner"):
+        extract(ExtractConfig(**cfg, out=str(tmp_path / "one.zarr"), workers=2))
+    assert "each of the 2 decoding workers keeps 1 batches ready instead of 4" in caplog.text
+    extract(ExtractConfig(**cfg, out=str(tmp_path / "zero.zarr"), workers=0))
+    one, zero = CacheReader(tmp_path / "one.zarr"), CacheReader(tmp_path / "zero.zarr")
+    n = one.layout.n_images
+    assert np.array_equal(one.read("images", "patches", np.arange(n)), zero.read("images", "patches", np.arange(n)))

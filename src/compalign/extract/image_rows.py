@@ -30,6 +30,9 @@ from .crops import crop_pixels
 from .sources import ImageRef
 
 Decode = Literal["exact", "fast", "gpu"]
+PREFETCH = 4  # batches each DataLoader worker keeps ready: a worker's pace varies with the images it draws
+SHM = "/dev/shm"  # where DataLoader workers hand their batches over (torch's shared-memory tensors)
+GPU_ROW_BYTES = 1 << 19  # --decode gpu: a JPEG's bytes cross instead of pixels; 512 KiB bounds a COCO-size one
 # (row, pixels, crops (R, 3, H, W), error, (JPEG bytes (n,) uint8, origin) for the device to decode)
 Row = tuple[int, torch.Tensor | None, torch.Tensor | None, str | None, tuple[torch.Tensor, str] | None]
 
@@ -40,6 +43,26 @@ def resize_target(preprocess: Any, image_size: Sequence[int]) -> int:
         if isinstance(t, T.Resize):
             return int(t.size) if isinstance(t.size, int) else max(t.size)
     return max(image_size)
+
+
+def prefetch_batches(workers: int, batch_bytes: int, shm_free: int | None) -> int:
+    """How many batches each of `workers` may keep ready so that all of them fit in `shm_free` bytes of shared
+    memory (None: no shared-memory filesystem to measure; the default then). At most PREFETCH; 0 when not even
+    one batch per worker fits (the run would die on its first batches with a bus error or ENOSPC, so the
+    caller refuses it instead)."""
+    if not workers or shm_free is None:
+        return PREFETCH
+    return max(0, min(PREFETCH, shm_free // max(1, workers * batch_bytes)))
+
+
+def shm_free() -> int | None:
+    """Free bytes of the shared-memory filesystem (None where there is none, e.g. macOS)."""
+    import shutil
+
+    try:
+        return shutil.disk_usage(SHM).free
+    except OSError:
+        return None
 
 
 def _device_can_decode(data: bytes, exif_transpose: bool) -> bool:

@@ -33,7 +33,7 @@ from .backbones import load_backbone
 from .config import ExtractConfig
 from .crops import CropPlan, plan_crops
 from .gpu_decode import GpuPreprocess, check_gpu_decode, tensor_steps
-from .image_rows import ImageRows, collate_rows, resize_target
+from .image_rows import GPU_ROW_BYTES, PREFETCH, SHM, ImageRows, collate_rows, prefetch_batches, resize_target, shm_free
 from .ranks import Job, job_progress, join_job, rank_zero_warns
 from .segments import add_segments
 from .shards import ShardWriter, finish_image_shard, new_image_shard
@@ -108,6 +108,7 @@ def _extract(cfg: ExtractConfig, out: Location, progress: Progress | None, job: 
     bb = load_backbone(cfg.model, cfg.pretrained, device=device, seed=cfg.seed)
     if cfg.decode == "gpu":
         tensor_steps(bb.preprocess)  # a preprocessing the device cannot run is refused before a store is made
+    ahead = _prefetch(cfg, bb) if cfg.workers else None  # so is a /dev/shm too small for the workers' batches
     lengths, truncated = _token_lengths(bb, plan.texts)  # (M,), (M,): the ids themselves are made shard by shard
     # Causal towers: sort captions by length so each batch is cut at its own longest caption.
     order = np.argsort(lengths, kind="stable") if bb.causal_text else np.arange(len(plan.texts))
@@ -133,7 +134,7 @@ def _extract(cfg: ExtractConfig, out: Location, progress: Progress | None, job: 
         with _autocast(device, cfg.precision):
             w, s = _extract_texts(cfg, bb, plan, (lengths, truncated), order, text_len, out, writer, device, progress, job)
             written, skipped = written + w, skipped + s
-            w, s = _extract_images(cfg, bb, plan, out, writer, device, progress, crops, job)
+            w, s = _extract_images(cfg, bb, plan, out, writer, device, progress, crops, job, ahead)
             written, skipped = written + w, skipped + s
     finally:
         writer.close()
@@ -251,8 +252,25 @@ def _encode_crops(bb, crops: torch.Tensor, batch_size: int, device: str) -> np.n
     return np.concatenate(out)
 
 
+def _prefetch(cfg: ExtractConfig, bb) -> int:
+    """Batches each worker keeps ready, fewer than PREFETCH when they would not fit in /dev/shm (a container's
+    is 64 MB unless `--shm-size` says otherwise: 15 workers x 4 batches of 256 ViT-B-16 images need 9 GB)."""
+    h, w = bb.meta["image_size"]
+    row = GPU_ROW_BYTES if cfg.decode == "gpu" else 3 * h * w * 4  # float32 pixels (crops come on top)
+    need, free = cfg.batch_size * row, shm_free()
+    ahead = prefetch_batches(cfg.workers, need, free)
+    if not ahead:
+        raise InputError(f"{SHM} has {free / 2**20:,.1f} MiB free; {cfg.workers} decoding workers need at least "
+                         f"{cfg.workers * need / 2**20:,.1f} MiB there (one batch of {cfg.batch_size} each). Give it "
+                         "more (docker run --shm-size=16g), or pass fewer --workers or a smaller --batch-size")
+    if ahead < PREFETCH:
+        log.warning("%s has %.0f MiB free: each of the %d decoding workers keeps %d batches ready instead of %d",
+                    SHM, free / 2**20, cfg.workers, ahead, PREFETCH)
+    return ahead
+
+
 def _extract_images(cfg, bb, plan, out, writer, device, progress, crops: CropPlan | None = None,
-                    job: Job = Job()) -> tuple[int, int]:
+                    job: Job = Job(), prefetch: int | None = None) -> tuple[int, int]:
     N, R = len(plan.images), cfg.shard_rows
     todo, skipped = pending_shards(out, "images", N, R)
     todo = job.mine(todo)
@@ -267,7 +285,7 @@ def _extract_images(cfg, bb, plan, out, writer, device, progress, crops: CropPla
                         cfg.decode, resize_target(bb.preprocess, bb.meta["image_size"]))
     loader = DataLoader(rows_ds, batch_sampler=batches, collate_fn=collate_rows,
                         num_workers=cfg.workers, pin_memory=device.startswith("cuda"),
-                        persistent_workers=False, prefetch_factor=4 if cfg.workers else None)
+                        persistent_workers=False, prefetch_factor=(prefetch or PREFETCH) if cfg.workers else None)
     gpu = GpuPreprocess(bb.preprocess, device, cfg.exif_transpose) if cfg.decode == "gpu" else None
     lay = Layout(**dict(open_store(out).attrs)["layout"])
     copies = HostCopies(device, cfg.batch_size)
