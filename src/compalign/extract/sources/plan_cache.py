@@ -69,37 +69,30 @@ class PlanCache:
 
     def key(self, path: str, st: os.stat_result, compute: Callable[[], str]) -> str:
         """The cached key of `path` if its size and mtime are unchanged, else `compute()` (and remember it)."""
-        return self._lookup(path, st.st_size, st.st_mtime_ns, compute, st.st_mtime_ns)
+        if (key := self.known(path, st.st_size, st.st_mtime_ns)) is not None:
+            return key
+        key = compute()
+        self.remember(path, st.st_size, st.st_mtime_ns, key, settled=time.time_ns() - st.st_mtime_ns > SETTLE_NS)
+        return key
 
-    def known(self, path: str, size: int, version: str) -> str | None:
-        """The cached key of an object while its size and `version` (its ETag) are unchanged (a hit), else None.
-        No settling: a rewrite changes the ETag whatever the clocks say."""
-        row = self._db.execute("SELECT size, mtime_ns, key FROM hashes WHERE path = ?", (path,)).fetchone()
-        if row is not None and row[0] == size and row[1] == version:
-            self.hits += 1
-            return row[2]
-        return None
-
-    def remember(self, path: str, size: int, version: str, key: str) -> None:
-        """Record an object's key after `known` had none (a miss)."""
-        self.misses += 1
-        if self.record:
-            self._new.append((path, size, version, key))
-            if len(self._new) >= FLUSH_ROWS:
-                self.flush()
-
-    def _lookup(self, path: str, size: int, stamp: int | str, compute: Callable[[], str], mtime_ns: int | None) -> str:
+    def known(self, path: str, size: int, stamp: int | str) -> str | None:
+        """The cached key while `path`'s size and stamp (a file's mtime_ns, an object's "etag:..." from its
+        listing) are what they were (a hit), else None."""
         row = self._db.execute("SELECT size, mtime_ns, key FROM hashes WHERE path = ?", (path,)).fetchone()
         if row is not None and row[0] == size and row[1] == stamp:
             self.hits += 1
             return row[2]
+        return None
+
+    def remember(self, path: str, size: int, stamp: int | str, key: str, settled: bool = True) -> None:
+        """Record a key that `known` did not have (a miss); not one hashed while its file may still change
+        within one mtime tick (`settled` False). An ETag needs no settling: a rewrite changes it whatever
+        the clocks say."""
         self.misses += 1
-        key = compute()
-        if self.record and (mtime_ns is None or time.time_ns() - mtime_ns > SETTLE_NS):
+        if self.record and settled:
             self._new.append((path, size, stamp, key))
             if len(self._new) >= FLUSH_ROWS:
                 self.flush()
-        return key
 
     def flush(self) -> None:
         if self._new:
