@@ -169,8 +169,8 @@ def test_a_missing_bucket_or_a_bad_url_is_one_line_naming_the_url_and_the_fix(s3
     assert f"s3://{BUCKET}/absent.zarr does not exist. Create one with `compalign extract" in said
     aro = [*EXTRACT[:4], "aro", *EXTRACT[5:]]
     said = _one_line_error(CliRunner().invoke(app, [*aro, "--root", f"s3://{BUCKET}/data", "--out", str(tmp_path / "x")]))
-    assert ("--data aro reads a local folder (URL roots: aro_order, bivlc, karpathy, pairs, sugarcrepe, webdataset, "
-            "winoground)") in said
+    assert ("--data aro reads a local folder (URL roots: aro_order, bivlc, img2dataset, karpathy, pairs, sugarcrepe, "
+            "webdataset, winoground)") in said
 
 
 def test_a_second_writer_on_an_s3_store_is_refused_by_its_lock_object(s3, tmp_path):
@@ -377,3 +377,16 @@ def test_planning_reads_a_buckets_images_in_batches_and_a_vanished_object_is_a_f
     assert [(r.origin, r.error.split(" (")[0]) for r in gone] == [("img/003.png", f"file not found: {url}/img/003.png")]
     assert [r.key for r in there.images if not r.error] == [r.key for r in here.images if r.origin != "img/003.png"]
     assert there.items["caption"] == here.items["caption"]
+
+
+def test_img2dataset_outputs_plan_from_a_bucket_as_from_their_local_folders(s3, tmp_path):
+    from wds_data import write_files_layout, write_webdataset
+
+    for layout, local in (("webdataset", write_webdataset(tmp_path / "tars")),
+                          ("files", write_files_layout(tmp_path / "files"))):
+        url = _upload(s3, local, f"i2d/{layout}")
+        here, there = plan_source("img2dataset", str(local)), plan_source("img2dataset", url)
+        assert there.info["layout"] == layout and there.items == here.items and there.texts == here.texts, layout
+        assert there.problems == here.problems and there.problems, layout  # the fixtures' bad samples, named alike
+        assert [(r.key, r.error) for r in there.images] == [(r.key, r.error) for r in here.images], layout
+        assert all(r.read() == h.read() for r, h in zip(there.images, here.images) if not r.error), layout

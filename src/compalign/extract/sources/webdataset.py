@@ -24,7 +24,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from .base import Plan, PlanBuilder, SourceError, is_url, open_binary, register_source
+from .base import Plan, PlanBuilder, SourceError, UrlPath, is_url, open_binary, read_bytes, register_source
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")  # in order of preference when a sample has two
 NUMERIC_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
@@ -204,27 +204,28 @@ def plan_webdataset(root: str, options: dict[str, Any] | None = None) -> Plan:
     return _plan_tars("webdataset", root, shards, missing, options)
 
 
-def _files_layout(root: Path) -> Plan:
+def _files_layout(root: Path | UrlPath) -> Plan:
     """img2dataset `--output_format files`: root/00000/000000000.jpg + .txt + .json, one folder per shard."""
     b = PlanBuilder("img2dataset", root)
     folders = sorted(p for p in root.iterdir() if p.is_dir() and p.name.isdigit())
     for folder in folders:
-        samples: dict[str, dict[str, Path]] = {}
+        samples: dict[str, dict[str, Path | UrlPath]] = {}
         for p in sorted(folder.iterdir()):
             if p.is_file():
                 key, ext = _split(p.name)
                 samples.setdefault(key, {})[ext] = p
+        texts = _read_all([p for exts in samples.values() for e, p in exts.items() if e in ("txt", "json")])
         for key, exts in samples.items():
             where = f"{folder.name}/{key}"
             ext = _image_ext(b, where, exts)
             if ext is None:
                 continue
-            try:
-                caption = _caption(exts["txt"].read_bytes(), where, b)
-                url = _url(exts["json"].read_bytes() if "json" in exts else None, where, b)
-            except OSError as e:
-                b.problem(f"{where}: unreadable ({e}); sample skipped")
+            failed = next((texts[exts[e]] for e in ("txt", "json") if isinstance(texts.get(exts.get(e)), OSError)), None)
+            if failed is not None:
+                b.problem(f"{where}: unreadable ({failed}); sample skipped")
                 continue
+            caption = _caption(texts[exts["txt"]], where, b)  # type: ignore[arg-type]
+            url = _url(texts[exts["json"]] if "json" in exts else None, where, b)  # type: ignore[arg-type]
             if caption is None:
                 continue
             image = b.image_file(f"{folder.name}/{exts[ext].name}")
@@ -233,9 +234,27 @@ def _files_layout(root: Path) -> Plan:
     return b.build(root)
 
 
-@register_source("img2dataset")
-def plan_img2dataset(root: Path) -> Plan:
-    if root.is_dir() and any(root.glob("*.tar")):
+def _read_all(paths: list[Path | UrlPath]) -> dict[Path | UrlPath, bytes | OSError]:
+    """The bytes of each small file (captions, metadata), or the OSError that stopped it. In a bucket a shard
+    folder's files are read many requests at once (Remote.read_many): one round trip each would take hours
+    over a million samples."""
+    if paths and isinstance(paths[0], UrlPath):
+        got = paths[0].remote.read_many([p.key for p in paths])  # type: ignore[union-attr]
+        return {p: g if isinstance(g, bytes) else OSError(f"{p}: {g}") for p, (_, g) in zip(paths, got)}
+    out: dict[Path | UrlPath, bytes | OSError] = {}
+    for p in paths:
+        try:
+            out[p] = read_bytes(p)
+        except OSError as e:
+            out[p] = e
+    return out
+
+
+@register_source("img2dataset", urls=True)
+def plan_img2dataset(root: Path | UrlPath) -> Plan:
+    if isinstance(root, UrlPath) and (tars := [str(t) for t in root.glob("*.tar")]):  # listed once, not globbed
+        return _plan_tars("img2dataset", str(root), tars, [], root.options)
+    if isinstance(root, Path) and root.is_dir() and any(root.glob("*.tar")):
         shards, missing = _shards(str(root))
         return _plan_tars("img2dataset", str(root), shards, missing)
     if root.is_dir() and any(p.is_dir() and p.name.isdigit() for p in root.iterdir()):
