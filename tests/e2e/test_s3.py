@@ -167,10 +167,12 @@ def test_a_missing_bucket_or_a_bad_url_is_one_line_naming_the_url_and_the_fix(s3
     said = _one_line_error(CliRunner().invoke(heads_app, ["score", "--bench", "sugarcrepe", "--cache",
                                                           f"s3://{BUCKET}/absent.zarr"]))
     assert f"s3://{BUCKET}/absent.zarr does not exist. Create one with `compalign extract" in said
-    aro = [*EXTRACT[:4], "aro", *EXTRACT[5:]]
-    said = _one_line_error(CliRunner().invoke(app, [*aro, "--root", f"s3://{BUCKET}/data", "--out", str(tmp_path / "x")]))
-    assert ("--data aro reads a local folder (URL roots: aro_order, bivlc, img2dataset, karpathy, pairs, sugarcrepe, "
-            "webdataset, winoground)") in said
+    make_images(tmp_path / "p" / "img", ["a.png"])
+    (tmp_path / "p" / "pairs.jsonl").write_text(json.dumps({"image": "img/a.png", "caption": "a cat"}))
+    url = _upload(s3, tmp_path / "p", "oracle/p")
+    said = _one_line_error(CliRunner().invoke(app, ["extract", "--model", "tiny", "--data", "pairs", "--root", url,
+                                                    "--crops", "oracle", "--out", str(tmp_path / "x")]))
+    assert f"--crops oracle reads boxes.jsonl from a local --root (the synthetic world's folder), not {url}" in said
 
 
 def test_a_second_writer_on_an_s3_store_is_refused_by_its_lock_object(s3, tmp_path):
@@ -390,3 +392,22 @@ def test_img2dataset_outputs_plan_from_a_bucket_as_from_their_local_folders(s3, 
         assert there.problems == here.problems and there.problems, layout  # the fixtures' bad samples, named alike
         assert [(r.key, r.error) for r in there.images] == [(r.key, r.error) for r in here.images], layout
         assert all(r.read() == h.read() for r, h in zip(there.images, here.images) if not r.error), layout
+
+
+def test_aro_plans_from_a_bucket_as_from_its_local_folder(s3, tmp_path):
+    local = tmp_path / "aro"
+    make_images(local / "images", ["0.jpg", "1.jpg"])
+    box = {"bbox_x": 2, "bbox_y": 3, "bbox_w": 20, "bbox_h": 10}
+    rel = [{"image_path": f"{n}.jpg", **box, "relation_name": "on", "true_caption": f"the cup is on the table {n}",
+            "false_caption": f"the table is on the cup {n}"} for n in ("0", "1", "gone")]
+    att = [{"image_path": "1.jpg", **box, "attributes": ["red", "white"], "true_caption": "the red dog and the white cat",
+            "false_caption": "the white dog and the red cat"}]
+    (local / "visual_genome_relation.json").write_text(json.dumps(rel))
+    (local / "visual_genome_attribution.json").write_text(json.dumps(att))
+    url = _upload(s3, local, "aro/root")
+    here, there = plan_source("aro", str(local)), plan_source("aro", url)
+    assert there.items == here.items and there.texts == here.texts and len(there.items["id"]) == 3
+    assert [(r.key, r.read()) for r in there.images] == [(r.key, r.read()) for r in here.images]  # the crops
+    assert [p.replace(url, "ROOT") for p in there.problems] == [p.replace(str(local), "ROOT") for p in here.problems]
+    assert there.problems == [f"visual_genome_relation.json row 2: image file not found (tried {url}/images/gone.jpg "
+                              f"and {url}/gone.jpg); skipped"]

@@ -61,7 +61,7 @@ def extract(
     data: str = typer.Option(..., help="data source: pairs | sugarcrepe | bivlc | karpathy | winoground | aro | "
                       "webdataset (tar shards: --root 'shards/{00000..00009}.tar') | img2dataset (its output folder)"),
     root: str = typer.Option(..., callback=path_or_url, help="where the data lives: a local folder, or an object-storage "
-                             "URL (s3://bucket/prefix) for every source but aro; webdataset: a brace "
+                             "URL (s3://bucket/prefix) for every source; webdataset: a brace "
                              "pattern, glob, folder or URL"),
     out: str = typer.Option(..., callback=path_or_url, help="the Zarr store to create (or resume): a folder, or an "
                             "object-storage URL such as s3://bucket/path.zarr"),

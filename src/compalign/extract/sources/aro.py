@@ -30,7 +30,7 @@ from typing import Any
 
 from PIL import Image
 
-from .base import Plan, PlanBuilder, SourceError, read_json, register_source, text_key
+from .base import Plan, PlanBuilder, SourceError, UrlPath, read_bytes, read_json, register_source, text_key
 
 FILES = {"vg_relation": "visual_genome_relation.json", "vg_attribution": "visual_genome_attribution.json"}
 BOX = ("bbox_x", "bbox_y", "bbox_w", "bbox_h")
@@ -50,40 +50,45 @@ def _number(v: object) -> bool:
 
 
 class _Images:
-    """Decoded images by path (a few kept: consecutive rows often share one), with the containment checks."""
+    """Decoded images by path (a few kept: consecutive rows often share one), with the containment checks.
+    A root in a bucket (a UrlPath) has no links: its checks are on the keys as written."""
 
-    def __init__(self, root: Path, keep: int = 32):
-        self.lexical = Path(os.path.normpath(os.path.abspath(root)))
-        self.allowed = [root.resolve()] + ([(root / "images").resolve()] if (root / "images").is_dir() else [])
+    def __init__(self, root: Path | UrlPath, keep: int = 32):
+        if isinstance(root, UrlPath):
+            self.lexical: Path | UrlPath = root.joined(".")
+            self.allowed: list[Path] = []
+        else:
+            self.lexical = Path(os.path.normpath(os.path.abspath(root)))
+            self.allowed = [root.resolve()] + ([(root / "images").resolve()] if (root / "images").is_dir() else [])
         self.cache: OrderedDict[str, Image.Image | str] = OrderedDict()
         self.keep = keep
 
-    def resolve(self, rel: str) -> tuple[Path | None, str | None]:
+    def resolve(self, rel: str) -> tuple[Path | UrlPath | None, str | None]:
         """(the file, None), or (None, why not): the first of images/<rel>, <rel> that exists."""
         if Path(rel).is_absolute():
             return None, f"image_path {rel!r} is absolute; use paths relative to images/ or the data root"
         tried = []
         for base in (self.lexical / "images", self.lexical):
-            path = Path(os.path.normpath(base / rel))
-            if not path.is_relative_to(self.lexical):
+            path = base.joined(rel) if isinstance(base, UrlPath) else Path(os.path.normpath(base / rel))
+            if not path.is_relative_to(self.lexical):  # type: ignore[arg-type]
                 return None, f"image_path {rel!r} escapes the data root {self.lexical}"
             tried.append(str(path))
             if path.is_file():
-                if not any(path.resolve().is_relative_to(a) for a in self.allowed):
+                if isinstance(path, Path) and not any(path.resolve().is_relative_to(a) for a in self.allowed):
                     return None, (f"{path} is a symlink pointing outside the data root ({path.resolve()}); copy "
                                   "the file into the dataset instead")
                 return path, None
         return None, f"image file not found (tried {' and '.join(tried)})"
 
-    def open(self, path: Path) -> Image.Image | str:
+    def open(self, path: Path | UrlPath) -> Image.Image | str:
         key = str(path)
         if key in self.cache:
             self.cache.move_to_end(key)
             return self.cache[key]
         try:
-            with Image.open(path) as im:
+            with Image.open(io.BytesIO(read_bytes(path)) if isinstance(path, UrlPath) else path) as im:
                 got: Image.Image | str = im.convert("RGB")  # as the official code: no EXIF transpose
-        except Exception as e:  # truncated, not an image, unsupported format
+        except Exception as e:  # truncated, not an image, unsupported format, an object gone since the listing
             got = f"unreadable image {path} ({type(e).__name__}: {e})"
         self.cache[key] = got
         if len(self.cache) > self.keep:
@@ -114,8 +119,8 @@ def _group(subset: str, row: dict[str, Any]) -> str | None:
     return None
 
 
-@register_source("aro")
-def plan_aro(root: Path) -> Plan:
+@register_source("aro", urls=True)
+def plan_aro(root: Path | UrlPath) -> Plan:
     present = {s: root / f for s, f in FILES.items() if (root / f).is_file()}
     if not present:
         raise SourceError(f"{root}: neither {' nor '.join(FILES.values())} is there; point --root at the ARO folder "
