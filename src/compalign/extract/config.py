@@ -10,11 +10,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..cache.location import is_url
 from ..cache.store import CacheError, token_codec_level
 from ..core import InputError
 from .crops import canonical_spec
-from .sources.base import url_sources
 
 
 @dataclass
@@ -45,10 +43,6 @@ class ExtractConfig:
     plan_cache: bool = True  # remember image hashes by (path, size, mtime) beside the store (sources/plan_cache.py)
 
     def __post_init__(self) -> None:
-        if is_url(self.root) and self.data not in url_sources():  # the sources that read URLs say so
-            raise InputError(f"--root {self.root}: --data {self.data} reads a local folder (URL roots: "
-                             f"{', '.join(url_sources())}); copy the data here, or mount the bucket (mountpoint-s3, "
-                             "s3fs-fuse) and pass the mount")
         if -1 not in self.layers:
             self.layers = [-1, *self.layers]
         self.layers = sorted(set(self.layers), key=lambda x: (x != -1, -x))

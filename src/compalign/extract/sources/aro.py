@@ -119,7 +119,7 @@ def _group(subset: str, row: dict[str, Any]) -> str | None:
     return None
 
 
-@register_source("aro", urls=True)
+@register_source("aro")
 def plan_aro(root: Path | UrlPath) -> Plan:
     present = {s: root / f for s, f in FILES.items() if (root / f).is_file()}
     if not present:
@@ -253,7 +253,7 @@ def order_perturbations(caption: str, rng: random.Random) -> list[str]:
             " ".join(within), " ".join(t for tri in tris for t in tri)]
 
 
-@register_source("aro_order", splits=True, urls=True)  # karpathy's reading
+@register_source("aro_order", splits=True)  # karpathy's reading
 def plan_aro_order(root: Path, split: str = "test") -> Plan:
     from .karpathy import plan_karpathy
 

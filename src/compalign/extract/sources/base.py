@@ -370,22 +370,16 @@ SourceFn = Callable[..., Plan]  # (root, split=...) -> Plan; only sources with s
 SOURCES: Registry[SourceFn] = Registry("data kind")
 
 
-def register_source(name: str, splits: bool = False, patterns: bool = False, urls: bool = False
-                    ) -> Callable[[SourceFn], SourceFn]:
+def register_source(name: str, splits: bool = False, patterns: bool = False) -> Callable[[SourceFn], SourceFn]:
     """`splits`: the source reads one split of its files (`--split`, e.g. karpathy's train / val / test).
     `patterns`: --root may be a brace pattern or a URL, not an existing path; the source gets it as a str, and the
-    storage options as `options=`. `urls`: --root may be a URL; the source gets a UrlPath (remote.py), which answers
-    the Path calls it makes and carries the storage options."""
-    return SOURCES.decorator(name, splits=splits, patterns=patterns, urls=urls)
+    storage options as `options=`. Any other source gets a local Path, or for a URL root a UrlPath (remote.py)
+    that answers the Path calls the sources make and carries the storage options: a source reads both."""
+    return SOURCES.decorator(name, splits=splits, patterns=patterns)
 
 
 def list_sources() -> list[str]:
     return SOURCES.names()
-
-
-def url_sources() -> list[str]:
-    """The sources whose --root may be a URL."""
-    return [n for n in list_sources() if SOURCES.meta(n).get("patterns") or SOURCES.meta(n).get("urls")]
 
 
 def plan_source(kind: str, root: str | Path, split: str | None = None, hashes: PlanCache | None = None,
@@ -403,9 +397,6 @@ def _plan(kind: str, root: str | Path, split: str | None, options: dict[str, Any
             raise SourceError(f"--split applies to sources with splits; --data {kind} reads every shard of {root}")
         return read(str(root), options=options)  # a pattern or URL: Path() would fold `s3://` into `s3:/`
     if is_url(root):
-        if not SOURCES.meta(kind).get("urls"):
-            raise SourceError(f"--root {root}: --data {kind} reads a local folder (URL roots: {', '.join(url_sources())}); "
-                              "copy the data here, or mount the bucket (mountpoint-s3, s3fs-fuse) and pass the mount")
         root = url_root(str(root), kind, options)
     else:
         root = Path(root)

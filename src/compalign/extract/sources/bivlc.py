@@ -18,7 +18,7 @@ from .base import (
 COLUMNS = ("image", "caption", "negative_caption", "negative_image", "type", "subtype")
 
 
-@register_source("bivlc", urls=True)
+@register_source("bivlc")
 def plan_bivlc(root: Path | UrlPath) -> Plan:
     files = [root] if root.is_file() else sorted(root.rglob("*.parquet"))
     if not files:

@@ -124,7 +124,7 @@ def _image(b: PlanBuilder, base: Path, folder: str, name: str) -> str:
     return b.image_file(next((r for r in rels if (base / r).is_file()), rels[0]))
 
 
-@register_source("karpathy", splits=True, urls=True)
+@register_source("karpathy", splits=True)
 def plan_karpathy(root: Path, split: str = "test") -> Plan:
     split = split or "test"
     path, base, others = _find(root)

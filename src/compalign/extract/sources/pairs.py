@@ -58,7 +58,7 @@ def _find(root: Path) -> Path:
     return next(p for p in found if p)
 
 
-@register_source("pairs", urls=True)
+@register_source("pairs")
 def plan_pairs(root: Path) -> Plan:
     path = _find(root)
     b = PlanBuilder("pairs", path.parent)

@@ -24,7 +24,7 @@ def load_json(path: Path) -> object:
     return read_json(path, "Re-download the file or fix it; compalign reads the official SugarCrepe JSON.")
 
 
-@register_source("sugarcrepe", urls=True)
+@register_source("sugarcrepe")
 def plan_sugarcrepe(root: Path) -> Plan:
     files = [root / f"{s}.json" for s in SUBSETS if (root / f"{s}.json").exists()]
     if not files:

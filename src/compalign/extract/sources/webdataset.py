@@ -250,7 +250,7 @@ def _read_all(paths: list[Path | UrlPath]) -> dict[Path | UrlPath, bytes | OSErr
     return out
 
 
-@register_source("img2dataset", urls=True)
+@register_source("img2dataset")
 def plan_img2dataset(root: Path | UrlPath) -> Plan:
     if isinstance(root, UrlPath) and (tars := [str(t) for t in root.glob("*.tar")]):  # listed once, not globbed
         return _plan_tars("img2dataset", str(root), tars, [], root.options)

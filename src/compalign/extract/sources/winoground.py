@@ -26,7 +26,7 @@ FIX = ("download it with `huggingface-cli download facebook/winoground --repo-ty
        "(add `--revision refs/convert/parquet` if that gives examples.jsonl and images.zip instead of parquet)")
 
 
-@register_source("winoground", urls=True)
+@register_source("winoground")
 def plan_winoground(root: Path | UrlPath) -> Plan:
     files = [root] if root.is_file() else sorted(root.rglob("*.parquet"))
     if not files:
