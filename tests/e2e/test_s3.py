@@ -411,3 +411,20 @@ def test_aro_plans_from_a_bucket_as_from_its_local_folder(s3, tmp_path):
     assert [p.replace(url, "ROOT") for p in there.problems] == [p.replace(str(local), "ROOT") for p in here.problems]
     assert there.problems == [f"visual_genome_relation.json row 2: image file not found (tried {url}/images/gone.jpg "
                               f"and {url}/gone.jpg); skipped"]
+
+
+def test_a_root_takes_its_own_storage_options(s3, tmp_path, pairs_dir, monkeypatch):
+    url = _upload(s3, pairs_dir, "own/pairs")
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    args = ["extract", "--model", "tiny", "--data", "pairs", "--root", url, "--workers", "1", "--shard-rows", "4",
+            "--root-storage-option", f"endpoint_url={endpoint}"]
+    # --out's options name a dead endpoint: a store in a bucket there would fail; the root's own reach the data
+    dead = ["--storage-option", f"endpoint_url=http://127.0.0.1:{_free_port()}"]
+    _ok(CliRunner().invoke(app, [*args, *dead, "--out", str(tmp_path / "here.zarr")]))
+    assert (CacheReader(tmp_path / "here.zarr").status("images") == OK).sum() == 12  # the worker read them too
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    _ok(CliRunner().invoke(app, ["extract", "--model", "tiny", "--data", "pairs", "--root", str(pairs_dir),
+                                 "--workers", "0", "--shard-rows", "4", "--out", str(tmp_path / "local.zarr")]))
+    here, local = _tree(tmp_path / "here.zarr"), _tree(tmp_path / "local.zarr")
+    assert [k for k in here if here[k] != local.get(k)] == []

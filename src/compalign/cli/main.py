@@ -88,6 +88,9 @@ def extract(
                               "crop these boxes from every image and encode each (regions_crops / regions_oracle heads); "
                               "grid = 1x1, 2x2, 3x3 + 4 overlapping halves; oracle = a shapes world's true object boxes"),
     storage_option: list[str] = typer.Option([], "--storage-option", help=STORAGE_OPTION_HELP),
+    root_storage_option: list[str] = typer.Option([], "--root-storage-option", help="KEY=VALUE, repeatable: fsspec "
+                                                  "options for a --root URL alone (e.g. anon=true for a public bucket "
+                                                  "while --out is your own); without it --root takes --storage-option's"),
     plan_cache: bool = typer.Option(True, help="remember image hashes by (path, size, mtime) in .OUT.plan-cache.sqlite "
                                     "beside the store, so a rerun reads no unchanged image to plan"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
@@ -104,7 +107,8 @@ def extract(
                             precision=precision, decode=decode, writers=writers, token_codec=token_codec,  # type: ignore[arg-type]
                             layers=_layers(layers), shard_rows=shard_rows, overwrite=overwrite,
                             exif_transpose=exif_transpose, split=split, segments=segments,  # type: ignore[arg-type]
-                            crops=crops, storage_options=storage_options(storage_option), plan_cache=plan_cache)
+                            crops=crops, storage_options=storage_options(storage_option), plan_cache=plan_cache,
+                            root_storage_options=storage_options(root_storage_option) if root_storage_option else None)
         with progress_bar() as bar:
             summary = run(cfg, StageProgress(bar))
     if summary.rank:  # under torchrun rank 0 prints the summary of the whole job

@@ -41,6 +41,12 @@ class ExtractConfig:
     crops: str = "none"  # boxes cropped and encoded beside each image: none | grid | 1,2+halves | oracle | grid+oracle
     storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options for --out / --root URLs (endpoint_url=...)
     plan_cache: bool = True  # remember image hashes by (path, size, mtime) beside the store (sources/plan_cache.py)
+    root_storage_options: dict[str, Any] | None = None  # for a --root URL alone (None: storage_options, as --out's)
+
+    @property
+    def root_options(self) -> dict[str, Any]:
+        """The fsspec options a --root URL is read with: its own, else those of --out."""
+        return self.storage_options if self.root_storage_options is None else self.root_storage_options
 
     def __post_init__(self) -> None:
         if -1 not in self.layers:

@@ -168,11 +168,11 @@ def _plan(cfg: ExtractConfig, out: Location, job: Job) -> Plan:
     A store in object storage has none: the cache is a local sqlite file beside the store. A root in object storage
     may have one (a local store): its objects are known by URL, size and ETag."""
     if not cfg.plan_cache or not out.local:
-        return plan_source(cfg.data, cfg.root, cfg.split, options=cfg.storage_options)
+        return plan_source(cfg.data, cfg.root, cfg.split, options=cfg.root_options)
     # Under torchrun every rank plans at once: only rank 0 records, the others read what earlier runs left.
     hashes = PlanCache(cache_path(out.path), record=job.rank == 0)
     try:
-        plan = plan_source(cfg.data, cfg.root, cfg.split, hashes, cfg.storage_options)
+        plan = plan_source(cfg.data, cfg.root, cfg.split, hashes, cfg.root_options)
     finally:
         hashes.close()
     if hashes.hits or hashes.misses:
