@@ -15,6 +15,14 @@ from standin import sugarcrepe_standin
 logging.getLogger().setLevel(logging.ERROR)  # open_clip logs config resolution on the root logger
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _user_cache_folder(tmp_path_factory: pytest.TempPathFactory):
+    """The user's cache folder (a bucket store's planning cache goes there) inside the tests' tmp, not ~/.cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+        yield
+
+
 def make_images(folder: Path, names: list[str], size: tuple[int, int] = (40, 56), seed: int = 0) -> None:
     """Distinct random RGB images (distinct content, so content-hash dedup keeps them all)."""
     rng = np.random.default_rng(seed)

@@ -428,3 +428,18 @@ def test_a_root_takes_its_own_storage_options(s3, tmp_path, pairs_dir, monkeypat
                                  "--workers", "0", "--shard-rows", "4", "--out", str(tmp_path / "local.zarr")]))
     here, local = _tree(tmp_path / "here.zarr"), _tree(tmp_path / "local.zarr")
     assert [k for k in here if here[k] != local.get(k)] == []
+
+
+def test_a_store_in_a_bucket_keeps_its_planning_cache_in_the_users_cache_folder(s3, tmp_path, pairs_dir, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    root, out = _upload(s3, pairs_dir, "cached/pairs"), f"s3://{BUCKET}/cached/pairs.zarr"
+    _ok(CliRunner().invoke(app, ["extract", "--model", "tiny", "--data", "pairs", "--root", root, "--out", out,
+                                 "--workers", "0", "--shard-rows", "4"]))
+    [made] = (tmp_path / "xdg" / "compalign" / "plan-cache").iterdir()
+    assert made == cache_path(out) and made.name.startswith("s3_compalign-test_cached_pairs.zarr-")
+    hashes = PlanCache(made)  # what the next run of that extraction plans with: every object known, none read
+    try:
+        plan = plan_source("pairs", root, hashes=hashes)
+    finally:
+        hashes.close()
+    assert (hashes.hits, hashes.misses) == (len(plan.images), 0) == (12, 0)

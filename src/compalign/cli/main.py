@@ -92,7 +92,8 @@ def extract(
                                                   "options for a --root URL alone (e.g. anon=true for a public bucket "
                                                   "while --out is your own); without it --root takes --storage-option's"),
     plan_cache: bool = typer.Option(True, help="remember image hashes by (path, size, mtime) in .OUT.plan-cache.sqlite "
-                                    "beside the store, so a rerun reads no unchanged image to plan"),
+                                    "beside the store (a store in a bucket: in ~/.cache/compalign/plan-cache/), so a "
+                                    "rerun reads no unchanged image to plan"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Encode every unique image and caption of a data source once and store their embeddings."""

@@ -163,14 +163,12 @@ def _extract(cfg: ExtractConfig, out: Location, progress: Progress | None, job: 
 
 
 def _plan(cfg: ExtractConfig, out: Location, job: Job) -> Plan:
-    """The source's plan, with the planning cache beside the store unless --no-plan-cache (plan_cache.py).
-
-    A store in object storage has none: the cache is a local sqlite file beside the store. A root in object storage
-    may have one (a local store): its objects are known by URL, size and ETag."""
-    if not cfg.plan_cache or not out.local:
+    """The source's plan, with the planning cache unless --no-plan-cache (plan_cache.py): beside a local store,
+    in the user's cache folder for a store in a bucket. A root's objects are known by URL, size and ETag."""
+    if not cfg.plan_cache:
         return plan_source(cfg.data, cfg.root, cfg.split, options=cfg.root_options)
     # Under torchrun every rank plans at once: only rank 0 records, the others read what earlier runs left.
-    hashes = PlanCache(cache_path(out.path), record=job.rank == 0)
+    hashes = PlanCache(cache_path(out.path if out.local else str(out)), record=job.rank == 0)
     try:
         plan = plan_source(cfg.data, cfg.root, cfg.split, hashes, cfg.root_options)
     finally:

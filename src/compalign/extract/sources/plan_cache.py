@@ -1,23 +1,26 @@
 """The planning cache: content hashes of image files keyed by (path, size, mtime_ns), so a rerun reads no image again.
 
-Planning hashes every image's bytes (the key of an image is its content hash); on a million files that is
-a full read of the dataset before the first forward pass, on every resume. The cache is a small SQLite file
-beside the store (`.NAME.plan-cache.sqlite`, like the writer lock: `--overwrite` removes the store, not what
-is known about the inputs). An entry is trusted only while the file's size and mtime are what they were;
-a touched or rewritten file is hashed again and its entry replaced. Tar members are cached under
-`shard.tar#member` with the shard's own size and mtime. An object of a URL root (`s3://...`) is cached under its
-URL with its size and its ETag from the bucket listing (stored as `etag:...` in the mtime column): every PUT gives
-an object a new ETag, so an entry is trusted while the ETag is unchanged, with no clock involved.
+Planning hashes every image's bytes (the key of an image is its content hash); on a million files that is a full
+read of the dataset before the first forward pass, on every resume. The cache is a small SQLite file beside the
+store (`.NAME.plan-cache.sqlite`, like the writer lock: `--overwrite` removes the store, not what is known about
+the inputs); for a store in a bucket, a file in the user's cache folder (cache_path). An entry is trusted only
+while the file's size and mtime are what they were; a touched or rewritten file is hashed again and its entry
+replaced. Tar members are cached under `shard.tar#member` with the shard's own size and mtime. An object of a URL
+root (`s3://...`) is cached under its URL with its size and its ETag from the bucket listing (stored as
+`etag:...` in the mtime column): every PUT gives an object a new ETag, so an entry is trusted while the ETag is
+unchanged, with no clock involved.
 
-A file modified within the filesystem's timestamp granularity of being hashed could keep its mtime (git's
-"racy" case), so a file whose mtime is younger than SETTLE_NS when it is hashed is hashed but not recorded.
-A cache that cannot be read (corrupt, another version) is started afresh: it only ever saves time.
+A file modified within the filesystem's timestamp granularity of being hashed could keep its mtime (git's "racy"
+case), so a file whose mtime is younger than SETTLE_NS when it is hashed is hashed but not recorded. A cache that
+cannot be read (corrupt, another version) is started afresh: it only ever saves time.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -32,9 +35,15 @@ FLUSH_ROWS = 10_000  # new entries written per transaction: memory stays bounded
 SCHEMA = "CREATE TABLE IF NOT EXISTS hashes (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, key TEXT)"
 
 
-def cache_path(out: Path) -> Path:
-    """Where the planning cache of the store `out` lives: a hidden sibling file."""
-    return out.absolute().parent / f".{out.name}.plan-cache.sqlite"
+def cache_path(out: Path | str) -> Path:
+    """Where the planning cache of the store `out` lives: a hidden sibling file of a local store. A store in
+    object storage (a URL) cannot hold a sqlite file, so its cache is a local file named after the URL in the
+    user's cache folder ($XDG_CACHE_HOME/compalign/plan-cache/, ~/.cache by default)."""
+    if isinstance(out, Path):
+        return out.absolute().parent / f".{out.name}.plan-cache.sqlite"
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "compalign" / "plan-cache"
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", out)[-80:]
+    return base / f"{readable}-{hashlib.sha256(out.encode()).hexdigest()[:12]}.sqlite"
 
 
 class PlanCache:
@@ -58,6 +67,7 @@ class PlanCache:
         return self._conn
 
     def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)  # the user cache folder of a store in a bucket
         db = sqlite3.connect(self.path, timeout=60)  # torchrun ranks read while rank 0 writes: wait, do not fail
         try:
             db.execute(SCHEMA)
