@@ -6,6 +6,9 @@ The files sit in the page cache here, so the ratio is the hashing and reading sa
 seek time (on a network filesystem or a cold disk the uncached plan is slower still).
 
     .venv/bin/python benchmarks/plan_cache.py [--n 1000]
+
+The last line plans the folder without the cache with one hashing thread and with HASH_THREADS (every
+core, at most 16): what a first plan costs.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 
 from common import coco_like_image
 
+import compalign.extract.sources.base as base
 from compalign.extract.sources import PlanCache, plan_source
 
 
@@ -67,6 +71,12 @@ def main() -> None:
             plain, fill, warm = timed(kind, root, None), timed(kind, root, db), timed(kind, root, db)
             print(f"{kind:10s} {args.n} images: no cache {plain:.2f} s, filling {fill:.2f} s, cached {warm:.2f} s "
                   f"(cached / no cache = {warm / plain:.2f})")
+        threads, base.HASH_THREADS = base.HASH_THREADS, 1  # a folder's files hashed one at a time, as before
+        serial = min(timed("pairs", pairs, None) for _ in range(3))
+        base.HASH_THREADS = threads
+        parallel = min(timed("pairs", pairs, None) for _ in range(3))
+        print(f"pairs      {args.n} images, no cache, best of 3: 1 hashing thread {serial:.2f} s, {threads} threads "
+              f"{parallel:.2f} s ({serial / parallel:.2f}x)")
 
 
 if __name__ == "__main__":

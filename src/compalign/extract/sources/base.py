@@ -13,7 +13,9 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from typing import Any
 from ...cache.location import is_url, location  # is_url re-exported: the sources read URLs the way stores do
 from ...core import CompalignError
 from ...core.registry import Registry
-from .plan_cache import PlanCache, active_cache, using
+from .plan_cache import SETTLE_NS, PlanCache, active_cache, using
 from .remote import Remote, UrlPath
 
 log = logging.getLogger(__name__)
@@ -183,6 +185,17 @@ class Plan:
         return h.hexdigest()[:16]
 
 
+HASH_THREADS = min(16, os.cpu_count() or 1)  # files read and hashed at once while planning
+
+
+def _hash_file(path: Path) -> str | OSError:
+    """The content key of a local file, or why it could not be read (a failed row, not a dead plan)."""
+    try:
+        return content_key(path.read_bytes())
+    except OSError as e:
+        return e
+
+
 class PlanBuilder:
     """Accumulates unique images/texts in first-seen order and the item table."""
 
@@ -203,49 +216,51 @@ class PlanBuilder:
         self.notes: list[str] = []
         self.info: dict[str, str] = {}  # dataset, split: recorded in the store's attrs
         self.hashes: PlanCache | None = active_cache()  # known keys of unchanged files (plan_cache.py)
-        self._pending: dict[str, tuple[UrlPath, dict[str, Any]]] = {}  # objects of a URL root still to hash
+        # files / objects still to hash: stand-in key -> (where, planning-cache stamp or None, settled)
+        self._pending: dict[str, tuple[Path | UrlPath, tuple[int, int | str] | None, bool]] = {}
 
-    def _file_key(self, path: Path) -> str:
-        """The content key of a file, from the planning cache while its size and mtime are unchanged."""
-        if self.hashes is None:
-            return content_key(path.read_bytes())
-        return self.hashes.key(str(path.resolve()), path.stat(), lambda: content_key(path.read_bytes()))
+    def _defer(self, path: Path | UrlPath, stamp: tuple[int, int | str] | None, settled: bool = True) -> str:
+        """The key of a file or object: the planning cache's while `stamp` (size, mtime_ns or "etag:...") is
+        unchanged, else a stand-in that _resolve_pending replaces once the bytes are read and hashed."""
+        if stamp is not None and self.hashes is not None and (key := self.hashes.known(str(path), *stamp)):
+            return key
+        stand_in = "pending-" + text_key(str(path))
+        self._pending[stand_in] = (path, stamp if self.hashes is not None else None, settled)
+        return stand_in
 
-    def _resolve_objects(self) -> None:
-        """Give the objects of a URL root their content keys, in place of the stand-ins `_object_file` handed out.
+    def _resolve_pending(self) -> None:
+        """Give the files and objects the cache did not know their content keys, in place of their stand-ins.
 
-        Hashing an object means downloading it; one at a time, a bucket of 100,000 images would plan at the speed
-        of 100,000 round trips, so the objects are read here, at the end of planning, many requests at once
-        (Remote.read_many). The planning cache answers first: an object whose size and ETag (s3fs's listing has
-        it; every PUT of the object makes a new one) are unchanged is not read at all; a filesystem that lists no
-        ETag is read every time. The rows keep the order in which the source named them, and two objects with
-        the same bytes are one image, as with local files."""
+        Hashing means reading every byte of the dataset once. One file at a time that is one core's hashing
+        speed and, on a network filesystem or in a bucket, one round trip per image; so the reads happen here,
+        at the end of planning, many at once: local files by HASH_THREADS threads (file reads and blake2b
+        release the GIL), a bucket's objects READ_AHEAD requests in flight (Remote.read_many). The rows keep the
+        order in which the source named them, and two files with the same bytes are still one image."""
         if not self._pending:
             return
-        cache, keys, failed = self.hashes, {}, {}  # stand-in -> content key / why it could not be read
-
-        def stamp(info: dict[str, Any]) -> tuple[int, str] | None:
-            etag = info.get("ETag") or info.get("etag")
-            return (int(info.get("size") or 0), f"etag:{etag}") if etag and cache is not None else None
-
-        for ph, (path, info) in self._pending.items():
-            if (st := stamp(info)) and (key := cache.known(str(path), *st)):  # type: ignore[union-attr]
-                keys[ph] = key
-        todo = [ph for ph in self._pending if ph not in keys]
-        remote = next(iter(self._pending.values()))[0].remote  # one root, one filesystem
-        for ph, (_, got) in zip(todo, remote.read_many([self._pending[ph][0].key for ph in todo])):
-            path, info = self._pending[ph]
-            if isinstance(got, BaseException):  # gone between the listing and the read: a failed row, as when absent
-                failed[ph] = f"file not found: {path} ({type(got).__name__})"
-                continue
-            keys[ph] = content_key(got)
-            if st := stamp(info):
-                cache.remember(str(path), *st, keys[ph])  # type: ignore[union-attr]
+        stand_ins = list(self._pending)
+        local = [ph for ph in stand_ins if isinstance(self._pending[ph][0], Path)]
+        remote = [ph for ph in stand_ins if not isinstance(self._pending[ph][0], Path)]
+        got: dict[str, str | BaseException] = {}
+        with ThreadPoolExecutor(HASH_THREADS) as pool:
+            for lo in range(0, len(local), 4096):  # a bounded number of futures, whatever the dataset's size
+                part = local[lo:lo + 4096]
+                got.update(zip(part, pool.map(_hash_file, [self._pending[ph][0] for ph in part])))
+        if remote:
+            objects = self._pending[remote[0]][0].remote  # type: ignore[union-attr]  # one root, one filesystem
+            for ph, (_, data) in zip(remote, objects.read_many([self._pending[ph][0].key for ph in remote])):  # type: ignore[union-attr]
+                got[ph] = data if isinstance(data, BaseException) else content_key(data)
         final = {}
-        for ph in self._pending:
-            ref = self._images[ph]
-            final[ph] = (ImageRef(key="missing-" + text_key(ref.origin), origin=ref.origin, error=failed[ph])
-                         if ph in failed else ImageRef(key=keys[ph], origin=ref.origin, path=ref.path, options=ref.options))
+        for ph in stand_ins:
+            (path, stamp, settled), ref, key = self._pending[ph], self._images[ph], got[ph]
+            if isinstance(key, BaseException):  # unreadable, or gone since it was listed: a failed row
+                why = "file not found" if isinstance(key, FileNotFoundError) else "unreadable"
+                final[ph] = ImageRef(key="missing-" + text_key(ref.origin), origin=ref.origin,
+                                     error=f"{why}: {path} ({type(key).__name__})")
+                continue
+            if stamp is not None:
+                self.hashes.remember(str(path), *stamp, key, settled=settled)  # type: ignore[union-attr]
+            final[ph] = ImageRef(key=key, origin=ref.origin, path=ref.path, options=ref.options)
         images: dict[str, ImageRef] = {}
         for key, ref in self._images.items():
             ref = final.get(key, ref)
@@ -285,8 +300,12 @@ class PlanBuilder:
                      "copy the file into the dataset or link its folder instead")
         elif not path.is_file():
             error = f"file not found: {path}"
-        return self._add_file(base, rel, error, lambda: ImageRef(key=self._file_key(path), origin=rel,
-                                                                 path=str(path.resolve())))
+        return self._add_file(base, rel, error, lambda: self._local_ref(path, rel))
+
+    def _local_ref(self, path: Path, rel: str) -> ImageRef:
+        real, st = path.resolve(), path.stat()
+        settled = time.time_ns() - st.st_mtime_ns > SETTLE_NS  # younger: hashed, not recorded (plan_cache.py)
+        return ImageRef(key=self._defer(real, (st.st_size, st.st_mtime_ns), settled), origin=rel, path=str(real))
 
     def _object_file(self, rel: str, base: UrlPath) -> str:
         """image_file in object storage: the same containment, on keys; existence, size and ETag from the listing."""
@@ -298,11 +317,9 @@ class PlanBuilder:
         elif (info := path.info()) is None or info.get("type") != "file":
             error = f"file not found: {path}"
         # The row keeps the URL and the options, never the filesystem: each decoding worker opens its own.
-        # Its key is a stand-in until _resolve_objects has read the bytes, many objects at once.
-        stand_in = "object-" + text_key(str(path))
-        if error is None:
-            self._pending[stand_in] = (path, info or {})
-        return self._add_file(base, rel, error, lambda: ImageRef(key=stand_in, origin=rel, path=str(path),
+        etag = (info or {}).get("ETag") or (info or {}).get("etag")
+        stamp = (int((info or {}).get("size") or 0), f"etag:{etag}") if etag else None  # no ETag: hashed every time
+        return self._add_file(base, rel, error, lambda: ImageRef(key=self._defer(path, stamp), origin=rel, path=str(path),
                                                                  options=path.options))
 
     def _add_file(self, base: Path | UrlPath, rel: str, error: str | None, ref: Callable[[], ImageRef]) -> str:
@@ -355,7 +372,7 @@ class PlanBuilder:
         self.notes.append(msg)
 
     def build(self, source: Path) -> Plan:
-        self._resolve_objects()
+        self._resolve_pending()
         # An empty plan would extract an empty store and exit 0: say why nothing was usable instead.
         if not self.items:
             why = "; ".join(self.problems[:3]) + (f"; ... ({len(self.problems) - 3} more)" if len(self.problems) > 3 else "")
