@@ -115,7 +115,7 @@ def _extract(cfg: ExtractConfig, out: Location, progress: Progress | None, job: 
     text_len = int(lengths.max(initial=1)) if bb.causal_text else bb.context_length
     if job.rank == 0:
         try:
-            notes = open_or_create(cfg, bb, plan, order, text_len, device, crops)[1]
+            notes = open_or_create(cfg, bb, plan, order, text_len, device, crops)
         except OSError as e:
             if e.errno not in NOT_WRITABLE:
                 raise

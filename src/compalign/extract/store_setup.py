@@ -98,8 +98,8 @@ def _drop_damaged(out: Location) -> list[str]:
 
 
 def open_or_create(cfg: ExtractConfig, bb: Backbone, plan: Plan, order: np.ndarray,
-                   text_len: int, device: str, crops: CropPlan | None = None) -> tuple[Any, list[str]]:
-    """(the store opened r+, notes on what was replaced or repaired); `order` is the stored caption order;
+                   text_len: int, device: str, crops: CropPlan | None = None) -> list[str]:
+    """Notes on what was replaced or repaired, once the store at --out is ready; `order` is the stored caption order;
     `crops` the boxes `--crops` encodes (their arrays are created beside the image features)."""
     out = location(cfg.out, cfg.storage_options)
     attrs = {
@@ -134,7 +134,7 @@ def open_or_create(cfg: ExtractConfig, bb: Backbone, plan: Plan, order: np.ndarr
             for stale in [*out.path.rglob("*.partial"), *out.path.glob(".done/*/.*.tmp")] if out.local else ():
                 stale.unlink()
             notes += _drop_damaged(out)
-            return root, notes
+            return notes
     elif is_store(out):
         notes.append(remove_store(out))
     n_patches, n_prefix, width = _shape_probe(bb, cfg.layers, device)
@@ -159,7 +159,7 @@ def open_or_create(cfg: ExtractConfig, bb: Backbone, plan: Plan, order: np.ndarr
                  crops.arrays(lay.embed_dim) if crops is not None else None, token_codec=cfg.token_codec)
     if out.local:
         tmp.path.rename(out.path)  # an empty folder at `out` is replaced by the rename
-    return open_store(out, "r+"), notes
+    return notes
 
 
 def pending_shards(out: Location, kind: str, n_rows: int, shard_rows: int) -> tuple[list[int], int]:
