@@ -47,6 +47,7 @@ import compalign.extract.runner as runner
 from compalign.cache import open_cache
 from compalign.cache.store import open_store
 from compalign.core.decode import decode_image
+from compalign.core.host import usable_cores
 from compalign.core.memory import keep_freed_memory
 from compalign.extract.backbones import ImageOut, load_backbone
 from compalign.extract.gpu_decode import GpuPreprocess
@@ -75,7 +76,7 @@ def make_data(root: Path, n: int, short: int = 0) -> Path:
                if not (root / "img" / f"{i:05d}.jpg").exists()]
     if missing:
         log("writing", len(missing), "test JPEGs to", root / "img")
-        with multiprocessing.Pool(len(os.sched_getaffinity(0))) as pool:
+        with multiprocessing.Pool(usable_cores()) as pool:
             pool.map(_save_image, missing, chunksize=16)
     rows = [{"image": f"img/{i:05d}.jpg", "caption": f"a photo of a small object number {i}"} for i in range(n)]
     (root / "pairs.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
@@ -205,7 +206,7 @@ def writers_mb_s(store: Path, writers: int) -> float:
 
 
 def zero_backbone(args, root: Path) -> None:
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cores()
     bb = load_backbone(args.model, "none", device=args.device)
     tiny = load_backbone("tiny", device="cpu")
     decodes = ["exact", "fast", *(["gpu"] if args.device.startswith("cuda") else [])]

@@ -6,12 +6,12 @@ which records the settings that change stored values and refuses a resume that d
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..cache.store import CacheError, token_codec_level
 from ..core import InputError
+from ..core.host import usable_cores
 from .crops import canonical_spec
 
 
@@ -53,8 +53,7 @@ class ExtractConfig:
             self.layers = [-1, *self.layers]
         self.layers = sorted(set(self.layers), key=lambda x: (x != -1, -x))
         if self.workers == "auto":
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-            self.workers = max(1, cores - 1)  # the cores this process may use, one left to the model's process
+            self.workers = max(1, usable_cores() - 1)  # the cores this process may use, one left to the model's process
         for flag, value, least in (("--batch-size", self.batch_size, 1), ("--shard-rows", self.shard_rows, 1),
                                    ("--workers", self.workers, 0), ("--writers", self.writers, 1),
                                    ("chunk_rows", self.chunk_rows, 1)):

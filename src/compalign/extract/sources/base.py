@@ -22,6 +22,7 @@ from typing import Any
 
 from ...cache.location import is_url, location  # is_url re-exported: the sources read URLs the way stores do
 from ...core import CompalignError
+from ...core.host import usable_cores
 from ...core.registry import Registry
 from .plan_cache import SETTLE_NS, PlanCache, active_cache, using
 from .remote import Remote, UrlPath
@@ -185,7 +186,7 @@ class Plan:
         return h.hexdigest()[:16]
 
 
-HASH_THREADS = min(16, os.cpu_count() or 1)  # files read and hashed at once while planning
+HASH_THREADS = min(16, usable_cores())  # files read and hashed at once while planning
 
 
 def _hash_file(path: Path) -> str | OSError:
