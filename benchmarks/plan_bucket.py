@@ -1,13 +1,16 @@
-"""Planning a pairs folder in a bucket: the objects read one at a time vs READ_AHEAD at once.
+"""Planning data in a bucket: a pairs folder's objects one at a time vs READ_AHEAD at once; webdataset shards
+read vs replayed from the planning cache.
 
-Starts moto's S3 server on 127.0.0.1 (what tests/e2e/test_s3.py uses), uploads N COCO-size JPEGs and a
-pairs.jsonl, and plans `--data pairs --root s3://...` with READ_AHEAD = 1 (one GET in flight, as planning
-read objects before) and at its default. Both plans must be equal. A loopback server answers in about a
-millisecond; a real bucket takes tens, so the gain there is larger than the one printed here.
+Starts moto's S3 server on 127.0.0.1 (what tests/e2e/test_s3.py uses) and uploads N COCO-size JPEGs.
+`--data pairs`: with a pairs.jsonl, planned with READ_AHEAD = 1 (one GET in flight, as planning read objects
+before) and at its default. `--data webdataset`: as tar shards of `--shard-size` samples, planned with no
+planning cache, filling one, and from it (an unchanged shard is replayed, not read). The plans must be equal.
+Each line gives the S3 requests made. A loopback server answers in about a millisecond; a real bucket takes
+tens, so the gain there is larger than the one printed here.
 
-    .venv/bin/python benchmarks/plan_bucket.py [--n 500] [--delay-ms 0]
+    .venv/bin/python benchmarks/plan_bucket.py [--data pairs|webdataset] [--n 500] [--delay-ms 0]
 
-`--delay-ms D` adds D ms to every GET the server answers (a stand-in for a real bucket's latency).
+`--delay-ms D` adds D ms to every request the client makes (a stand-in for a real bucket's latency).
 """
 
 from __future__ import annotations
@@ -18,17 +21,98 @@ import json
 import logging
 import os
 import socket
+import tarfile
+import tempfile
 import time
+from collections import Counter
+from pathlib import Path
 
 from common import coco_like_image, log
 
 import compalign.extract.sources.remote as remote
-from compalign.extract.sources import plan_source
+from compalign.extract.sources import PlanCache, plan_source
+
+
+def jpegs(n: int) -> list[bytes]:
+    out = []
+    for i in range(n):
+        buf = io.BytesIO()
+        coco_like_image(i).save(buf, format="JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def upload_pairs(fs, images: list[bytes]) -> str:
+    rows = []
+    for i, data in enumerate(images):
+        fs.pipe_file(f"bench/pairs/img/{i:06d}.jpg", data)
+        rows.append({"image": f"img/{i:06d}.jpg", "caption": f"picture {i}"})
+    fs.pipe_file("bench/pairs/pairs.jsonl", "\n".join(json.dumps(r) for r in rows).encode())
+    return "s3://bench/pairs"
+
+
+def upload_shards(fs, images: list[bytes], per_shard: int) -> str:
+    shards = (len(images) + per_shard - 1) // per_shard
+    for s in range(shards):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tf:
+            for i in range(s * per_shard, min(len(images), (s + 1) * per_shard)):
+                for ext, data in (("jpg", images[i]), ("txt", f"picture {i}".encode())):
+                    info = tarfile.TarInfo(f"{i:09d}.{ext}")
+                    info.size = len(data)
+                    tf.addfile(info, io.BytesIO(data))
+        fs.pipe_file(f"bench/wds/{s:05d}.tar", buf.getvalue())
+    return f"s3://bench/wds/{{00000..{shards - 1:05d}}}.tar"
+
+
+def slowed(fs, delay_ms: float, calls: Counter) -> None:
+    """Count every request the client makes by its S3 method, and add `delay_ms` to each."""
+    real = fs._call_s3
+
+    async def call(method, *a, **k):
+        import asyncio
+
+        calls[method] += 1
+        if delay_ms:
+            await asyncio.sleep(delay_ms / 1000)
+        return await real(method, *a, **k)
+
+    fs._call_s3 = call  # the instance planning uses (fsspec keeps one per set of options)
+
+
+def bench_pairs(fs, root: str, calls: Counter, what: str) -> None:
+    default, plans, times = remote.READ_AHEAD, {}, {}
+    for ahead in (1, default):
+        remote.READ_AHEAD, _, _ = ahead, calls.clear(), fs.invalidate_cache()  # listed anew, as by a new process
+        t = time.perf_counter()
+        plans[ahead] = plan_source("pairs", root)
+        times[ahead] = time.perf_counter() - t
+        log(f"READ_AHEAD {ahead}: planned {len(plans[ahead].images)} images in {times[ahead]:.2f} s, {dict(calls)}")
+    assert [r.key for r in plans[1].images] == [r.key for r in plans[default].images]
+    print(f"{what}: one GET at a time {times[1]:.2f} s, {default} at a time {times[default]:.2f} s "
+          f"({times[1] / times[default]:.1f}x)")
+
+
+def bench_shards(fs, root: str, calls: Counter, what: str) -> None:
+    db, plans, times = Path(tempfile.mkdtemp()) / "plan-cache.sqlite", {}, {}
+    for run in ("no cache", "filling the cache", "from the cache"):
+        hashes, _, _ = (None if run == "no cache" else PlanCache(db)), calls.clear(), fs.invalidate_cache()
+        t = time.perf_counter()
+        plans[run] = plan_source("webdataset", root, hashes=hashes)
+        times[run] = time.perf_counter() - t
+        if hashes is not None:
+            hashes.close()
+        log(f"{run}: planned {len(plans[run].images)} images in {times[run]:.2f} s, requests {dict(calls)}")
+    assert all(p.items == plans["no cache"].items for p in plans.values())
+    print(f"{what}: " + ", ".join(f"{run} {t:.2f} s" for run, t in times.items())
+          + f" ({times['no cache'] / times['from the cache']:.0f}x)")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--data", choices=["pairs", "webdataset"], default="pairs")
     ap.add_argument("--n", type=int, default=500)
+    ap.add_argument("--shard-size", type=int, default=100, help="webdataset: samples per tar shard")
     ap.add_argument("--delay-ms", type=float, default=0.0)
     args = ap.parse_args()
     import s3fs
@@ -44,33 +128,15 @@ def main() -> None:
                       AWS_DEFAULT_REGION="us-east-1")
     fs = s3fs.S3FileSystem()
     fs.mkdir("bench")
-    rows = []
-    for i in range(args.n):
-        buf = io.BytesIO()
-        coco_like_image(i).save(buf, format="JPEG", quality=90)
-        fs.pipe_file(f"bench/pairs/img/{i:06d}.jpg", buf.getvalue())
-        rows.append({"image": f"img/{i:06d}.jpg", "caption": f"picture {i}"})
-    fs.pipe_file("bench/pairs/pairs.jsonl", "\n".join(json.dumps(r) for r in rows).encode())
-    if args.delay_ms:
-        real = fs._cat_file
-
-        async def slow(*a, **k):
-            import asyncio
-
-            await asyncio.sleep(args.delay_ms / 1000)
-            return await real(*a, **k)
-
-        fs._cat_file = slow  # the instance planning uses (fsspec keeps one per set of options)
-    default, plans, times = remote.READ_AHEAD, {}, {}
-    for ahead in (1, default):
-        remote.READ_AHEAD = ahead
-        t = time.perf_counter()
-        plans[ahead] = plan_source("pairs", "s3://bench/pairs")
-        times[ahead] = time.perf_counter() - t
-        log(f"READ_AHEAD {ahead}: planned {len(plans[ahead].images)} images in {times[ahead]:.2f} s")
-    assert [r.key for r in plans[1].images] == [r.key for r in plans[default].images]
-    print(f"{args.n} COCO-size JPEGs in a bucket on 127.0.0.1 (+{args.delay_ms:g} ms per GET): one GET at a time "
-          f"{times[1]:.2f} s, {default} at a time {times[default]:.2f} s ({times[1] / times[default]:.1f}x)")
+    images, calls = jpegs(args.n), Counter()
+    root = upload_pairs(fs, images) if args.data == "pairs" else upload_shards(fs, images, args.shard_size)
+    slowed(fs, args.delay_ms, calls)
+    what = f"{args.n} COCO-size JPEGs in a bucket on 127.0.0.1 (+{args.delay_ms:g} ms per request)"
+    if args.data == "pairs":
+        bench_pairs(fs, root, calls, what)
+    else:
+        mb = fs.du("bench/wds") / 2**20
+        bench_shards(fs, root, calls, f"{what}, {args.data} shards of {args.shard_size} ({mb:.0f} MiB)")
     server.stop()
 
 

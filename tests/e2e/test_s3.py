@@ -353,6 +353,42 @@ def test_webdataset_shards_in_a_bucket_take_the_endpoint_as_a_storage_option(s3,
     assert [r.read() for r in there.images] == [r.read() for r in here.images]
 
 
+def test_webdataset_shards_in_a_bucket_are_listed_once_and_replayed_unopened_while_their_etags_hold(s3, tmp_path,
+                                                                                                    monkeypatch):
+    from wds_data import jpeg, samples, write_tar, write_webdataset
+
+    from compalign.extract.sources import webdataset
+
+    local = write_webdataset(tmp_path / "shards")
+    url, here = _upload(s3, local, "wds-cached"), plan_source("webdataset", str(local / "{00000..00001}.tar"))
+    opened: list[str] = []
+    real = webdataset.open_binary
+    monkeypatch.setattr(webdataset, "open_binary", lambda p, o=None: opened.append(p.rsplit("/", 1)[-1]) or real(p, o))
+
+    def plan(root: str):
+        hashes = PlanCache(tmp_path / "cache.sqlite")
+        try:
+            return plan_source("webdataset", root, hashes=hashes), hashes
+        finally:
+            hashes.close()
+
+    first, c1 = plan(url + "/{00000..00002}.tar")  # 00002.tar is not there: named, not fatal
+    assert f"{url}/00002.tar: shard not found; skipped" in first.problems and opened == ["00000.tar", "00001.tar"]
+    assert first.items["image"] == here.items["image"] and c1.misses == len(here.items["id"])
+    for root in (url + "/{00000..00001}.tar", url + "/*.tar", url):  # a brace pattern, a glob, the folder
+        opened.clear()
+        again, c = plan(root)
+        assert (opened, c.misses, c.hits) == ([], 0, len(here.items["id"])), root  # one listing, no shard read
+        assert again.items == first.items and again.texts == first.texts, root
+        assert [r.read() for r in again.images] == [r.read() for r in here.images], root
+    items = samples(1)
+    items[0][1]["jpg"] = jpeg(999)
+    s3.pipe_file(f"{BUCKET}/wds-cached/00001.tar", write_tar(tmp_path / "new" / "00001.tar", items).read_bytes())
+    opened.clear()
+    changed, c = plan(url + "/*.tar")  # a new ETag: that shard is read again, the other is not
+    assert opened == ["00001.tar"] and c.hits == 3 and changed.images[3].read() == jpeg(999)
+
+
 def test_planning_reads_a_buckets_images_in_batches_and_a_vanished_object_is_a_failed_row(s3, tmp_path, pairs_dir,
                                                                                             monkeypatch):
     import compalign.extract.sources.remote as remote

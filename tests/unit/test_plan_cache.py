@@ -111,6 +111,65 @@ def test_tar_members_are_cached_by_the_shard(tmp_path, hashed):
     _same(changed, plan_source("webdataset", pattern))
 
 
+@pytest.fixture
+def opened(monkeypatch):
+    """The tar shards planning opens (webdataset reads a shard's members through open_binary)."""
+    from compalign.extract.sources import webdataset
+
+    seen: list[str] = []
+
+    def counting(path, options=None):
+        seen.append(os.path.basename(path))
+        return real(path, options)
+
+    real = webdataset.open_binary
+    monkeypatch.setattr(webdataset, "open_binary", counting)
+    return seen
+
+
+def test_an_unchanged_shard_is_replayed_with_its_problems_and_not_opened(tmp_path, hashed, opened):
+    from wds_data import samples, write_tar
+
+    root, db = tmp_path / "s", tmp_path / "cache.sqlite"
+    write_tar(root / "00000.tar", samples(0))
+    write_tar(root / "00001.tar", [("a", {"jpg": jpeg(1), "txt": b"caf\xe9"}), ("b", {"txt": b"no image here"}),
+                                   ("d", {"jpg": jpeg(3), "txt": b"fine", "json": b"{not json"})])
+    (root / "00002.tar").write_bytes((root / "00000.tar").read_bytes()[:8000])  # cut inside its third image
+    _age(*root.glob("*.tar"))
+    pattern = str(root / "{00000..00003}.tar")
+    first, c1 = _plan("webdataset", pattern, db)
+    assert opened == ["00000.tar", "00001.tar", "00002.tar"] and len(first.problems) == 7
+    opened.clear(), hashed.clear()
+    again, c2 = _plan("webdataset", pattern, db)
+    assert (opened, hashed, c2.hits, c2.misses) == ([], [], c1.misses, 0) and c1.misses == len(first.items["id"]) == 6
+    _same(first, again)
+    assert again.problems == first.problems  # the missing 00003.tar, the bad samples, the cut, in the same order
+    assert "00002.tar: unreadable after 7 members (unexpected end of data); the rest skipped" in again.problems
+    assert [(r.origin, r.name) for r in again.images] == [(r.origin, r.name) for r in first.images]
+
+
+def test_a_shard_that_failed_midway_is_read_again_next_time(tmp_path, opened, monkeypatch):
+    from compalign.extract.sources import webdataset
+
+    root, db = write_webdataset(tmp_path / "s"), tmp_path / "cache.sqlite"
+    _age(*root.glob("*.tar"))
+    pattern, counting = str(root / "{00000..00001}.tar"), webdataset.open_binary
+
+    def flaky(path, options=None):  # the network drops while 00001.tar is read
+        if path.endswith("00001.tar"):
+            raise ConnectionResetError("connection reset by peer")
+        return counting(path, options)
+
+    monkeypatch.setattr(webdataset, "open_binary", flaky)
+    cut, _ = _plan("webdataset", pattern, db)
+    assert any("00001.tar: cannot be opened (connection reset by peer)" in p for p in cut.problems)
+    monkeypatch.setattr(webdataset, "open_binary", counting)
+    opened.clear()
+    whole, c = _plan("webdataset", pattern, db)
+    assert opened == ["00001.tar"] and c.hits == 3  # 00000.tar replayed, 00001.tar read now that it can be
+    _same(whole, plan_source("webdataset", pattern))
+
+
 def test_an_unreadable_cache_is_started_afresh(tmp_path, hashed):
     root, db = _pairs(tmp_path / "p", n=3), tmp_path / "cache.sqlite"
     db.write_bytes(b"not a sqlite file at all" * 100)

@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,8 +23,8 @@ from ...cache.location import is_url, location  # is_url re-exported: the source
 from ...core import CompalignError
 from ...core.host import usable_cores
 from ...core.registry import Registry
-from .plan_cache import SETTLE_NS, PlanCache, active_cache, using
-from .remote import Remote, UrlPath
+from .plan_cache import PlanCache, active_cache, settled, using
+from .remote import Remote, UrlPath, object_stamp
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +87,7 @@ def read_bytes(where: str | Path | UrlPath, options: dict[str, Any] | None = Non
     if isinstance(where, UrlPath):
         return where.remote.fs.cat_file(where.key, start=start, end=end)
     if is_url(where):  # one request (a range one for a tar member), not a file object's read-ahead blocks
-        fs, key = _fsspec().core.url_to_fs(where, **(options or {}))
+        fs, key = url_fs(where, options)
         return fs.cat_file(key, start=start, end=end)
     if start is None:
         return Path(where).read_bytes()
@@ -107,13 +106,18 @@ def open_binary(path: str, options: dict[str, Any] | None = None) -> Any:
 def url_root(url: str, kind: str, options: dict[str, Any] | None = None) -> UrlPath:
     """The --root URL of a folder source as a UrlPath, once its bucket answers and something is there."""
     location(url, options).check()  # a missing bucket, bad credentials or endpoint: one error naming the fix
-    fs, key = _fsspec().core.url_to_fs(url, **(options or {}))
+    fs, key = url_fs(url, options)
     root = UrlPath(Remote(fs, options), key)
     if not root.exists():
         above = url.rstrip("/").rsplit("/", 1)[0] + "/"
         raise SourceError(f"{url} does not exist (no object and no prefix of that name); pass --root pointing at the "
                           f"{kind} data" + (f" (`aws s3 ls {above}` shows what is there)" if url.startswith("s3://") else ""))
     return root
+
+
+def url_fs(url: str, options: dict[str, Any] | None = None) -> tuple[Any, str]:
+    """(the fsspec filesystem of `url` made with the storage options, the key of `url` on it)."""
+    return _fsspec().core.url_to_fs(url, **(options or {}))
 
 
 def _fsspec() -> Any:
@@ -305,8 +309,9 @@ class PlanBuilder:
 
     def _local_ref(self, path: Path, rel: str) -> ImageRef:
         real, st = path.resolve(), path.stat()
-        settled = time.time_ns() - st.st_mtime_ns > SETTLE_NS  # younger: hashed, not recorded (plan_cache.py)
-        return ImageRef(key=self._defer(real, (st.st_size, st.st_mtime_ns), settled), origin=rel, path=str(real))
+        # a younger file is hashed, not recorded (plan_cache.py)
+        return ImageRef(key=self._defer(real, (st.st_size, st.st_mtime_ns), settled(st.st_mtime_ns)), origin=rel,
+                        path=str(real))
 
     def _object_file(self, rel: str, base: UrlPath) -> str:
         """image_file in object storage: the same containment, on keys; existence, size and ETag from the listing."""
@@ -318,8 +323,7 @@ class PlanBuilder:
         elif (info := path.info()) is None or info.get("type") != "file":
             error = f"file not found: {path}"
         # The row keeps the URL and the options, never the filesystem: each decoding worker opens its own.
-        etag = (info or {}).get("ETag") or (info or {}).get("etag")
-        stamp = (int((info or {}).get("size") or 0), f"etag:{etag}") if etag else None  # no ETag: hashed every time
+        stamp = object_stamp(info)
         return self._add_file(base, rel, error, lambda: ImageRef(key=self._defer(path, stamp), origin=rel, path=str(path),
                                                                  options=path.options))
 
@@ -339,15 +343,11 @@ class PlanBuilder:
         return key
 
     def image_member(self, origin: str, shard: str, offset: int, size: int, read: Callable[[], bytes],
-                     stat: os.stat_result | None = None, name: str | None = None,
-                     options: dict[str, Any] | None = None) -> str:
-        """A member of a tar shard, read later as shard[offset : offset + size]; `read` gives its bytes to hash.
-        `stat`: the shard's (local shards), so the planning cache can answer without reading the member.
-        `options`: the storage options a URL shard is opened with."""
-        if stat is not None and self.hashes is not None:
-            key = self.hashes.key(f"{shard}#{origin}", stat, lambda: content_key(read()))
-        else:
-            key = content_key(read())
+                     name: str | None = None, options: dict[str, Any] | None = None, key: str | None = None) -> str:
+        """A member of a tar shard, read later as shard[offset : offset + size]; `read` gives its bytes to hash,
+        unless the planning cache gave its `key` (webdataset.py caches whole shards). `options`: the storage
+        options a URL shard is opened with."""
+        key = key or content_key(read())
         self._images.setdefault(key, ImageRef(key=key, origin=origin, path=shard, offset=offset, size=size, name=name,
                                                  options=options))
         return key

@@ -24,6 +24,13 @@ from typing import Any
 READ_AHEAD = 64  # objects fetched at once while planning (64 COCO images: ~10 MB in memory)
 
 
+def object_stamp(info: dict[str, Any] | None) -> tuple[int, str] | None:
+    """(size, "etag:...") of an object from its listing or HEAD, what the planning cache keys it by; None without
+    an ETag (such an object is read again on every plan)."""
+    etag = (info or {}).get("ETag") or (info or {}).get("etag")
+    return (int((info or {}).get("size") or 0), f"etag:{etag}") if etag else None
+
+
 class Remote:
     """One plan's filesystem: the fsspec instance, the storage options that made it, each folder's listing once."""
 

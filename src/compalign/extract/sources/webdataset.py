@@ -1,11 +1,14 @@
 """Web-scale image-caption data: webdataset tar shards, and img2dataset's output folders.
 
 webdataset   --root is a brace pattern (`shards/{00000..00009}.tar`), a glob (`shards/*.tar`), one .tar, a folder
-             of .tar files, or a URL pattern (`s3://bucket/{00000..00009}.tar`, https://; read through fsspec).
+             of .tar files, or any of those as a URL (`s3://bucket/{00000..00009}.tar`, https://; read through
+             fsspec, each folder listed once).
              A sample is the members sharing a key (the member's path up to the first dot of its file name):
              KEY.jpg / .jpeg / .png / .webp the image, KEY.txt the caption, KEY.json metadata (img2dataset's
              `--output_format webdataset`). Tars are read uncompressed and by offset: the plan keeps
              (shard, offset, size) per image, never the bytes, and the DataLoader workers read those ranges.
+             The planning cache keeps each shard's part of the plan by the shard's size and mtime or ETag, so an
+             unchanged shard is replayed without being opened.
 img2dataset  --root is img2dataset's output folder, either format: its *.tar shards (read as above), or the `files`
              layout, folders 00000/ holding 000000000.jpg + .txt + .json. The NNNNN.parquet and NNNNN_stats.json
              files beside them are not read (each sample's .json carries the same metadata).
@@ -21,10 +24,14 @@ import json
 import os
 import re
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .base import Plan, PlanBuilder, SourceError, UrlPath, is_url, open_binary, read_bytes, register_source
+from ...cache.location import location
+from .base import Plan, PlanBuilder, SourceError, is_url, open_binary, read_bytes, register_source, url_fs
+from .plan_cache import settled
+from .remote import Remote, UrlPath, object_stamp
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")  # in order of preference when a sample has two
 NUMERIC_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
@@ -68,14 +75,26 @@ def _first_group(pattern: str) -> tuple[int, int, list[int]] | None:
     return None
 
 
-def _shards(root: str) -> tuple[list[str], list[str]]:
-    """(the shards to read, in order; the ones a pattern names that do not exist)."""
-    names = expand_braces(root)
+def _shards(root: str, options: dict[str, Any] | None = None
+            ) -> tuple[list[str], list[str], dict[str, tuple[int, int | str, bool]]]:
+    """(the shards to read, in order; the ones a pattern names that do not exist; each shard's planning-cache stamp,
+    (size, mtime_ns or "etag:...", settled), for those that have one)."""
     if is_url(root):
-        return names, []  # listing a bucket costs requests: the pattern names the shards
+        found, missing, stamps = _url_shards(root, options)
+    else:
+        found, missing = _local_shards(root)
+        stamps = {p: (st.st_size, st.st_mtime_ns, settled(st.st_mtime_ns)) for p in found if (st := os.stat(p))}
+    if not found:
+        why = f"{len(missing)} shard(s) the pattern names do not exist (e.g. {missing[0]})" if missing else "no .tar shard there"
+        raise SourceError(f"{root}: {why}. Pass --root as shards/{{00000..00009}}.tar, shards/*.tar, a .tar or a folder "
+                          "of .tar files (img2dataset's `files` layout: --data img2dataset)")
+    return found, missing, stamps
+
+
+def _local_shards(root: str) -> tuple[list[str], list[str]]:
     found: list[str] = []
     missing: list[str] = []
-    for name in names:
+    for name in expand_braces(root):
         path = Path(name)
         if any(c in name for c in "*?["):
             found += sorted(glob.glob(name))
@@ -85,11 +104,50 @@ def _shards(root: str) -> tuple[list[str], list[str]]:
             found.append(name)
         else:
             missing.append(name)
-    if not found:
-        why = f"{len(missing)} shard(s) the pattern names do not exist (e.g. {missing[0]})" if missing else "no .tar shard there"
-        raise SourceError(f"{root}: {why}. Pass --root as shards/{{00000..00009}}.tar, shards/*.tar, a .tar or a folder "
-                          "of .tar files (img2dataset's `files` layout: --data img2dataset)")
     return [os.path.abspath(p) for p in found], missing
+
+
+def _url_shards(root: str, options: dict[str, Any] | None
+                ) -> tuple[list[str], list[str], dict[str, tuple[int, int | str, bool]]]:
+    """_shards for a URL pattern: each folder the pattern names is listed once (a LIST per 1,000 shards), which
+    says which shards exist and gives their ETags, so an unchanged shard is replayed from the planning cache
+    without a byte of it read. An http(s) server has no listing: each shard is asked for its headers (HEAD)."""
+    fs, _ = url_fs(expand_braces(root)[0], options)
+    if not _http(fs):
+        location(root, options).check()  # a missing bucket, bad credentials or endpoint: one error naming the fix
+    remote = Remote(fs, options)
+    missing: list[str] = []
+    infos: dict[str, dict[str, Any]] = {}
+    for name in expand_braces(root):
+        key = fs._strip_protocol(name)
+        if any(c in key for c in "*?["):
+            infos.update(sorted(fs.glob(key, detail=True).items()))
+            continue
+        info = _url_info(remote, key)
+        if info is not None and info.get("type") == "directory":
+            infos.update((f"{key}/{n}", e) for n, e in sorted(remote.listing(key).items()) if n.endswith(".tar"))
+        elif info is not None:
+            infos[key] = info
+        else:
+            missing.append(name)
+    found = [fs.unstrip_protocol(key) for key in infos]
+    stamps = {fs.unstrip_protocol(k): (*stamp, True) for k, i in infos.items() if (stamp := object_stamp(i))}
+    return found, missing, stamps
+
+
+def _url_info(remote: Remote, key: str) -> dict[str, Any] | None:
+    """The listing entry of `key` (a HEAD where the filesystem cannot list: http), or None if nothing is there."""
+    if _http(remote.fs):
+        try:
+            return remote.fs.info(key)
+        except FileNotFoundError:
+            return None
+    return UrlPath(remote, key).info()
+
+
+def _http(fs: Any) -> bool:
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
+    return any(p in ("http", "https") for p in protocols)
 
 
 def _split(member: str) -> tuple[str, str]:
@@ -99,7 +157,7 @@ def _split(member: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), (ext.lower() if dot else "")
 
 
-def _caption(data: bytes, where: str, b: PlanBuilder) -> str | None:
+def _caption(data: bytes, where: str, b: PlanBuilder | _Shard) -> str | None:
     try:
         text = data.decode("utf-8").strip()
     except UnicodeDecodeError as e:
@@ -111,7 +169,7 @@ def _caption(data: bytes, where: str, b: PlanBuilder) -> str | None:
     return text
 
 
-def _url(data: bytes | None, where: str, b: PlanBuilder) -> str:
+def _url(data: bytes | None, where: str, b: PlanBuilder | _Shard) -> str:
     """The sample's source URL from its .json metadata ("" without one); malformed metadata is a problem, not a skip."""
     if data is None:
         return ""
@@ -124,7 +182,7 @@ def _url(data: bytes | None, where: str, b: PlanBuilder) -> str:
     return url if isinstance(url, str) else ""
 
 
-def _image_ext(b: PlanBuilder, where: str, exts: dict[str, Any]) -> str | None:
+def _image_ext(b: PlanBuilder | _Shard, where: str, exts: dict[str, Any]) -> str | None:
     """The extension of a sample's image if it has an image and a caption, else None after naming what it lacks."""
     image = next((e for e in IMAGE_EXTS if e in exts), None)
     if image is None:
@@ -136,13 +194,54 @@ def _image_ext(b: PlanBuilder, where: str, exts: dict[str, Any]) -> str | None:
     return image
 
 
-def _read_tar(b: PlanBuilder, shard: str, options: dict[str, Any] | None = None) -> None:
-    """Plan every sample of one tar shard; `options`: the storage options of a URL shard."""
-    name = shard.rsplit("/", 1)[-1]
-    stat = None if is_url(shard) else os.stat(shard)
+class _Shard:
+    """One tar shard's part of the plan: the builder calls it makes, recorded as JSON-able entries so that the
+    planning cache can replay an unchanged shard without opening it (plan_cache.py)."""
+
+    def __init__(self, b: PlanBuilder, shard: str, options: dict[str, Any] | None):
+        self.b, self.shard, self.options = b, shard, options
+        self.name = shard.rsplit("/", 1)[-1]
+        self.entries: list[list[Any]] = []
+
+    def problem(self, msg: str) -> None:
+        self.b.problem(msg)
+        self.entries.append(["problem", msg])
+
+    def sample(self, where: str, origin: str, offset: int, size: int, name: str, caption: str, url: str,
+               read: Callable[[], bytes] | None = None, key: str | None = None) -> None:
+        """A planned sample: its image, the member shard[offset : offset + size], hashed by `read` unless `key`."""
+        key = self.b.image_member(origin, self.shard, offset, size, read, name=name, options=self.options, key=key)  # type: ignore[arg-type]
+        self.b.item(id=where, image=key, caption=self.b.text(caption), url=url, shard=self.name)
+        self.entries.append(["sample", where, origin, offset, size, name, key, caption, url])
+
+    def replay(self, entries: list[list[Any]]) -> None:
+        for kind, *args in entries:
+            if kind == "problem":
+                self.problem(*args)
+            else:
+                where, origin, offset, size, name, key, caption, url = args
+                self.sample(where, origin, offset, size, name, caption, url, key=key)
+
+
+def _read_tar(b: PlanBuilder, shard: str, stamp: tuple[int, int | str, bool] | None,
+              options: dict[str, Any] | None = None) -> None:
+    """Plan every sample of one tar shard, or replay what planning found in it while its `stamp` (size, mtime_ns or
+    "etag:...", settled) is unchanged; `options`: the storage options of a URL shard."""
+    log, cache = _Shard(b, shard, options), b.hashes if stamp is not None else None
+    if cache is not None and (entries := cache.shard(shard, stamp[0], stamp[1])) is not None:  # type: ignore[index]
+        log.replay(entries)
+    elif _scan_tar(log) and cache is not None:
+        cache.remember_shard(shard, stamp[0], stamp[1], log.entries, settled=stamp[2])  # type: ignore[index]
+
+
+def _scan_tar(log: _Shard) -> bool:
+    """Plan a shard from its bytes; False when a read failed (the network, the disk: maybe not next time), not when
+    the bytes are bad (a truncated or corrupt tar reads the same next time: its problems are cached with it)."""
+    name, shard = log.name, log.shard
     samples: dict[str, dict[str, tarfile.TarInfo]] = {}  # key -> extension -> member, in order of first member
+    complete = True
     try:
-        with open_binary(shard, options) as f:
+        with open_binary(shard, log.options) as f:
             size = f.seek(0, os.SEEK_END)
             f.seek(0)
             tf = tarfile.open(fileobj=f, mode="r:")  # reads through `f`, which the with closes
@@ -152,45 +251,46 @@ def _read_tar(b: PlanBuilder, shard: str, options: dict[str, Any] | None = None)
                         key, ext = _split(m.name)
                         samples.setdefault(key, {})[ext] = m
             except (tarfile.TarError, OSError) as e:
-                b.problem(f"{name}: unreadable after {sum(map(len, samples.values()))} members ({e}); the rest skipped")
+                log.problem(f"{name}: unreadable after {sum(map(len, samples.values()))} members ({e}); the rest skipped")
+                complete = isinstance(e, tarfile.TarError)  # the bytes are bad (next time too); not the network
             # tarfile ends quietly at a header cut short, and plans a member whose data runs past the end.
             cut = [k for k, exts in samples.items() if any(m.offset_data + m.size > size for m in exts.values())]
             if cut:  # webdataset writes a sample's members together: one sample is cut, the rest are gone
-                b.problem(f"{name}: truncated ({size} bytes; member {cut[0]!r} runs past the end): samples after "
-                          "the cut are missing, and the one it cuts is skipped. Download the shard again")
+                log.problem(f"{name}: truncated ({size} bytes; member {cut[0]!r} runs past the end): samples after "
+                            "the cut are missing, and the one it cuts is skipped. Download the shard again")
             for key, exts in samples.items():
                 where = f"{name}/{key}"
-                ext = _image_ext(b, where, exts) if key not in cut else None
+                ext = _image_ext(log, where, exts) if key not in cut else None
                 if ext is None:
                     continue
                 try:
-                    caption = _caption(tf.extractfile(exts["txt"]).read(), where, b)  # type: ignore[union-attr]
+                    caption = _caption(tf.extractfile(exts["txt"]).read(), where, log)  # type: ignore[union-attr]
                     if caption is None:
                         continue
-                    url = _url(tf.extractfile(exts["json"]).read() if "json" in exts else None, where, b)  # type: ignore[union-attr]
+                    url = _url(tf.extractfile(exts["json"]).read() if "json" in exts else None, where, log)  # type: ignore[union-attr]
                     m = exts[ext]
-                    image = b.image_member(f"{name}/{m.name}", shard, m.offset_data, m.size,
-                                           lambda m=m: tf.extractfile(m).read(), stat, name=Path(m.name).name,  # type: ignore[union-attr]
-                                           options=options)
+                    log.sample(where, f"{name}/{m.name}", m.offset_data, m.size, Path(m.name).name, caption, url,
+                               read=lambda m=m: tf.extractfile(m).read())  # type: ignore[union-attr]
                 except (tarfile.TarError, OSError) as e:  # a member cut short by a truncated shard
-                    b.problem(f"{where}: unreadable ({e}); sample skipped")
-                    continue
-                b.item(id=where, image=image, caption=b.text(caption), url=url, shard=name)
+                    log.problem(f"{where}: unreadable ({e}); sample skipped")
+                    complete = complete and isinstance(e, tarfile.TarError)
     except tarfile.ReadError as e:
-        b.problem(f"{name}: not an uncompressed tar ({e}); shard skipped. Shards are read by offset: "
-                  "decompress .tar.gz shards first (`gunzip -c x.tar.gz > x.tar`)")
+        log.problem(f"{name}: not an uncompressed tar ({e}); shard skipped. Shards are read by offset: "
+                    "decompress .tar.gz shards first (`gunzip -c x.tar.gz > x.tar`)")
     except OSError as e:
-        b.problem(f"{name}: cannot be opened ({e}); shard skipped")
+        log.problem(f"{name}: cannot be opened ({e}); shard skipped")
+        complete = False
+    return complete
 
 
-def _plan_tars(kind: str, root: str, shards: list[str], missing: list[str], options: dict[str, Any] | None = None
-               ) -> Plan:
+def _plan_tars(kind: str, root: str, shards: list[str], missing: list[str],
+               stamps: dict[str, tuple[int, int | str, bool]], options: dict[str, Any] | None = None) -> Plan:
     base = Path(os.path.commonpath([os.path.dirname(s) for s in shards])) if not is_url(root) else Path(".")
     b = PlanBuilder(kind, base)
     for name in missing:
         b.problem(f"{name}: shard not found; skipped")
     for shard in shards:
-        _read_tar(b, shard, options)
+        _read_tar(b, shard, stamps.get(shard), options)
     b.info = {"dataset": kind, "layout": "webdataset", "shards": str(len(shards))}
     plan = b.build(Path(root))
     plan.root = root if is_url(root) else os.path.abspath(root)  # the pattern itself: what a resume reads again
@@ -200,8 +300,7 @@ def _plan_tars(kind: str, root: str, shards: list[str], missing: list[str], opti
 @register_source("webdataset", patterns=True)
 def plan_webdataset(root: str, options: dict[str, Any] | None = None) -> Plan:
     root = root.removeprefix("file://")  # a local path in URL form
-    shards, missing = _shards(root)
-    return _plan_tars("webdataset", root, shards, missing, options)
+    return _plan_tars("webdataset", root, *_shards(root, options), options)
 
 
 def _files_layout(root: Path | UrlPath) -> Plan:
@@ -252,11 +351,11 @@ def _read_all(paths: list[Path | UrlPath]) -> dict[Path | UrlPath, bytes | OSErr
 
 @register_source("img2dataset")
 def plan_img2dataset(root: Path | UrlPath) -> Plan:
-    if isinstance(root, UrlPath) and (tars := [str(t) for t in root.glob("*.tar")]):  # listed once, not globbed
-        return _plan_tars("img2dataset", str(root), tars, [], root.options)
+    if isinstance(root, UrlPath) and (tars := list(root.glob("*.tar"))):  # listed once, not globbed
+        stamps = {str(t): (*stamp, True) for t in tars if (stamp := object_stamp(t.info()))}
+        return _plan_tars("img2dataset", str(root), [str(t) for t in tars], [], stamps, root.options)
     if isinstance(root, Path) and root.is_dir() and any(root.glob("*.tar")):
-        shards, missing = _shards(str(root))
-        return _plan_tars("img2dataset", str(root), shards, missing)
+        return _plan_tars("img2dataset", str(root), *_shards(str(root)))
     if root.is_dir() and any(p.is_dir() and p.name.isdigit() for p in root.iterdir()):
         return _files_layout(root)
     raise SourceError(f"{root}: neither *.tar shards nor numbered folders (00000/) of an img2dataset output; pass "
