@@ -1,14 +1,15 @@
-"""Planning data in a bucket: a pairs folder's objects one at a time vs READ_AHEAD at once; webdataset shards
-read vs replayed from the planning cache.
+"""Planning data in a bucket: a folder's objects one at a time vs READ_AHEAD at once; webdataset shards read vs
+replayed from the planning cache.
 
 Starts moto's S3 server on 127.0.0.1 (what tests/e2e/test_s3.py uses) and uploads N COCO-size JPEGs.
-`--data pairs`: with a pairs.jsonl, planned with READ_AHEAD = 1 (one GET in flight, as planning read objects
-before) and at its default. `--data webdataset`: as tar shards of `--shard-size` samples, planned with no
-planning cache, filling one, and from it (an unchanged shard is replayed, not read). The plans must be equal.
+`--data pairs` (with a pairs.jsonl) and `--data aro` (a visual_genome_relation.json, a box per image): planned
+with READ_AHEAD = 1 (one GET in flight, as planning read objects before) and at its default.
+`--data webdataset`: as tar shards of `--shard-size` samples, planned with no planning cache, filling one, and
+from it (an unchanged shard is replayed, not read). The plans must be equal.
 Each line gives the S3 requests made. A loopback server answers in about a millisecond; a real bucket takes
 tens, so the gain there is larger than the one printed here.
 
-    .venv/bin/python benchmarks/plan_bucket.py [--data pairs|webdataset] [--n 500] [--delay-ms 0]
+    .venv/bin/python benchmarks/plan_bucket.py [--data pairs|aro|webdataset] [--n 500] [--delay-ms 0]
 
 `--delay-ms D` adds D ms to every request the client makes (a stand-in for a real bucket's latency).
 """
@@ -51,6 +52,17 @@ def upload_pairs(fs, images: list[bytes]) -> str:
     return "s3://bench/pairs"
 
 
+def upload_aro(fs, images: list[bytes]) -> str:
+    rows = []
+    for i, data in enumerate(images):
+        fs.pipe_file(f"bench/aro/images/{i:06d}.jpg", data)
+        rows.append({"image_path": f"{i:06d}.jpg", "bbox_x": 40, "bbox_y": 30, "bbox_w": 300, "bbox_h": 200,
+                     "relation_name": "on", "true_caption": f"the cup is on table {i}",
+                     "false_caption": f"the table is on cup {i}"})
+    fs.pipe_file("bench/aro/visual_genome_relation.json", json.dumps(rows).encode())
+    return "s3://bench/aro"
+
+
 def upload_shards(fs, images: list[bytes], per_shard: int) -> str:
     shards = (len(images) + per_shard - 1) // per_shard
     for s in range(shards):
@@ -80,16 +92,16 @@ def slowed(fs, delay_ms: float, calls: Counter) -> None:
     fs._call_s3 = call  # the instance planning uses (fsspec keeps one per set of options)
 
 
-def bench_pairs(fs, root: str, calls: Counter, what: str) -> None:
+def bench_read_ahead(fs, kind: str, root: str, calls: Counter, what: str) -> None:
     default, plans, times = remote.READ_AHEAD, {}, {}
     for ahead in (1, default):
         remote.READ_AHEAD, _, _ = ahead, calls.clear(), fs.invalidate_cache()  # listed anew, as by a new process
         t = time.perf_counter()
-        plans[ahead] = plan_source("pairs", root)
+        plans[ahead] = plan_source(kind, root)
         times[ahead] = time.perf_counter() - t
         log(f"READ_AHEAD {ahead}: planned {len(plans[ahead].images)} images in {times[ahead]:.2f} s, {dict(calls)}")
     assert [r.key for r in plans[1].images] == [r.key for r in plans[default].images]
-    print(f"{what}: one GET at a time {times[1]:.2f} s, {default} at a time {times[default]:.2f} s "
+    print(f"{what}, {kind}: one GET at a time {times[1]:.2f} s, {default} at a time {times[default]:.2f} s "
           f"({times[1] / times[default]:.1f}x)")
 
 
@@ -110,7 +122,7 @@ def bench_shards(fs, root: str, calls: Counter, what: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--data", choices=["pairs", "webdataset"], default="pairs")
+    ap.add_argument("--data", choices=["pairs", "aro", "webdataset"], default="pairs")
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--shard-size", type=int, default=100, help="webdataset: samples per tar shard")
     ap.add_argument("--delay-ms", type=float, default=0.0)
@@ -129,11 +141,12 @@ def main() -> None:
     fs = s3fs.S3FileSystem()
     fs.mkdir("bench")
     images, calls = jpegs(args.n), Counter()
-    root = upload_pairs(fs, images) if args.data == "pairs" else upload_shards(fs, images, args.shard_size)
+    upload = {"pairs": upload_pairs, "aro": upload_aro, "webdataset": lambda fs, im: upload_shards(fs, im, args.shard_size)}
+    root = upload[args.data](fs, images)
     slowed(fs, args.delay_ms, calls)
     what = f"{args.n} COCO-size JPEGs in a bucket on 127.0.0.1 (+{args.delay_ms:g} ms per request)"
-    if args.data == "pairs":
-        bench_pairs(fs, root, calls, what)
+    if args.data != "webdataset":
+        bench_read_ahead(fs, args.data, root, calls, what)
     else:
         mb = fs.du("bench/wds") / 2**20
         bench_shards(fs, root, calls, f"{what}, {args.data} shards of {args.shard_size} ({mb:.0f} MiB)")

@@ -430,7 +430,10 @@ def test_img2dataset_outputs_plan_from_a_bucket_as_from_their_local_folders(s3, 
         assert all(r.read() == h.read() for r, h in zip(there.images, here.images) if not r.error), layout
 
 
-def test_aro_plans_from_a_bucket_as_from_its_local_folder(s3, tmp_path):
+FILES_ARO = ["visual_genome_relation.json", "visual_genome_attribution.json"]
+
+
+def test_aro_plans_from_a_bucket_as_from_its_local_folder(s3, tmp_path, monkeypatch):
     local = tmp_path / "aro"
     make_images(local / "images", ["0.jpg", "1.jpg"])
     box = {"bbox_x": 2, "bbox_y": 3, "bbox_w": 20, "bbox_h": 10}
@@ -441,12 +444,29 @@ def test_aro_plans_from_a_bucket_as_from_its_local_folder(s3, tmp_path):
     (local / "visual_genome_relation.json").write_text(json.dumps(rel))
     (local / "visual_genome_attribution.json").write_text(json.dumps(att))
     url = _upload(s3, local, "aro/root")
+    singles, batches, real_cat, real_ranges = [], [], s3.cat_file, s3.cat_ranges  # planning's filesystem is this one
+    monkeypatch.setattr(s3, "cat_file", lambda path, *a, **k: singles.append(path.rsplit("/", 1)[-1]) or real_cat(path, *a, **k))
+    monkeypatch.setattr(s3, "cat_ranges", lambda paths, *a, **k: batches.append(len(paths)) or real_ranges(paths, *a, **k))
     here, there = plan_source("aro", str(local)), plan_source("aro", url)
+    assert sorted(singles) == sorted(FILES_ARO) and batches == [2]  # the two images in one batch, not a GET each
     assert there.items == here.items and there.texts == here.texts and len(there.items["id"]) == 3
     assert [(r.key, r.read()) for r in there.images] == [(r.key, r.read()) for r in here.images]  # the crops
     assert [p.replace(url, "ROOT") for p in there.problems] == [p.replace(str(local), "ROOT") for p in here.problems]
     assert there.problems == [f"visual_genome_relation.json row 2: image file not found (tried {url}/images/gone.jpg "
                               f"and {url}/gone.jpg); skipped"]
+    import compalign.extract.sources.remote as remote
+
+    real_many = remote.Remote.read_many
+
+    def vanishing(self, keys):  # listed, then deleted before its bytes are read: that row's problem, not a crash
+        s3.rm_file(f"{BUCKET}/aro/root/images/0.jpg")
+        return real_many(self, keys)
+
+    monkeypatch.setattr(remote.Remote, "read_many", vanishing)
+    gone = plan_source("aro", url)
+    assert gone.items["id"] == ["vg_relation/1", "vg_attribution/0"]
+    assert gone.problems[0].startswith(f"visual_genome_relation.json row 0: unreadable image {url}/images/0.jpg "
+                                       "(FileNotFoundError")
 
 
 def test_a_root_takes_its_own_storage_options(s3, tmp_path, pairs_dir, monkeypatch):

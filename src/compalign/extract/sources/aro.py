@@ -25,12 +25,15 @@ import os
 import random
 import re
 from collections import OrderedDict
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from .base import Plan, PlanBuilder, SourceError, UrlPath, read_bytes, read_json, register_source, text_key
+from .base import HASH_THREADS, Plan, PlanBuilder, SourceError, UrlPath, read_bytes, read_json, register_source, text_key
+from .remote import READ_AHEAD
 
 FILES = {"vg_relation": "visual_genome_relation.json", "vg_attribution": "visual_genome_attribution.json"}
 BOX = ("bbox_x", "bbox_y", "bbox_w", "bbox_h")
@@ -61,6 +64,7 @@ class _Images:
             self.lexical = Path(os.path.normpath(os.path.abspath(root)))
             self.allowed = [root.resolve()] + ([(root / "images").resolve()] if (root / "images").is_dir() else [])
         self.cache: OrderedDict[str, Image.Image | str] = OrderedDict()
+        self.fetched: dict[str, bytes | BaseException] = {}  # objects read ahead (fetch), dropped once decoded
         self.keep = keep
 
     def resolve(self, rel: str) -> tuple[Path | UrlPath | None, str | None]:
@@ -80,20 +84,37 @@ class _Images:
                 return path, None
         return None, f"image file not found (tried {' and '.join(tried)})"
 
-    def open(self, path: Path | UrlPath) -> Image.Image | str:
-        key = str(path)
-        if key in self.cache:
+    def fetch(self, files: list[Path | UrlPath | None]) -> None:
+        """Read the objects among `files` not decoded yet, READ_AHEAD requests at once (Remote.read_many): one GET
+        at a time, a bucket's round trips would dominate planning. Local files are read by `open` itself."""
+        keys = {str(f): f for f in files if isinstance(f, UrlPath) and str(f) not in self.cache}
+        if keys:
+            remote = next(iter(keys.values())).remote  # type: ignore[union-attr]
+            got = remote.read_many([f.key for f in keys.values()])  # type: ignore[union-attr]
+            self.fetched.update((str(f), data) for f, (_, data) in zip(keys.values(), got))
+
+    def open_all(self, files: list[Path | UrlPath], pool: ThreadPoolExecutor) -> dict[str, Image.Image | str]:
+        """Each distinct file decoded (or why it cannot be), by the pool's threads (PIL releases the GIL); the
+        last `keep` stay decoded for the rows after these."""
+        todo = list({str(f): f for f in files if str(f) not in self.cache}.values())
+        out = {key: self.cache[key] for f in files if (key := str(f)) in self.cache}
+        out.update(zip(map(str, todo), pool.map(self._decode, todo)))
+        for key, got in out.items():
+            self.cache[key] = got
             self.cache.move_to_end(key)
-            return self.cache[key]
-        try:
-            with Image.open(io.BytesIO(read_bytes(path)) if isinstance(path, UrlPath) else path) as im:
-                got: Image.Image | str = im.convert("RGB")  # as the official code: no EXIF transpose
-        except Exception as e:  # truncated, not an image, unsupported format, an object gone since the listing
-            got = f"unreadable image {path} ({type(e).__name__}: {e})"
-        self.cache[key] = got
-        if len(self.cache) > self.keep:
+        while len(self.cache) > self.keep:
             self.cache.popitem(last=False)
-        return got
+        return out
+
+    def _decode(self, path: Path | UrlPath) -> Image.Image | str:
+        try:
+            data = self.fetched.pop(str(path), None) if isinstance(path, UrlPath) else None
+            if isinstance(data, BaseException):
+                raise data
+            with Image.open(io.BytesIO(data if data is not None else read_bytes(path))) as im:
+                return im.convert("RGB")  # as the official code: no EXIF transpose
+        except Exception as e:  # truncated, not an image, unsupported format, an object gone since the listing
+            return f"unreadable image {path} ({type(e).__name__}: {e})"
 
 
 def crop_box(size: tuple[int, int], x: float, y: float, w: float, h: float) -> tuple[int, int, int, int] | None:
@@ -129,37 +150,60 @@ def plan_aro(root: Path | UrlPath) -> Plan:
     for s in FILES.keys() - present.keys():
         b.note(f"aro: {FILES[s]} absent: only {', '.join(present)} is read")
     images = _Images(root)
-    need_group = {"vg_relation": "relation_name (a string)", "vg_attribution": "attributes (a pair of strings)"}
+    rows = list(_rows(present, images))  # in file order: a row to crop, or why one is skipped
+    with ThreadPoolExecutor(HASH_THREADS) as pool:
+        for lo in range(0, len(rows), READ_AHEAD):  # a window of rows at a time: a bucket's images read at once
+            part = rows[lo:lo + READ_AHEAD]
+            images.fetch([r[-1] for r in part if not isinstance(r, str)])
+            decoded = images.open_all([r[-1] for r in part if not isinstance(r, str)], pool)
+            crops = pool.map(lambda r, d=decoded: r if isinstance(r, str) else _crop(d[str(r[-1])], *r), part)
+            for r, crop in zip(part, crops):  # the rows' problems and items in file order, whatever the threads did
+                if isinstance(crop, str):
+                    b.problem(crop)
+                    continue
+                name, subset, n, row, group, _ = r  # type: ignore[misc]
+                b.item(id=f"{subset}/{n}", subset=subset, image=b.image_bytes(crop, origin=f"{name}#{n}"),
+                       caption=b.text(row["true_caption"]), negative_caption=b.text(row["false_caption"]), group=group)
+    b.info = {"dataset": "aro", "subsets": ",".join(present)}
+    return b.build(root)
+
+
+NEED_GROUP = {"vg_relation": "relation_name (a string)", "vg_attribution": "attributes (a pair of strings)"}
+_Row = tuple[str, str, int, dict[str, Any], str, "Path | UrlPath"]  # file name, subset, row number, row, group, image
+
+
+def _rows(present: dict[str, Path | UrlPath], images: _Images) -> Iterator[_Row | str]:
+    """Each row whose fields and image path are usable, or in its place the problem that skips it."""
     for subset, path in present.items():
         for n, row in enumerate(_load_list(path)):
             where = f"{path.name} row {n}"
             if not isinstance(row, dict):
-                b.problem(f"{where}: not an object; skipped")
+                yield f"{where}: not an object; skipped"
                 continue
             missing = ([k for k in ("image_path", *CAPTIONS) if not isinstance(row.get(k), str)]
                        + [k for k in BOX if not _number(row.get(k))])
             group = _group(subset, row)
             if group is None:
-                missing.append(need_group[subset])
+                missing.append(NEED_GROUP[subset])
             if missing:
-                b.problem(f"{where}: missing or ill-typed field(s) {', '.join(missing)}; skipped")
+                yield f"{where}: missing or ill-typed field(s) {', '.join(missing)}; skipped"
                 continue
             file, why = images.resolve(row["image_path"])
-            im = images.open(file) if file is not None else why
-            if isinstance(im, str):
-                b.problem(f"{where}: {im}; skipped")
-                continue
-            x, y, w, h = (row[k] for k in BOX)
-            box = crop_box(im.size, x, y, w, h) if w > 0 and h > 0 else None
-            if box is None:
-                b.problem(f"{where}: box (x={x}, y={y}, w={w}, h={h}) does not overlap the {im.size[0]}x{im.size[1]} "
-                          f"image {file}; skipped")
-                continue
-            b.item(id=f"{subset}/{n}", subset=subset,
-                   image=b.image_bytes(png_bytes(im.crop(box)), origin=f"{path.name}#{n}"),
-                   caption=b.text(row["true_caption"]), negative_caption=b.text(row["false_caption"]), group=group)
-    b.info = {"dataset": "aro", "subsets": ",".join(present)}
-    return b.build(root)
+            yield (path.name, subset, n, row, group, file) if file is not None else f"{where}: {why}; skipped"  # type: ignore[misc]
+
+
+def _crop(im: Image.Image | str, name: str, subset: str, n: int, row: dict[str, Any], group: str,
+          file: Path | UrlPath) -> bytes | str:
+    """The row's image cropped to its box as PNG bytes, or the problem that skips the row."""
+    where = f"{name} row {n}"
+    if isinstance(im, str):
+        return f"{where}: {im}; skipped"
+    x, y, w, h = (row[k] for k in BOX)
+    box = crop_box(im.size, x, y, w, h) if w > 0 and h > 0 else None
+    if box is None:
+        return (f"{where}: box (x={x}, y={y}, w={w}, h={h}) does not overlap the {im.size[0]}x{im.size[1]} image "
+                f"{file}; skipped")
+    return png_bytes(im.crop(box))
 
 
 # --- COCO-Order / Flickr30k-Order -------------------------------------------------------------------------
