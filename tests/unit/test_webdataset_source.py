@@ -110,3 +110,79 @@ def test_url_shards_through_fsspec(tmp_path):
         assert [r.read() for r in remote.images] == [r.read() for r in here.images]
     finally:
         fs.rm("/wds", recursive=True)
+
+
+class _ShardServer:
+    """An http server on 127.0.0.1 for the files of a folder, answering as nginx or a bucket's https endpoint does:
+    HEAD, GET, GET with `Range: bytes=a-b`, an ETag per file; it counts the requests it answers."""
+
+    def __init__(self, folder):
+        import hashlib
+        import http.server
+        import threading
+
+        seen = self.requests = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def do_HEAD(self):
+                self._answer(body=False)
+
+            def do_GET(self):
+                self._answer(body=True)
+
+            def _answer(self, body):
+                path = folder / self.path.lstrip("/")
+                ranged = self.headers.get("Range")
+                seen.append((self.command, self.path.rsplit("/", 1)[-1], bool(ranged)))
+                if not path.is_file():
+                    self.send_error(404)
+                    return
+                data = path.read_bytes()
+                status, part = 200, data
+                if ranged:
+                    lo, _, hi = ranged.removeprefix("bytes=").partition("-")
+                    part = data[int(lo):int(hi) + 1 if hi else len(data)]
+                    status = 206
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(part)))
+                self.send_header("Accept-Ranges", "bytes")
+                self.send_header("ETag", '"' + hashlib.md5(data).hexdigest() + '"')
+                if ranged:
+                    self.send_header("Content-Range", f"bytes {lo}-{int(lo) + len(part) - 1}/{len(data)}")
+                self.end_headers()
+                if body:
+                    self.wfile.write(part)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_http_shards_plan_as_local_ones_and_are_replayed_by_their_etag(tmp_path):
+    from compalign.extract.sources import PlanCache
+
+    local = write_webdataset(tmp_path / "shards")
+    server = _ShardServer(local)
+    try:
+        here = plan_source("webdataset", str(local / "{00000..00001}.tar"))
+        pattern, cache = server.url + "/{00000..00002}.tar", PlanCache(tmp_path / "cache.sqlite")
+        there = plan_source("webdataset", pattern, hashes=cache)
+        assert there.items["image"] == here.items["image"] and there.texts == here.texts
+        assert f"{server.url}/00002.tar: shard not found; skipped" in there.problems  # a HEAD answered 404
+        assert [r.read() for r in there.images] == [r.read() for r in here.images]  # each a ranged GET
+        server.requests.clear()
+        again = plan_source("webdataset", pattern, hashes=cache)
+        cache.close()
+        assert again.items == there.items and again.problems == there.problems
+        # fsspec asks for a missing file by HEAD and then by GET; the shards that exist are only HEADed
+        read = {(method, name) for method, name, _ in server.requests if name != "00002.tar"}
+        assert read == {("HEAD", "00000.tar"), ("HEAD", "00001.tar")}
+    finally:
+        server.close()
