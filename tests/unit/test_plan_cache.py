@@ -89,6 +89,25 @@ def test_a_file_younger_than_the_settle_time_is_not_trusted(tmp_path, hashed):
     assert (c.hits, c.misses) == (1, 1) and hashed == [(root / "img" / "1.png").read_bytes()]
 
 
+def test_an_objects_stamp_is_its_etag_else_a_settled_last_modified():
+    from email.utils import formatdate
+
+    from compalign.extract.sources.remote import object_stamp
+
+    old, now = formatdate(OLD, usegmt=True), formatdate(time.time(), usegmt=True)
+    cases = [  # (listing / HEAD info, stamp)
+        ({"size": 7, "ETag": '"a1"', "Last-Modified": old}, (7, 'etag:"a1"', True)),  # http: the ETag wins
+        ({"size": 7, "etag": "a1"}, (7, "etag:a1", True)),  # gcsfs / adlfs spell it so
+        ({"size": 7, "Content-MD5": "q8=="}, (7, "md5:q8==", True)),
+        ({"size": 7, "Last-Modified": old}, (7, f"modified:{old}", True)),
+        ({"size": 7, "Last-Modified": now}, (7, f"modified:{now}", False)),  # whole seconds: a rewrite may keep it
+        ({"size": 7, "Last-Modified": "yesterday"}, (7, "modified:yesterday", False)),
+        ({"size": 7}, None),  # nothing that changes with a write: read on every plan
+        (None, None),
+    ]
+    assert [object_stamp(info) for info, _ in cases] == [stamp for _, stamp in cases]
+
+
 def test_tar_members_are_cached_by_the_shard(tmp_path, hashed):
     root, db = write_webdataset(tmp_path / "s"), tmp_path / "cache.sqlite"
     _age(*root.glob("*.tar"))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
+import time
 
 import pytest
 from wds_data import CORRUPT, jpeg, samples, write_files_layout, write_tar, write_webdataset
@@ -114,9 +116,11 @@ def test_url_shards_through_fsspec(tmp_path):
 
 class _ShardServer:
     """An http server on 127.0.0.1 for the files of a folder, answering as nginx or a bucket's https endpoint does:
-    HEAD, GET, GET with `Range: bytes=a-b`, an ETag per file; it counts the requests it answers."""
+    HEAD, GET, GET with `Range: bytes=a-b`, a Last-Modified and (with `etag`) an ETag per file; it counts the
+    requests it answers."""
 
-    def __init__(self, folder):
+    def __init__(self, folder, etag=True):
+        import email.utils
         import hashlib
         import http.server
         import threading
@@ -149,7 +153,9 @@ class _ShardServer:
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(part)))
                 self.send_header("Accept-Ranges", "bytes")
-                self.send_header("ETag", '"' + hashlib.md5(data).hexdigest() + '"')
+                self.send_header("Last-Modified", email.utils.formatdate(path.stat().st_mtime, usegmt=True))
+                if etag:
+                    self.send_header("ETag", '"' + hashlib.md5(data).hexdigest() + '"')
                 if ranged:
                     self.send_header("Content-Range", f"bytes {lo}-{int(lo) + len(part) - 1}/{len(data)}")
                 self.end_headers()
@@ -165,11 +171,14 @@ class _ShardServer:
         self.server.server_close()
 
 
-def test_http_shards_plan_as_local_ones_and_are_replayed_by_their_etag(tmp_path):
+@pytest.mark.parametrize("etag", [True, False], ids=["etag", "last-modified-only"])
+def test_http_shards_plan_as_local_ones_and_are_replayed_by_their_etag_or_last_modified(tmp_path, etag):
     from compalign.extract.sources import PlanCache
 
     local = write_webdataset(tmp_path / "shards")
-    server = _ShardServer(local)
+    for tar in local.glob("*.tar"):  # written an hour ago: a Last-Modified of this second is not trusted yet
+        os.utime(tar, (time.time() - 3600,) * 2)
+    server = _ShardServer(local, etag)
     try:
         here = plan_source("webdataset", str(local / "{00000..00001}.tar"))
         pattern, cache = server.url + "/{00000..00002}.tar", PlanCache(tmp_path / "cache.sqlite")

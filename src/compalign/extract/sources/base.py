@@ -324,8 +324,9 @@ class PlanBuilder:
             error = f"file not found: {path}"
         # The row keeps the URL and the options, never the filesystem: each decoding worker opens its own.
         stamp = object_stamp(info)
-        return self._add_file(base, rel, error, lambda: ImageRef(key=self._defer(path, stamp), origin=rel, path=str(path),
-                                                                 options=path.options))
+        version, ok = (stamp[:2], stamp[2]) if stamp else (None, True)
+        return self._add_file(base, rel, error, lambda: ImageRef(key=self._defer(path, version, ok), origin=rel,
+                                                                 path=str(path), options=path.options))
 
     def _add_file(self, base: Path | UrlPath, rel: str, error: str | None, ref: Callable[[], ImageRef]) -> str:
         made = ImageRef(key="missing-" + text_key(rel), origin=rel, error=error) if error else ref()

@@ -18,17 +18,38 @@ from __future__ import annotations
 import fnmatch
 import posixpath
 from collections.abc import Iterator
+from email.utils import parsedate_to_datetime
 from pathlib import PurePosixPath
 from typing import Any
+
+from .plan_cache import settled
 
 READ_AHEAD = 64  # objects fetched at once while planning (64 COCO images: ~10 MB in memory)
 
 
-def object_stamp(info: dict[str, Any] | None) -> tuple[int, str] | None:
-    """(size, "etag:...") of an object from its listing or HEAD, what the planning cache keys it by; None without
-    an ETag (such an object is read again on every plan)."""
-    etag = (info or {}).get("ETag") or (info or {}).get("etag")
-    return (int((info or {}).get("size") or 0), f"etag:{etag}") if etag else None
+# What says an object changed, best first: buckets give an ETag; a plain web server (python -m http.server, a
+# static nginx without etags) often only a Last-Modified, which fsspec's http info passes through as well.
+_VERSION_FIELDS = (("ETag", "etag"), ("etag", "etag"), ("Content-MD5", "md5"), ("Last-Modified", "modified"))
+
+
+def object_stamp(info: dict[str, Any] | None) -> tuple[int, str, bool] | None:
+    """(size, "etag:..." or "modified:...", settled) of an object from its listing or HEAD, what the planning cache
+    keys it by; None when its server says nothing that changes with a write (such an object is read again on every
+    plan). A Last-Modified has whole seconds: a rewrite within the second keeps it, so one younger than the
+    cache's SETTLE_NS is not `settled` (not recorded), as a file's mtime is not."""
+    info = info or {}
+    for field, kind in _VERSION_FIELDS:
+        if version := info.get(field):
+            ok = kind != "modified" or _older_than_settle(version)
+            return int(info.get("size") or 0), f"{kind}:{version}", ok
+    return None
+
+
+def _older_than_settle(http_date: str) -> bool:
+    try:
+        return settled(int(parsedate_to_datetime(http_date).timestamp() * 1e9))
+    except (TypeError, ValueError):  # not an HTTP date: nothing to say it is old
+        return False
 
 
 class Remote:

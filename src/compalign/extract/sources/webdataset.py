@@ -131,7 +131,7 @@ def _url_shards(root: str, options: dict[str, Any] | None
         else:
             missing.append(name)
     found = [fs.unstrip_protocol(key) for key in infos]
-    stamps = {fs.unstrip_protocol(k): (*stamp, True) for k, i in infos.items() if (stamp := object_stamp(i))}
+    stamps = {fs.unstrip_protocol(k): stamp for k, i in infos.items() if (stamp := object_stamp(i))}
     return found, missing, stamps
 
 
@@ -352,7 +352,7 @@ def _read_all(paths: list[Path | UrlPath]) -> dict[Path | UrlPath, bytes | OSErr
 @register_source("img2dataset")
 def plan_img2dataset(root: Path | UrlPath) -> Plan:
     if isinstance(root, UrlPath) and (tars := list(root.glob("*.tar"))):  # listed once, not globbed
-        stamps = {str(t): (*stamp, True) for t in tars if (stamp := object_stamp(t.info()))}
+        stamps = {str(t): stamp for t in tars if (stamp := object_stamp(t.info()))}
         return _plan_tars("img2dataset", str(root), [str(t) for t in tars], [], stamps, root.options)
     if isinstance(root, Path) and root.is_dir() and any(root.glob("*.tar")):
         return _plan_tars("img2dataset", str(root), *_shards(str(root)))
