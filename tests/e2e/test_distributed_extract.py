@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_images
+from conftest import make_images, store_files
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 ENV = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
@@ -53,15 +53,6 @@ def _n_done(path: Path) -> int:
     return len(_done(path, "texts")) + len(_done(path, "images"))
 
 
-def _store(path: Path) -> dict[str, bytes]:
-    """Every file of a store by relative path; the root zarr.json without its creation time."""
-    files = {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
-    meta = json.loads(files.pop("zarr.json"))
-    assert meta["attributes"].pop("created")
-    files["zarr.json"] = json.dumps(meta, sort_keys=True).encode()
-    return files
-
-
 def _done(path: Path, kind: str) -> set[int]:
     folder = path / ".done" / kind
     return {int(p.name) for p in folder.iterdir() if p.name.isdigit()} if folder.exists() else set()
@@ -90,14 +81,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, byt
     rows[13]["image"] = "img/missing.png"  # a failed row, in image shard 1: rank 1 writes it, rank 0 reports it
     (root / "pairs.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     _extract(root, tmp / "ref.zarr", ranks=1)
-    return root, _store(tmp / "ref.zarr")
+    return root, store_files(tmp / "ref.zarr", drop=("created",))
 
 
 def test_two_ranks_write_the_store_of_one_process(world, tmp_path):
     root, ref = world
     out = tmp_path / "two.zarr"
     said = _extract(root, out, ranks=2)
-    assert _store(out) == ref
+    assert store_files(out, drop=("created",)) == ref
     # rank 0 alone prints, once, for the whole job, after every rank finished (the failure is rank 1's row)
     assert said.count("wrote ") == 1 and f"{TOTAL} shards written, 0 already done" in said, said
     assert said.count("image failed") == 1 and "missing.png" in said, said
@@ -133,4 +124,4 @@ def test_a_killed_rank_loses_only_its_unfinished_shards(world, tmp_path):
     assert left > 0 and texts <= _done(out, "texts") and images <= _done(out, "images")
     said = _extract(root, out, ranks=2)
     assert re.search(rf"\b{left} shards written, {TOTAL - left} already done", said), said
-    assert _store(out) == ref
+    assert store_files(out, drop=("created",)) == ref

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_images, mini_sugarcrepe
+from conftest import make_images, mini_sugarcrepe, store_files
 from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
@@ -197,13 +197,7 @@ def test_storage_options_parse_as_json_where_they_do():
 # ---- --root in a bucket: the folder sources read it with their own code, and write the local folder's store ----
 
 def _tree(store: Path) -> dict[str, bytes]:
-    """Every file of a local store; the root attrs without the creation time and the root the data was read from."""
-    out = {str(f.relative_to(store)): f.read_bytes() for f in sorted(store.rglob("*")) if f.is_file()}
-    root = json.loads(out.pop("zarr.json"))
-    root["attributes"].pop("created")
-    root["attributes"]["source"].pop("root")
-    out["zarr.json"] = json.dumps(root, sort_keys=True).encode()
-    return out
+    return store_files(store, drop=("created", "source.root"))
 
 
 def _karpathy(root: Path) -> Path:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import io
-import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import zarr
+from conftest import store_files
 from PIL import Image
 
 from compalign.cache import CacheError, CacheReader
@@ -126,21 +125,13 @@ def test_a_store_remembers_its_decode_and_a_resume_must_match(pairs_dir, tmp_pat
         extract(ExtractConfig(model="tiny", data="pairs", root=str(pairs_dir), out=str(out), workers=0))
 
 
-def _tree(p: Path) -> dict[str, bytes]:
-    out = {str(f.relative_to(p)): f.read_bytes() for f in sorted(p.rglob("*")) if f.is_file()}
-    root = json.loads(out.pop("zarr.json"))
-    root["attributes"].pop("created")  # the one value that depends on when
-    out["zarr.json"] = json.dumps(root, sort_keys=True).encode()
-    return out
-
-
 def test_three_writers_write_the_same_store_as_one(pairs_dir, tmp_path):
     stores = []
     for writers in (1, 3):
         out = tmp_path / f"w{writers}.zarr"
         extract(ExtractConfig(model="tiny", data="pairs", root=str(pairs_dir), out=str(out), workers=0, shard_rows=2,
                               batch_size=2, writers=writers))
-        stores.append(_tree(out))
+        stores.append(store_files(out, drop=("created",)))
     one, three = stores
     assert sum(k.startswith(".done/images/") for k in one) == 6 and sum(k.startswith(".done/texts/") for k in one) == 8
     assert one.keys() == three.keys()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import mini_sugarcrepe
+from conftest import mini_sugarcrepe, store_files
 from typer.testing import CliRunner
 
 from compalign.cache import CacheError, CacheReader
@@ -24,12 +24,8 @@ def _extract(root: Path, out: Path, *extra: str, data: str = "pairs"):
                                     "--workers", "0", "--shard-rows", "4", *extra])
 
 
-def _tree(p: Path) -> dict[str, bytes]:
-    return {str(f.relative_to(p)): f.read_bytes() for f in sorted(p.rglob("*")) if f.is_file()}
-
-
 def _chunks(store: Path) -> dict[str, bytes]:
-    return {k: v for k, v in _tree(store).items() if "/c/" in k}
+    return {k: v for k, v in store_files(store).items() if "/c/" in k}
 
 
 def _copy(store: Path, tmp_path: Path) -> Path:
@@ -48,12 +44,12 @@ def test_overwrite_refuses_what_is_not_a_store_and_deletes_nothing(pairs_dir, tm
         (notes / f"{i}.txt").write_text(f"note {i}")
     (tmp_path / "file.zarr").write_text("a regular file")
     out = {"root": pairs_dir, "parent of root": tmp_path, "not a store": notes, "regular file": tmp_path / "file.zarr"}[target]
-    before = _tree(tmp_path)
+    before = store_files(tmp_path)
     res = _extract(pairs_dir, out, "--overwrite")
     assert res.exit_code == 2, res.output
     assert {"root": "is the data root", "parent of root": "holds it", "not a store": "not a compalign store (3 entries)",
             "regular file": "is not a folder"}[target] in " ".join(res.output.split())
-    after = _tree(tmp_path)
+    after = store_files(tmp_path)
     assert after == before and len(after) == 12 + 1 + 3 + 1  # images, pairs.jsonl, notes, the file: all still there
 
 
@@ -98,11 +94,11 @@ def test_settings_that_differ_name_the_field(pairs_dir, tmp_path):
 def test_a_second_writer_is_refused_and_the_store_is_untouched(pairs_dir, tmp_path):
     out = tmp_path / "p.zarr"
     assert _extract(pairs_dir, out).exit_code == 0
-    before = _tree(out)
+    before = store_files(out)
     with writer_lock(out):  # the first writer, still running
         res = _extract(pairs_dir, out, "--overwrite")
     assert res.exit_code == 2 and "another compalign extract (pid" in res.output
-    assert _tree(out) == before
+    assert store_files(out) == before
 
 
 def test_an_out_that_cannot_be_written_is_a_message(pairs_dir):
