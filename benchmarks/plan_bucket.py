@@ -34,6 +34,25 @@ import compalign.extract.sources.remote as remote
 from compalign.extract.sources import PlanCache, plan_source
 
 
+def start_moto():
+    """(moto's S3 server on a free 127.0.0.1 port, an s3fs client of it with the bucket `bench` made); the
+    AWS_* variables point at it, so compalign's own clients (and forked workers) reach it too."""
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the server's request log
+    os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="x",
+                      AWS_DEFAULT_REGION="us-east-1")
+    fs = s3fs.S3FileSystem()
+    fs.mkdir("bench")
+    return server, fs
+
+
 def jpegs(n: int) -> list[bytes]:
     out = []
     for i in range(n):
@@ -127,19 +146,7 @@ def main() -> None:
     ap.add_argument("--shard-size", type=int, default=100, help="webdataset: samples per tar shard")
     ap.add_argument("--delay-ms", type=float, default=0.0)
     args = ap.parse_args()
-    import s3fs
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the server's request log
-    os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="x",
-                      AWS_DEFAULT_REGION="us-east-1")
-    fs = s3fs.S3FileSystem()
-    fs.mkdir("bench")
+    server, fs = start_moto()
     images, calls = jpegs(args.n), Counter()
     upload = {"pairs": upload_pairs, "aro": upload_aro, "webdataset": lambda fs, im: upload_shards(fs, im, args.shard_size)}
     root = upload[args.data](fs, images)

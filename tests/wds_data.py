@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import email.utils
+import hashlib
+import http.server
 import io
 import json
 import tarfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -76,3 +80,55 @@ def write_files_layout(root: Path, shards: int = 2) -> Path:
                 (root / f"{s:05d}" / f"{key}.{ext}").write_bytes(data)
         (root / f"{s:05d}_stats.json").write_text("{}")
     return root
+
+
+class ShardServer:
+    """An http server on 127.0.0.1 for the files of a folder, answering as nginx or a bucket's https endpoint does:
+    HEAD, GET, GET with `Range: bytes=a-b`, a Last-Modified and (with `etag`) an ETag per file; it counts the
+    requests it answers: (method, file name, its Range header or None)."""
+
+    def __init__(self, folder, etag=True):
+        seen = self.requests = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def do_HEAD(self):
+                self._answer(body=False)
+
+            def do_GET(self):
+                self._answer(body=True)
+
+            def _answer(self, body):
+                path = folder / self.path.lstrip("/")
+                ranged = self.headers.get("Range")
+                seen.append((self.command, self.path.rsplit("/", 1)[-1], ranged))  # ranged: "bytes=a-b" or None
+                if not path.is_file():
+                    self.send_error(404)
+                    return
+                data = path.read_bytes()
+                status, part = 200, data
+                if ranged:
+                    lo, _, hi = ranged.removeprefix("bytes=").partition("-")
+                    part = data[int(lo):int(hi) + 1 if hi else len(data)]
+                    status = 206
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(part)))
+                self.send_header("Accept-Ranges", "bytes")
+                self.send_header("Last-Modified", email.utils.formatdate(path.stat().st_mtime, usegmt=True))
+                if etag:
+                    self.send_header("ETag", '"' + hashlib.md5(data).hexdigest() + '"')
+                if ranged:
+                    self.send_header("Content-Range", f"bytes {lo}-{int(lo) + len(part) - 1}/{len(data)}")
+                self.end_headers()
+                if body:
+                    self.wfile.write(part)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()

@@ -9,8 +9,9 @@ from __future__ import annotations
 import shlex
 
 import numpy as np
+from conftest import store_files
 from typer.testing import CliRunner
-from wds_data import samples, write_tar
+from wds_data import ShardServer, samples, write_tar
 
 from compalign.cache.reader import CacheReader
 from compalign.cache.store import resume_command
@@ -58,3 +59,26 @@ def test_extract_two_shards_then_score_and_train(tmp_path):
                                          "--loss", "infonce=1", "--n-hard", "0"])  # web pairs carry no hard negatives
     assert res.exit_code == 0, res.output
     assert (tmp_path / "run").is_dir() and any((tmp_path / "run").iterdir())
+
+
+def test_shards_on_a_web_server_extract_the_local_store_reading_each_batch_as_one_range(tmp_path):
+    for s in (0, 1):
+        write_tar(tmp_path / "shards" / f"{s:05d}.tar", samples(s, n=10))
+    args = ["extract", "--model", "tiny", "--data", "webdataset", "--shard-rows", "8", "--batch-size", "4"]
+    local = str(tmp_path / "shards" / "{00000..00001}.tar")
+    res = CliRunner().invoke(app, [*args, "--root", local, "--out", str(tmp_path / "here.zarr"), "--workers", "0"])
+    assert res.exit_code == 0, res.output
+    server = ShardServer(tmp_path / "shards")
+    try:
+        url = server.url + "/{00000..00001}.tar"
+        # one decoding worker: a forked process that opens its own http filesystem
+        res = CliRunner().invoke(app, [*args, "--root", url, "--out", str(tmp_path / "there.zarr"), "--workers", "1"])
+        assert res.exit_code == 0, res.output
+    finally:
+        server.close()
+    same = ("created", "source.root")
+    assert store_files(tmp_path / "here.zarr", same) == store_files(tmp_path / "there.zarr", same)
+    # Planning read each tar shard whole (a range from byte 0); then 18 image rows in batches of 4 (the store's
+    # shards hold 8 rows): one range per batch, two for rows 8-11, which span both tar shards; not one per image
+    reads = [name for method, name, ranged in server.requests if method == "GET" and ranged and ranged[6:8] != "0-"]
+    assert sorted(reads) == ["00000.tar"] * 3 + ["00001.tar"] * 3

@@ -8,7 +8,7 @@ import pickle
 import time
 
 import pytest
-from wds_data import CORRUPT, jpeg, samples, write_files_layout, write_tar, write_webdataset
+from wds_data import CORRUPT, ShardServer, jpeg, samples, write_files_layout, write_tar, write_webdataset
 
 from compalign.extract.image_rows import ImageRows
 from compalign.extract.sources import SourceError, content_key, list_sources, plan_source, text_key
@@ -114,63 +114,6 @@ def test_url_shards_through_fsspec(tmp_path):
         fs.rm("/wds", recursive=True)
 
 
-class _ShardServer:
-    """An http server on 127.0.0.1 for the files of a folder, answering as nginx or a bucket's https endpoint does:
-    HEAD, GET, GET with `Range: bytes=a-b`, a Last-Modified and (with `etag`) an ETag per file; it counts the
-    requests it answers."""
-
-    def __init__(self, folder, etag=True):
-        import email.utils
-        import hashlib
-        import http.server
-        import threading
-
-        seen = self.requests = []
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):  # quiet
-                pass
-
-            def do_HEAD(self):
-                self._answer(body=False)
-
-            def do_GET(self):
-                self._answer(body=True)
-
-            def _answer(self, body):
-                path = folder / self.path.lstrip("/")
-                ranged = self.headers.get("Range")
-                seen.append((self.command, self.path.rsplit("/", 1)[-1], bool(ranged)))
-                if not path.is_file():
-                    self.send_error(404)
-                    return
-                data = path.read_bytes()
-                status, part = 200, data
-                if ranged:
-                    lo, _, hi = ranged.removeprefix("bytes=").partition("-")
-                    part = data[int(lo):int(hi) + 1 if hi else len(data)]
-                    status = 206
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(part)))
-                self.send_header("Accept-Ranges", "bytes")
-                self.send_header("Last-Modified", email.utils.formatdate(path.stat().st_mtime, usegmt=True))
-                if etag:
-                    self.send_header("ETag", '"' + hashlib.md5(data).hexdigest() + '"')
-                if ranged:
-                    self.send_header("Content-Range", f"bytes {lo}-{int(lo) + len(part) - 1}/{len(data)}")
-                self.end_headers()
-                if body:
-                    self.wfile.write(part)
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.mark.parametrize("etag", [True, False], ids=["etag", "last-modified-only"])
 def test_http_shards_plan_as_local_ones_and_are_replayed_by_their_etag_or_last_modified(tmp_path, etag):
     from compalign.extract.sources import PlanCache
@@ -178,7 +121,7 @@ def test_http_shards_plan_as_local_ones_and_are_replayed_by_their_etag_or_last_m
     local = write_webdataset(tmp_path / "shards")
     for tar in local.glob("*.tar"):  # written an hour ago: a Last-Modified of this second is not trusted yet
         os.utime(tar, (time.time() - 3600,) * 2)
-    server = _ShardServer(local, etag)
+    server = ShardServer(local, etag)
     try:
         here = plan_source("webdataset", str(local / "{00000..00001}.tar"))
         pattern, cache = server.url + "/{00000..00002}.tar", PlanCache(tmp_path / "cache.sqlite")
@@ -193,5 +136,31 @@ def test_http_shards_plan_as_local_ones_and_are_replayed_by_their_etag_or_last_m
         # fsspec asks for a missing file by HEAD and then by GET; the shards that exist are only HEADed
         read = {(method, name) for method, name, _ in server.requests if name != "00002.tar"}
         assert read == {("HEAD", "00000.tar"), ("HEAD", "00001.tar")}
+    finally:
+        server.close()
+
+
+def test_a_batch_of_http_tar_members_is_read_as_one_range_per_shard_and_a_cut_member_fails_alone(tmp_path):
+    from compalign.extract.sources.reads import read_refs
+
+    local = write_webdataset(tmp_path / "shards")
+    here = plan_source("webdataset", str(local / "{00000..00001}.tar"))
+    server = ShardServer(local)
+    try:
+        there = plan_source("webdataset", server.url + "/{00000..00001}.tar")
+        server.requests.clear()
+        assert read_refs(there.images) == [r.read() for r in here.images]
+        # one GET per shard, whatever the number of images in it (each an HTTP range of that shard)
+        assert sorted(name for method, name, ranged in server.requests if method == "GET" and ranged) == [
+            "00000.tar", "00001.tar"]
+        # A shard cut short after planning: its members past the cut fail, each with the words ImageRef.read uses
+        cut = there.images[-1].offset + 10
+        (local / "00001.tar").write_bytes((local / "00001.tar").read_bytes()[:cut])
+        got = read_refs(there.images)
+        last = there.images[-1]
+        assert isinstance(got[-1], OSError) and str(got[-1]) == (
+            f"{last.path} ends {last.size - 10} bytes into this member: the shard was truncated or rewritten after "
+            "planning")
+        assert got[:-1] == [r.read() for r in here.images[:-1]]
     finally:
         server.close()

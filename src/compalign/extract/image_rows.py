@@ -4,7 +4,9 @@ One unreadable file must not stop a run of a million images, and an exception ra
 would: so a row comes back as (row, pixels or None, crops or None, error or None), and the collate
 splits a batch into the rows that encode and the errors the runner records in the shard's status.
 With `--crops`, each row's boxes are cut from the same decoded image and preprocessed here too
-(extract.crops), so the main process only runs forward passes.
+(extract.crops), so the main process only runs forward passes. The DataLoader asks for a batch at
+once: its bytes are read together (sources/reads.py: a bucket's objects concurrently, neighbouring tar
+members as one range), then each row is decoded.
 
 `--decode`: `exact` runs the checkpoint's preprocess on the full decode; `fast` lets PIL decode a JPEG at
 1/2, 1/4 or 1/8 scale first (draft mode: the DCT drops the detail the resize would drop anyway) as long
@@ -28,6 +30,7 @@ from torchvision import transforms as T
 from ..core.decode import DecodeError, decode_image
 from .crops import crop_pixels
 from .sources import ImageRef
+from .sources.reads import read_refs
 
 Decode = Literal["exact", "fast", "gpu"]
 PREFETCH = 4  # batches each DataLoader worker keeps ready: a worker's pace varies with the images it draws
@@ -95,11 +98,23 @@ class ImageRows(Dataset):
         return len(self.refs)
 
     def __getitem__(self, row: int) -> Row:
+        return self.__getitems__([row])[0]
+
+    def __getitems__(self, rows: list[int]) -> list[Row]:
+        """A batch's rows (the DataLoader asks for a batch at once): their bytes read together (read_refs: a
+        bucket's objects concurrently, a tar shard's neighbouring members as one range), then decoded one by one."""
+        todo = [r for r in rows if not self.refs[r].error]
+        read = dict(zip(todo, read_refs([self.refs[r] for r in todo])))
+        return [self._row(r, read.get(r)) for r in rows]
+
+    def _row(self, row: int, data: bytes | Exception | None) -> Row:
         ref = self.refs[row]
         if ref.error:
             return row, None, None, ref.error, None
         try:
-            data = ref.read()  # in memory, a file, or a tar member's byte range
+            if isinstance(data, Exception):  # unreadable: the same failure as if it raised here
+                raise data
+            assert data is not None
             if self.decode == "gpu" and _device_can_decode(data, self.exif_transpose):
                 return row, None, None, None, (torch.frombuffer(bytearray(data), dtype=torch.uint8), ref.origin)
             image = decode_image(data, self.exif_transpose, self.draft_short)

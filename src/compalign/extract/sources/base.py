@@ -159,10 +159,13 @@ class ImageRef:
         assert self.path is not None, f"{self.origin}: an image row without bytes or a path"
         if self.offset is None:
             return read_bytes(self.path, self.options)
-        data = read_bytes(self.path, self.options, self.offset, self.offset + (self.size or 0))
+        return self.member(read_bytes(self.path, self.options, self.offset, self.offset + (self.size or 0)))
+
+    def member(self, data: bytes) -> bytes:
+        """The bytes read for this tar member, once they are all there (a shorter read raises OSError)."""
         if len(data) != self.size:
-            raise OSError(f"{self.path} ends {self.size - len(data)} bytes into this member: the shard was truncated "
-                          "or rewritten after planning")
+            raise OSError(f"{self.path} ends {(self.size or 0) - len(data)} bytes into this member: the shard was "
+                          "truncated or rewritten after planning")
         return data
 
     @property
