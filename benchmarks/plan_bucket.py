@@ -96,19 +96,22 @@ def upload_shards(fs, images: list[bytes], per_shard: int) -> str:
     return f"s3://bench/wds/{{00000..{shards - 1:05d}}}.tar"
 
 
-def slowed(fs, delay_ms: float, calls: Counter) -> None:
-    """Count every request the client makes by its S3 method, and add `delay_ms` to each."""
-    real = fs._call_s3
+def slowed(delay_ms: float, calls: Counter) -> None:
+    """Count every request any s3fs client of this process makes (compalign's, zarr's) by its S3 method, and add
+    `delay_ms` to each. Patched on the class: fsspec keeps an instance per set of options, and zarr makes its own."""
+    import s3fs
 
-    async def call(method, *a, **k):
+    real = s3fs.S3FileSystem._call_s3
+
+    async def call(self, method, *a, **k):
         import asyncio
 
         calls[method] += 1
         if delay_ms:
             await asyncio.sleep(delay_ms / 1000)
-        return await real(method, *a, **k)
+        return await real(self, method, *a, **k)
 
-    fs._call_s3 = call  # the instance planning uses (fsspec keeps one per set of options)
+    s3fs.S3FileSystem._call_s3 = call
 
 
 def bench_read_ahead(fs, kind: str, root: str, calls: Counter, what: str) -> None:
@@ -150,7 +153,7 @@ def main() -> None:
     images, calls = jpegs(args.n), Counter()
     upload = {"pairs": upload_pairs, "aro": upload_aro, "webdataset": lambda fs, im: upload_shards(fs, im, args.shard_size)}
     root = upload[args.data](fs, images)
-    slowed(fs, args.delay_ms, calls)
+    slowed(args.delay_ms, calls)
     what = f"{args.n} COCO-size JPEGs in a bucket on 127.0.0.1 (+{args.delay_ms:g} ms per request)"
     if args.data != "webdataset":
         bench_read_ahead(fs, args.data, root, calls, what)

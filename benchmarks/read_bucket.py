@@ -48,7 +48,7 @@ def main() -> None:
     root = upload_pairs(fs, images) if args.data == "pairs" else upload_shards(fs, images, args.shard_size)
     plan = plan_source(args.data, root)
     calls = Counter()
-    slowed(fs, args.delay_ms, calls)
+    slowed(args.delay_ms, calls)
     refs, n = plan.images, len(plan.images)
     batches = [refs[i:i + args.batch_size] for i in range(0, n, args.batch_size)]
     what = (f"{n} COCO-size JPEGs ({args.data}) in a bucket on 127.0.0.1, +{args.delay_ms:g} ms per request, "

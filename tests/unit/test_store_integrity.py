@@ -229,3 +229,43 @@ def test_checksums_taken_as_written_equal_the_files_read_back(tmp_path, monkeypa
     assert write(tmp_path / "b.zarr", digests=True) == read_back  # the same markers, no chunk read again
     monkeypatch.undo()
     assert not store.damaged_shards(tmp_path / "b.zarr")  # and they verify against the files
+
+
+def test_a_shard_written_whole_reads_and_lists_nothing_and_replaces_what_was_there(tmp_path, monkeypatch):
+    """Zarr reads a sharded array's stored shard before writing into it; through the writers' DigestStore a
+    shard written whole reads none of it (in a bucket: no HEAD and LIST for a new shard, no download of an old
+    one rewritten after a crash), and its marker is made without listing its files."""
+    import compalign.cache.store as store
+    from compalign.cache.location import Location
+
+    lay = store.Layout(n_images=8, n_texts=0, embed_dim=8, n_patches=4, n_prefix=1, image_width=6, text_len=1,
+                       text_width=8, layers=[-1], shard_rows=4, chunk_rows=2)
+    path = tmp_path / "s.zarr"
+    store.create_store(path, lay, {}, {}, [f"k{i}" for i in range(8)], [f"o{i}" for i in range(8)], [], [], {})
+    root = store.open_store(path, "r+", digests=True)
+    reads, inner = [], root.store._store
+    real_get = type(inner).get
+
+    async def get(self, key, *args, **kwargs):
+        reads.append(key)
+        return await real_get(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(type(inner), "get", get)
+    monkeypatch.setattr(Location, "files", lambda self: pytest.fail(f"{self} was listed"))
+
+    def shard(seed: int) -> dict[str, np.ndarray]:
+        r = np.random.default_rng(seed)
+        return {"global": r.standard_normal((4, 8), dtype=np.float32),
+                "patches": r.standard_normal((4, 4, 6)).astype(np.float16),
+                "prefix": r.standard_normal((4, 1, 6)).astype(np.float16),
+                "status": np.ones(4, np.int8), "error": np.full(4, "", dtype=str)}
+
+    for s in (0, 1):
+        store.write_shard(root, path, "images", s, 4 * s, shard(s))
+    store.write_shard(root, path, "images", 1, 4, shard(7))  # shard 1 again, as a rerun after a crash writes it
+    assert [k for k in reads if "/c/" in k] == []
+    monkeypatch.undo()
+    assert not store.damaged_shards(path)
+    patches = store.open_store(path)["images/patches"][:]
+    np.testing.assert_array_equal(patches[:4], shard(0)["patches"])
+    np.testing.assert_array_equal(patches[4:], shard(7)["patches"])  # the new rows, none of the old

@@ -46,6 +46,8 @@ import json
 import math
 import shlex
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -203,31 +205,62 @@ class DigestStore(WrapperStore):
 
     A done marker checksums its shard's chunk files. Taken from the bytes as they are handed to the store,
     the checksums cost no second read; read back from the store they cost a download of every chunk in
-    object storage. Both give the same digests: the store keeps exactly the bytes it is given."""
+    object storage. Both give the same digests: the store keeps exactly the bytes it is given.
+
+    It also knows the shards being written whole (`replacing`). Zarr reads a sharded array's stored shard
+    before writing into it, even when the write replaces every inner chunk: for a new shard in object storage
+    that is a HEAD and a LIST that find nothing, for a shard rewritten after a crash a download of it, and what
+    it read is then thrown away. A read of a key being replaced answers "absent"."""
 
     def __init__(self, store: Any):
         super().__init__(store)
         self.written: dict[str, list[Any]] = {}
+        self._replacing: frozenset[str] = frozenset()  # swapped whole under the lock: zarr's thread reads it
+        self._lock = threading.Lock()
 
     async def set(self, key: str, value: Any) -> None:
         data = value.as_numpy_array()  # (n,) uint8, a view of the encoded chunk
         self.written[key] = [int(data.nbytes), hashlib.sha256(data).hexdigest()]
         await self._store.set(key, value)
 
-    def take(self, key: str) -> list[Any] | None:
-        return self.written.pop(key, None)
+    async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
+        if _under(key, self._replacing):
+            return None
+        return await self._store.get(key, prototype, byte_range)
+
+    @contextmanager
+    def replacing(self, prefixes: set[str]) -> Iterator[None]:
+        """While writing the chunks under `prefixes` whole (one writer thread's shard; writers never share one)."""
+        with self._lock:
+            self._replacing |= prefixes
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._replacing -= prefixes
+
+    def take(self, prefix: str) -> dict[str, list[Any]]:
+        """{key: [bytes, sha256]} of the objects written under `prefix` (a shard's chunks), forgotten here."""
+        return {k: self.written.pop(k) for k in list(self.written) if _under(k, {prefix})}
+
+
+def _under(key: str, prefixes: frozenset[str] | set[str]) -> bool:
+    return any(key == p or key.startswith(p + "/") for p in prefixes)
 
 
 def _shard_files(path: Path | Location, kind: Kind, names: list[str], shard: int,
                  written: DigestStore | None = None) -> dict[str, list[Any]]:
     """{relative path: [bytes, sha256]} of every chunk file of `shard` in the named arrays: what `written`
-    recorded as it wrote them, else read back."""
+    recorded as it wrote them (no listing: in object storage a LIST per array), else listed and read back."""
     loc = location(path)
     out: dict[str, list[Any]] = {}
     for name in names:
-        for f in (loc / f"{kind}/{name}/c/{shard}").files():
-            rel = f.relative_to(loc)
-            out[rel] = (written.take(rel) if written is not None else None) or [f.size(), _digest(f)]
+        prefix = f"{kind}/{name}/c/{shard}"
+        if mine := (written.take(prefix) if written is not None else None):
+            out.update(mine)
+            continue
+        for f in (loc / prefix).files():
+            out[f.relative_to(loc)] = [f.size(), _digest(f)]
     return out
 
 
@@ -240,21 +273,23 @@ def write_shard(root: zarr.Group, path: Path | Location, kind: Kind, shard: int,
     with their checksums, so a later `verify_shard` can tell a damaged shard from a good one.
     """
     opened, loc = {} if opened is None else opened, location(path)
-    for name, data in arrays.items():
-        key = f"{kind}/{name}"
-        if key not in opened:
-            # Zarr takes it when the array opens, from its process-wide config: one writer thread leaving the
-            # `set` block restores that config under another thread still opening (measured: 1 of 240 opens by
-            # 8 threads; a shard's all-empty `error` chunk would then be skipped, a hole in the store), so
-            # threads open their arrays one at a time.
-            with _OPENING, zarr.config.set({"array.write_empty_chunks": True}):
-                opened[key] = root[key]
-        opened[key][lo:lo + len(data)] = data
+    store = root.store if isinstance(root.store, DigestStore) else None
+    whole = store.replacing({f"{kind}/{name}/c/{shard}" for name in arrays}) if store is not None else nullcontext()
+    with whole:  # every row of the shard is written: what is stored there now is not needed
+        for name, data in arrays.items():
+            key = f"{kind}/{name}"
+            if key not in opened:
+                # Zarr takes it when the array opens, from its process-wide config: one writer thread leaving the
+                # `set` block restores that config under another thread still opening (measured: 1 of 240 opens
+                # by 8 threads; a shard's all-empty `error` chunk would then be skipped, a hole in the store), so
+                # threads open their arrays one at a time.
+                with _OPENING, zarr.config.set({"array.write_empty_chunks": True}):
+                    opened[key] = root[key]
+            opened[key][lo:lo + len(data)] = data
     # Durability before the marker: a crash after this loop cannot lose the shard. In object storage each chunk
     # is one PUT, durable when it returns, so the marker PUT after them is the same contract with nothing to fsync.
     for name in arrays:
         (loc / f"{kind}/{name}/c/{shard}").fsync()
-    store = root.store if isinstance(root.store, DigestStore) else None
     files = _shard_files(loc, kind, sorted(arrays), shard, store)
     marker = loc / ".done" / kind / f"{shard:06d}"
     marker.write_atomic(json.dumps({"rows": [lo, lo + len(next(iter(arrays.values())))], "files": files}))
