@@ -84,10 +84,11 @@ def write_files_layout(root: Path, shards: int = 2) -> Path:
 
 class ShardServer:
     """An http server on 127.0.0.1 for the files of a folder, answering as nginx or a bucket's https endpoint does:
-    HEAD, GET, GET with `Range: bytes=a-b`, a Last-Modified and (with `etag`) an ETag per file; it counts the
+    HEAD, GET, GET with `Range: bytes=a-b` (unless `ranges` is off), a Last-Modified and (with `etag`) an ETag per
+    file; it counts the
     requests it answers: (method, file name, its Range header or None)."""
 
-    def __init__(self, folder, etag=True):
+    def __init__(self, folder, etag=True, ranges=True):
         seen = self.requests = []
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -102,7 +103,7 @@ class ShardServer:
 
             def _answer(self, body):
                 path = folder / self.path.lstrip("/")
-                ranged = self.headers.get("Range")
+                ranged = self.headers.get("Range") if ranges else None  # ranges=False: a server that ignores them
                 seen.append((self.command, self.path.rsplit("/", 1)[-1], ranged))  # ranged: "bytes=a-b" or None
                 if not path.is_file():
                     self.send_error(404)

@@ -164,3 +164,25 @@ def test_a_batch_of_http_tar_members_is_read_as_one_range_per_shard_and_a_cut_me
         assert got[:-1] == [r.read() for r in here.images[:-1]]
     finally:
         server.close()
+
+
+def test_tar_members_from_a_server_that_ignores_ranges_fail_naming_it_not_with_wrong_bytes(tmp_path):
+    from compalign.extract.sources.reads import read_refs
+
+    local = write_webdataset(tmp_path / "shards")
+    good, bad = ShardServer(local), ShardServer(local, ranges=False)  # bad answers every GET with the whole file
+    try:
+        plan = plan_source("webdataset", good.url + "/{00000..00001}.tar")
+        for ref in plan.images:
+            ref.path = ref.path.replace(good.url, bad.url)
+        got = read_refs(plan.images)
+        shard = plan.images[0].path
+        assert isinstance(got[0], OSError) and str(got[0]).startswith(f"{shard}: ") and (
+            "the server ignores HTTP range requests, so tar members cannot be read from it. Download the shards and "
+            "pass their folder as --root") in str(got[0])
+        assert all(isinstance(g, OSError) for g in got)
+        with pytest.raises(OSError, match="ignores HTTP range requests"):
+            plan.images[0].read()  # one member at a time, the same words
+    finally:
+        good.close()
+        bad.close()

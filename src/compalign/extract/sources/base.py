@@ -137,6 +137,13 @@ def text_key(s: str) -> str:
     return hashlib.blake2b(s.encode("utf-8"), digest_size=16).hexdigest()
 
 
+def range_ignored(path: str, asked: int, got: int) -> OSError:
+    """A byte-range read answered with more than was asked: a web server that ignores `Range` and sends the whole
+    file. Its bytes at the asked offsets would be the wrong ones, so the read fails."""
+    return OSError(f"{path}: {got} bytes came back for a range of {asked}: the server ignores HTTP range requests, "
+                   "so tar members cannot be read from it. Download the shards and pass their folder as --root")
+
+
 @dataclass
 class ImageRef:
     key: str
@@ -163,6 +170,8 @@ class ImageRef:
 
     def member(self, data: bytes) -> bytes:
         """The bytes read for this tar member, once they are all there (a shorter read raises OSError)."""
+        if len(data) > (self.size or 0):
+            raise range_ignored(str(self.path), self.size or 0, len(data))
         if len(data) != self.size:
             raise OSError(f"{self.path} ends {(self.size or 0) - len(data)} bytes into this member: the shard was "
                           "truncated or rewritten after planning")

@@ -14,7 +14,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Sequence
 
-from .base import ImageRef, is_url, url_fs
+from .base import ImageRef, is_url, range_ignored, url_fs
 
 MERGE_GAP = 1 << 20  # bytes between two wanted members that are read through rather than split into two requests
 MERGE_MAX = 64 << 20  # the most one merged request fetches: a batch's share of a shard, not the shard
@@ -60,8 +60,10 @@ def _read_remote(fs, wanted: list[tuple[int, str, ImageRef]]) -> list[tuple[int,
     refs = {i: ref for i, _, ref in wanted}
     for key, lo, hi, i in members:
         s = bisect_right(span_of, (key, lo)) - 1  # the span that starts at or before the member
-        data = got[len(whole) + s]
-        if not isinstance(data, Exception):
+        data, asked = got[len(whole) + s], spans[2][s] - spans[1][s]
+        if not isinstance(data, Exception) and len(data) > asked:
+            data = range_ignored(refs[i].path or key, asked, len(data))
+        elif not isinstance(data, Exception):
             try:
                 data = refs[i].member(data[lo - spans[1][s]:hi - spans[1][s]])
             except OSError as e:  # the shard ends early: this member's failure, not the batch's
