@@ -493,3 +493,28 @@ def test_a_store_in_a_bucket_keeps_its_planning_cache_in_the_users_cache_folder(
     finally:
         hashes.close()
     assert (hashes.hits, hashes.misses) == (len(plan.images), 0) == (12, 0)
+
+
+def test_a_worker_reads_a_batch_of_objects_and_shard_members_with_a_get_each_and_no_head(s3, tmp_path, pairs_dir,
+                                                                                        monkeypatch):
+    """A decoding worker has listed nothing; s3fs would ask each whole object's size first (a HEAD) to split a
+    large one into parallel ranges. Images are read with one GET each, a shard's neighbouring members one GET."""
+    import s3fs
+    from wds_data import write_webdataset
+
+    from compalign.extract.sources.reads import read_refs
+
+    pairs = plan_source("pairs", _upload(s3, pairs_dir, "worker/pairs"))
+    shards = plan_source("webdataset", _upload(s3, write_webdataset(tmp_path / "wds"), "worker/wds") + "/*.tar")
+    s3.invalidate_cache()  # as in a freshly forked worker: no listing known
+    calls, real = [], s3fs.S3FileSystem._call_s3
+
+    async def counted(self, method, *args, **kwargs):
+        calls.append(method)
+        return await real(self, method, *args, **kwargs)
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", counted)
+    got = read_refs(pairs.images + shards.images)
+    monkeypatch.undo()
+    assert got == [r.read() for r in pairs.images + shards.images]
+    assert calls == ["get_object"] * (len(pairs.images) + 2)  # 12 objects, then 2 shards of members: a GET each

@@ -24,7 +24,7 @@ from ...core import CompalignError
 from ...core.host import usable_cores
 from ...core.registry import Registry
 from .plan_cache import PlanCache, active_cache, settled, using
-from .remote import Remote, UrlPath, object_stamp
+from .remote import Remote, UrlPath, object_stamp, whole_reads
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +85,11 @@ def read_bytes(where: str | Path | UrlPath, options: dict[str, Any] | None = Non
     DataLoader worker gets its own filesystem, never the planning process's (fsspec keeps one instance per
     process and refuses a parent's async filesystem, s3fs included, after a fork)."""
     if isinstance(where, UrlPath):
-        return where.remote.fs.cat_file(where.key, start=start, end=end)
+        fs, key = where.remote.fs, where.key
+        return fs.cat_file(key, start=start, end=end, **whole_reads(fs))
     if is_url(where):  # one request (a range one for a tar member), not a file object's read-ahead blocks
         fs, key = url_fs(where, options)
-        return fs.cat_file(key, start=start, end=end)
+        return fs.cat_file(key, start=start, end=end, **whole_reads(fs))
     if start is None:
         return Path(where).read_bytes()
     with open(where, "rb") as f:

@@ -15,6 +15,7 @@ from bisect import bisect_right
 from collections.abc import Sequence
 
 from .base import ImageRef, is_url, range_ignored, url_fs
+from .remote import whole_reads
 
 MERGE_GAP = 1 << 20  # bytes between two wanted members that are read through rather than split into two requests
 MERGE_MAX = 64 << 20  # the most one merged request fetches: a batch's share of a shard, not the shard
@@ -54,7 +55,7 @@ def _read_remote(fs, wanted: list[tuple[int, str, ImageRef]]) -> list[tuple[int,
     spans = merge_offset_ranges([m[0] for m in members], [m[1] for m in members], [m[2] for m in members],
                                 max_gap=MERGE_GAP, max_block=MERGE_MAX, sort=False)
     paths, starts, ends = [k for _, k in whole] + spans[0], [None] * len(whole) + spans[1], [None] * len(whole) + spans[2]
-    got = fs.cat_ranges(paths, starts, ends, on_error="return") if paths else []
+    got = fs.cat_ranges(paths, starts, ends, on_error="return", **whole_reads(fs)) if paths else []
     out: list[tuple[int, bytes | Exception]] = [(i, data) for (i, _), data in zip(whole, got)]
     span_of = list(zip(spans[0], spans[1]))  # (key, start) of each span, sorted as the members are
     refs = {i: ref for i, _, ref in wanted}

@@ -16,6 +16,7 @@ filesystem: the image rows carry the URL and the storage options, and each decod
 from __future__ import annotations
 
 import fnmatch
+import inspect
 import posixpath
 from collections.abc import Iterator
 from email.utils import parsedate_to_datetime
@@ -52,6 +53,17 @@ def _older_than_settle(http_date: str) -> bool:
         return False
 
 
+def whole_reads(fs: Any) -> dict[str, Any]:
+    """What cat_file / cat_ranges take on `fs` to fetch a small object whole in one request. s3fs first asks for
+    an object's size (a HEAD, unless a listing gave it) to split one larger than its block size (50 MB) into
+    parallel ranges: for an image, in a decoding worker that listed nothing, a second round trip for nothing."""
+    try:
+        takes = "max_concurrency" in inspect.signature(fs._cat_file).parameters
+    except (AttributeError, TypeError, ValueError):  # a synchronous filesystem (local, memory): no such step
+        return {}
+    return {"max_concurrency": 1} if takes else {}
+
+
 class Remote:
     """One plan's filesystem: the fsspec instance, the storage options that made it, each folder's listing once."""
 
@@ -79,7 +91,7 @@ class Remote:
         concurrently. READ_AHEAD bounds what is held: each batch's bytes are hashed and dropped before the next."""
         for lo in range(0, len(keys), READ_AHEAD):
             part = keys[lo:lo + READ_AHEAD]
-            yield from zip(part, self.fs.cat_ranges(part, None, None, on_error="return"))
+            yield from zip(part, self.fs.cat_ranges(part, None, None, on_error="return", **whole_reads(self.fs)))
 
 
 class UrlPath:
