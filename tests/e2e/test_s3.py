@@ -518,3 +518,34 @@ def test_a_worker_reads_a_batch_of_objects_and_shard_members_with_a_get_each_and
     monkeypatch.undo()
     assert got == [r.read() for r in pairs.images + shards.images]
     assert calls == ["get_object"] * (len(pairs.images) + 2)  # 12 objects, then 2 shards of members: a GET each
+
+
+def test_the_reader_gets_each_chunk_with_one_request_and_no_head(s3, tmp_path, monkeypatch):
+    """s3fs asks an object's size (a HEAD) before a whole GET unless told max_concurrency=1; a reader in a bucket
+    tells it, so reading a chunk is one GET; a --storage-option max_concurrency=N still decides."""
+    import s3fs
+
+    from compalign.cache import CacheReader
+    from compalign.cache.location import location
+
+    url = f"s3://{BUCKET}/caches/gets.zarr"
+    _ok(CliRunner().invoke(app, [*EXTRACT, "--root", str(mini_sugarcrepe(tmp_path / "sc", n=8)), "--out", url]))
+    local = tmp_path / "here.zarr"
+    s3.get(url, str(local), recursive=True)
+    gets, calls, real = {}, [], s3fs.S3FileSystem._call_s3
+
+    async def counted(self, method, *args, **kwargs):
+        calls.append(method)
+        return await real(self, method, *args, **kwargs)
+
+    for options, heads in (({}, False), ({"max_concurrency": 10}, True)):
+        r = CacheReader(location(url, options))
+        n = r.layout.n_images
+        calls.clear()
+        monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", counted)
+        got = r.read("images", "patches", np.arange(n))
+        monkeypatch.undo()
+        np.testing.assert_array_equal(got, CacheReader(local).read("images", "patches", np.arange(n)))
+        gets[heads] = calls.count("get_object")
+        assert calls.count("head_object") == (gets[heads] if heads else 0), calls  # s3fs's default: a HEAD per GET
+    assert gets[False] == gets[True] >= 2  # the same chunks (2 shards and metadata) read either way

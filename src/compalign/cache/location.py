@@ -187,7 +187,13 @@ class Location:
             return LocalStore(self.path, read_only=mode == "r")
         from zarr.storage import FsspecStore
 
-        return FsspecStore.from_url(str(self), storage_options=self.options, read_only=mode == "r")
+        options = self.options
+        if mode == "r" and getattr(self.fs, "max_concurrency", None) is not None:  # s3fs's knob
+            # s3fs asks an object's size (a HEAD) before each whole GET, to split one over 50 MB into parallel
+            # ranges; zarr already reads many chunks at once, so for a reader that HEAD is a round trip per chunk
+            # for nothing. A --storage-option max_concurrency=N still decides.
+            options = {"max_concurrency": 1, **options}
+        return FsspecStore.from_url(str(self), storage_options=options, read_only=mode == "r")
 
     def check(self) -> None:
         """Refuse a remote location whose bucket cannot be reached, naming the URL and the fix (local: nothing)."""
