@@ -495,11 +495,31 @@ def test_a_store_in_a_bucket_keeps_its_planning_cache_in_the_users_cache_folder(
     assert (hashes.hits, hashes.misses) == (len(plan.images), 0) == (12, 0)
 
 
+@pytest.fixture
+def s3_requests(monkeypatch):
+    """A function that runs its argument and returns (its result, the S3 methods every s3fs client called)."""
+    import s3fs
+
+    calls, real = [], s3fs.S3FileSystem._call_s3
+
+    async def counted(self, method, *args, **kwargs):
+        calls.append(method)
+        return await real(self, method, *args, **kwargs)
+
+    def run(fn):
+        calls.clear()
+        with monkeypatch.context() as mp:
+            mp.setattr(s3fs.S3FileSystem, "_call_s3", counted)
+            out = fn()
+        return out, list(calls)
+
+    return run
+
+
 def test_a_worker_reads_a_batch_of_objects_and_shard_members_with_a_get_each_and_no_head(s3, tmp_path, pairs_dir,
-                                                                                        monkeypatch):
+                                                                                        s3_requests):
     """A decoding worker has listed nothing; s3fs would ask each whole object's size first (a HEAD) to split a
     large one into parallel ranges. Images are read with one GET each, a shard's neighbouring members one GET."""
-    import s3fs
     from wds_data import write_webdataset
 
     from compalign.extract.sources.reads import read_refs
@@ -507,24 +527,14 @@ def test_a_worker_reads_a_batch_of_objects_and_shard_members_with_a_get_each_and
     pairs = plan_source("pairs", _upload(s3, pairs_dir, "worker/pairs"))
     shards = plan_source("webdataset", _upload(s3, write_webdataset(tmp_path / "wds"), "worker/wds") + "/*.tar")
     s3.invalidate_cache()  # as in a freshly forked worker: no listing known
-    calls, real = [], s3fs.S3FileSystem._call_s3
-
-    async def counted(self, method, *args, **kwargs):
-        calls.append(method)
-        return await real(self, method, *args, **kwargs)
-
-    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", counted)
-    got = read_refs(pairs.images + shards.images)
-    monkeypatch.undo()
+    got, calls = s3_requests(lambda: read_refs(pairs.images + shards.images))
     assert got == [r.read() for r in pairs.images + shards.images]
     assert calls == ["get_object"] * (len(pairs.images) + 2)  # 12 objects, then 2 shards of members: a GET each
 
 
-def test_the_reader_gets_each_chunk_with_one_request_and_no_head(s3, tmp_path, monkeypatch):
+def test_the_reader_gets_each_chunk_with_one_request_and_no_head(s3, tmp_path, s3_requests):
     """s3fs asks an object's size (a HEAD) before a whole GET unless told max_concurrency=1; a reader in a bucket
     tells it, so reading a chunk is one GET; a --storage-option max_concurrency=N still decides."""
-    import s3fs
-
     from compalign.cache import CacheReader
     from compalign.cache.location import location
 
@@ -532,19 +542,11 @@ def test_the_reader_gets_each_chunk_with_one_request_and_no_head(s3, tmp_path, m
     _ok(CliRunner().invoke(app, [*EXTRACT, "--root", str(mini_sugarcrepe(tmp_path / "sc", n=8)), "--out", url]))
     local = tmp_path / "here.zarr"
     s3.get(url, str(local), recursive=True)
-    gets, calls, real = {}, [], s3fs.S3FileSystem._call_s3
-
-    async def counted(self, method, *args, **kwargs):
-        calls.append(method)
-        return await real(self, method, *args, **kwargs)
-
+    gets = {}
     for options, heads in (({}, False), ({"max_concurrency": 10}, True)):
         r = CacheReader(location(url, options))
         n = r.layout.n_images
-        calls.clear()
-        monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", counted)
-        got = r.read("images", "patches", np.arange(n))
-        monkeypatch.undo()
+        got, calls = s3_requests(lambda r=r, n=n: r.read("images", "patches", np.arange(n)))
         np.testing.assert_array_equal(got, CacheReader(local).read("images", "patches", np.arange(n)))
         gets[heads] = calls.count("get_object")
         assert calls.count("head_object") == (gets[heads] if heads else 0), calls  # s3fs's default: a HEAD per GET

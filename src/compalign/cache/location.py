@@ -45,6 +45,14 @@ def storage_options(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+def whole_reads(fs: Any) -> dict[str, Any]:
+    """The options (of a read call, or of the filesystem) that fetch an object whole in one request. s3fs first
+    asks an object's size (a HEAD, unless a listing told it) to split one over its block size (50 MB) into
+    parallel ranges: for an image in a decoding worker that listed nothing, or a chunk a reader fetches among
+    many at once, a second round trip for nothing. Other filesystems have no such step ({})."""
+    return {"max_concurrency": 1} if getattr(fs, "max_concurrency", None) is not None else {}
+
+
 def location(where: str | os.PathLike | Location, options: dict[str, Any] | None = None) -> Location:
     """A Location for a path or URL (a Location is returned as it is). Builds no connection."""
     if isinstance(where, Location):
@@ -187,12 +195,9 @@ class Location:
             return LocalStore(self.path, read_only=mode == "r")
         from zarr.storage import FsspecStore
 
-        options = self.options
-        if mode == "r" and getattr(self.fs, "max_concurrency", None) is not None:  # s3fs's knob
-            # s3fs asks an object's size (a HEAD) before each whole GET, to split one over 50 MB into parallel
-            # ranges; zarr already reads many chunks at once, so for a reader that HEAD is a round trip per chunk
-            # for nothing. A --storage-option max_concurrency=N still decides.
-            options = {"max_concurrency": 1, **options}
+        # A reader: zarr already reads many chunks at once, so no size HEAD per chunk (whole_reads); a
+        # --storage-option max_concurrency=N still decides.
+        options = {**whole_reads(self.fs), **self.options} if mode == "r" else self.options
         return FsspecStore.from_url(str(self), storage_options=options, read_only=mode == "r")
 
     def check(self) -> None:

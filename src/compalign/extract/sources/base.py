@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...cache.location import is_url, location  # is_url re-exported: the sources read URLs the way stores do
+from ...cache.location import is_url, location, whole_reads  # is_url re-exported: the sources read URLs the way stores do
 from ...core import CompalignError
 from ...core.host import usable_cores
 from ...core.registry import Registry
 from .plan_cache import PlanCache, active_cache, settled, using
-from .remote import Remote, UrlPath, object_stamp, whole_reads
+from .remote import Remote, UrlPath, object_stamp
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +84,8 @@ def read_bytes(where: str | Path | UrlPath, options: dict[str, Any] | None = Non
     A URL string is opened here, in the calling process, with `options` (the --storage-option flags): a
     DataLoader worker gets its own filesystem, never the planning process's (fsspec keeps one instance per
     process and refuses a parent's async filesystem, s3fs included, after a fork)."""
-    if isinstance(where, UrlPath):
-        fs, key = where.remote.fs, where.key
-        return fs.cat_file(key, start=start, end=end, **whole_reads(fs))
-    if is_url(where):  # one request (a range one for a tar member), not a file object's read-ahead blocks
-        fs, key = url_fs(where, options)
+    if isinstance(where, UrlPath) or is_url(where):  # one request (a range one for a tar member), not a file's blocks
+        fs, key = (where.remote.fs, where.key) if isinstance(where, UrlPath) else url_fs(where, options)
         return fs.cat_file(key, start=start, end=end, **whole_reads(fs))
     if start is None:
         return Path(where).read_bytes()

@@ -14,8 +14,8 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Sequence
 
+from ...cache.location import whole_reads
 from .base import ImageRef, is_url, range_ignored, url_fs
-from .remote import whole_reads
 
 MERGE_GAP = 1 << 20  # bytes between two wanted members that are read through rather than split into two requests
 MERGE_MAX = 64 << 20  # the most one merged request fetches: a batch's share of a shard, not the shard

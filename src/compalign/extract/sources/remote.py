@@ -16,13 +16,13 @@ filesystem: the image rows carry the URL and the storage options, and each decod
 from __future__ import annotations
 
 import fnmatch
-import inspect
 import posixpath
 from collections.abc import Iterator
 from email.utils import parsedate_to_datetime
 from pathlib import PurePosixPath
 from typing import Any
 
+from ...cache.location import whole_reads
 from .plan_cache import settled
 
 READ_AHEAD = 64  # objects fetched at once while planning (64 COCO images: ~10 MB in memory)
@@ -51,17 +51,6 @@ def _older_than_settle(http_date: str) -> bool:
         return settled(int(parsedate_to_datetime(http_date).timestamp() * 1e9))
     except (TypeError, ValueError):  # not an HTTP date: nothing to say it is old
         return False
-
-
-def whole_reads(fs: Any) -> dict[str, Any]:
-    """What cat_file / cat_ranges take on `fs` to fetch a small object whole in one request. s3fs first asks for
-    an object's size (a HEAD, unless a listing gave it) to split one larger than its block size (50 MB) into
-    parallel ranges: for an image, in a decoding worker that listed nothing, a second round trip for nothing."""
-    try:
-        takes = "max_concurrency" in inspect.signature(fs._cat_file).parameters
-    except (AttributeError, TypeError, ValueError):  # a synchronous filesystem (local, memory): no such step
-        return {}
-    return {"max_concurrency": 1} if takes else {}
 
 
 class Remote:
