@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +25,15 @@ def _user_cache_folder(tmp_path_factory: pytest.TempPathFactory):
         yield
 
 
-def store_files(store: Path, drop: tuple[str, ...] = ()) -> dict[str, bytes]:
-    """Every file of a local store by its path, to compare two stores byte for byte; `drop`: the root attributes
-    that may differ between equal stores ("created": when; "source.root": where the data was read from)."""
-    out = {str(f.relative_to(store)): f.read_bytes() for f in sorted(store.rglob("*")) if f.is_file()}
+def store_files(store: Path | str, drop: tuple[str, ...] = (), fs=None) -> dict[str, bytes]:
+    """Every file of a local store (or every object under the prefix `store` of the fsspec filesystem `fs`) by
+    its path, to compare two stores byte for byte; `drop`: the root attributes that may differ between equal
+    stores ("created": when; "source.root": where the data was read from)."""
+    if fs is None:
+        out = {str(f.relative_to(store)): f.read_bytes() for f in sorted(Path(store).rglob("*")) if f.is_file()}
+    else:
+        fs.invalidate_cache()  # a listing cached earlier would not show what was written since
+        out = {k[len(str(store)) + 1:]: fs.cat_file(k) for k in sorted(fs.find(store))}
     if drop:
         root = json.loads(out.pop("zarr.json"))
         for name in drop:
@@ -104,3 +111,41 @@ def mini_sc_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = base / "sc.zarr"
     extract(ExtractConfig(model="tiny", data="sugarcrepe", root=str(root), out=str(out), workers=0, shard_rows=4))
     return out
+
+
+BUCKET = "compalign-test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """An S3 endpoint with an empty bucket BUCKET; yields the s3fs filesystem that sees it. The server runs in this
+    process (moto's server mode on 127.0.0.1, a free port); compalign and its subprocesses reach it the standard
+    way, through AWS_ENDPOINT_URL and the AWS_* credentials, as they would reach AWS or MinIO."""
+    try:
+        from moto.server import ThreadedMotoServer
+
+        port = free_port()
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        # moto keeps its buckets in this process, not in the server: an earlier module's would still be there
+        urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/moto-api/reset", method="POST"))
+    except Exception as e:  # moto missing or the port refused: the only reason to skip
+        pytest.skip(f"moto's S3 server cannot start on 127.0.0.1 ({type(e).__name__}: {e}); pip install 'moto[server]'")
+    import s3fs
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the server's request log
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+                           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            mp.setenv(key, value)
+        s3fs.S3FileSystem.clear_instance_cache()  # an instance made before would hold another endpoint
+        fs = s3fs.S3FileSystem()
+        fs.mkdir(BUCKET)
+        yield fs
+    server.stop()

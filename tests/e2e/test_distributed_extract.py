@@ -20,42 +20,54 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_images, store_files
+from conftest import BUCKET, make_images, store_files
+
+from compalign.cache.location import location
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
-ENV = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+LEASE_S = 3  # the writer lock's lease in a bucket (extract/object_lock.py): a killed job's lock expires quickly
 N, SHARD = 128, 8
 TOTAL = 2 * N // SHARD  # text + image shards
 EXTRACT = ["-m", "compalign.cli.main", "extract", "--model", "tiny", "--data", "pairs", "--device", "cpu",
            "--workers", "0", "--batch-size", "4", "--shard-rows", str(SHARD)]
 
 
-def _cmd(root: Path, out: Path, ranks: int) -> list[str]:
+def _env() -> dict[str, str]:  # when the command starts: the s3 fixture sets the endpoint in os.environ
+    return {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "COMPALIGN_LOCK_LEASE_S": str(LEASE_S)}
+
+
+def _cmd(root: Path, out: Path | str, ranks: int) -> list[str]:
     args = [*EXTRACT, "--root", str(root), "--out", str(out)]
     if ranks == 1:
         return [sys.executable, *args]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks), *args]
 
 
-def _extract(root: Path, out: Path, ranks: int) -> str:
-    """What the run printed (rank 0's summary), one space between words."""
-    proc = subprocess.run(_cmd(root, out, ranks), capture_output=True, text=True, timeout=240, env=ENV)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return " ".join(proc.stdout.split())
+def _extract(root: Path, out: Path | str, ranks: int, rc: int = 0) -> str:
+    """What the run printed (rank 0's summary, or with `rc` 2 its error), one space between words."""
+    proc = subprocess.run(_cmd(root, out, ranks), capture_output=True, text=True, timeout=240, env=_env())
+    assert proc.returncode == rc, proc.stderr[-3000:]
+    return " ".join((proc.stdout + proc.stderr).split())
 
 
-def _start(root: Path, out: Path, ranks: int) -> subprocess.Popen:
-    return subprocess.Popen(_cmd(root, out, ranks), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV,
+def _start(root: Path, out: Path | str, ranks: int) -> subprocess.Popen:
+    return subprocess.Popen(_cmd(root, out, ranks), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(),
                             start_new_session=True)
 
 
-def _n_done(path: Path) -> int:
-    return len(_done(path, "texts")) + len(_done(path, "images"))
+def _n_done(path: Path | str, fs=None) -> int:
+    return len(_done(path, "texts", fs)) + len(_done(path, "images", fs))
 
 
-def _done(path: Path, kind: str) -> set[int]:
-    folder = path / ".done" / kind
-    return {int(p.name) for p in folder.iterdir() if p.name.isdigit()} if folder.exists() else set()
+def _done(path: Path | str, kind: str, fs=None) -> set[int]:
+    """The done shards of a local store, or of the store under the prefix `path` of the fsspec filesystem `fs`."""
+    if fs is not None:
+        fs.invalidate_cache()
+        names = [k.rsplit("/", 1)[-1] for k in fs.find(f"{path}/.done/{kind}")]
+    else:
+        folder = Path(path) / ".done" / kind
+        names = [p.name for p in folder.iterdir()] if folder.exists() else []
+    return {int(n) for n in names if n.isdigit()}
 
 
 def _rank_pid(launcher: int, rank: int) -> int | None:
@@ -125,3 +137,37 @@ def test_a_killed_rank_loses_only_its_unfinished_shards(world, tmp_path):
     said = _extract(root, out, ranks=2)
     assert re.search(rf"\b{left} shards written, {TOTAL - left} already done", said), said
     assert store_files(out, drop=("created",)) == ref
+
+
+def test_two_ranks_write_to_a_bucket_the_store_of_one_process_and_a_killed_jobs_lock_expires(world, s3):
+    root, ref = world
+    prefix = f"{BUCKET}/dist/two.zarr"
+    _extract(root, f"s3://{prefix}", ranks=2)
+    assert store_files(prefix, drop=("created",), fs=s3) == ref
+    assert not s3.exists(f"{BUCKET}/dist/.two.zarr.lock")
+
+    # Rank 0, which holds the job's lock object, dies (SIGKILL) with no chance to delete it; torchrun stops rank 1.
+    prefix = f"{BUCKET}/dist/killed.zarr"
+    p = _start(root, f"s3://{prefix}", ranks=2)
+    try:
+        while p.poll() is None and {s % 2 for s in _done(prefix, "images", s3)} != {0, 1}:
+            time.sleep(0.05)
+        victim = _rank_pid(p.pid, 0)
+        assert p.poll() is None and victim is not None, "the run finished before it could be killed"
+        os.kill(victim, signal.SIGKILL)
+        assert p.wait(timeout=60) != 0
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    before = _n_done(prefix, s3)
+    assert 0 < before < TOTAL and s3.exists(f"{BUCKET}/dist/.killed.zarr.lock")
+    # Nobody renews it now (ranks.py: rank 0 alone does): it is past its lease one lease later, and the next run
+    # takes it over and writes exactly the shards that were left.
+    lock = location(f"s3://{BUCKET}/dist/.killed.zarr.lock")
+    etag, _ = lock.version()
+    time.sleep(LEASE_S + 1.2)
+    assert lock.version()[0] == etag and lock.version()[1] > LEASE_S
+    said = _extract(root, f"s3://{prefix}", ranks=2)
+    assert re.search(rf"took over the lock s3://{BUCKET}/dist/\.killed\.zarr\.lock of a run that is gone", said), said
+    assert re.search(rf"\b{TOTAL - before} shards written, {before} already done", said), said
+    assert store_files(prefix, drop=("created",), fs=s3) == ref

@@ -7,55 +7,25 @@ standard way, through AWS_ENDPOINT_URL and the AWS_* credentials, as it would re
 from __future__ import annotations
 
 import json
-import logging
 import os
-import socket
+import re
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_images, mini_sugarcrepe, store_files
+from conftest import BUCKET, free_port, make_images, mini_sugarcrepe, store_files
 from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
 from compalign.cache.reader import CacheReader
-from compalign.cache.store import OK
+from compalign.cache.store import OK, CacheError
 from compalign.cli.heads import app as heads_app
 from compalign.cli.main import app
 from compalign.extract.sources import PlanCache, cache_path, plan_source
-
-BUCKET = "compalign-test"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3():
-    """An S3 endpoint with an empty bucket; yields the s3fs filesystem that sees it."""
-    try:
-        from moto.server import ThreadedMotoServer
-
-        port = _free_port()
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-        server.start()
-    except Exception as e:  # moto missing or the port refused: the only reason to skip
-        pytest.skip(f"moto's S3 server cannot start on 127.0.0.1 ({type(e).__name__}: {e}); pip install 'moto[server]'")
-    import s3fs
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the server's request log
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-                           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-            mp.setenv(key, value)
-        s3fs.S3FileSystem.clear_instance_cache()  # an instance made before would hold another endpoint
-        fs = s3fs.S3FileSystem()
-        fs.mkdir(BUCKET)
-        yield fs
-    server.stop()
 
 
 def _ok(res) -> str:
@@ -183,6 +153,73 @@ def test_a_second_writer_on_an_s3_store_is_refused_by_its_lock_object(s3, tmp_pa
     assert f"another compalign extract (pid 1 on elsewhere since 2026-01-01T00:00:00Z) is writing {url}" in said
     assert f"delete the lock (`aws s3 rm s3://{BUCKET}/locked/.sc.zarr.lock`)" in said
     assert not s3.exists(f"{BUCKET}/locked/sc.zarr")  # refused before anything was written
+
+
+def _lock_body(lease_s: float) -> bytes:
+    return json.dumps({"holder": "pid 1 on elsewhere since 2026-01-01T00:00:00Z", "lease_s": lease_s}).encode()
+
+
+def test_a_lock_left_by_a_killed_run_is_taken_over_once_its_lease_has_run_out(s3, tmp_path):
+    root = mini_sugarcrepe(tmp_path / "sc", n=2)
+    url, lock = f"s3://{BUCKET}/stale/sc.zarr", f"{BUCKET}/stale/.sc.zarr.lock"
+    s3.pipe_file(lock, _lock_body(lease_s=2))  # a run with a 2 s lease, killed just now: never renewed again
+    said = _one_line_error(CliRunner().invoke(app, [*EXTRACT, "--root", str(root), "--out", url]))
+    assert re.search(rf"another compalign extract \(pid 1 on elsewhere since 2026-01-01T00:00:00Z\) is writing {url}: "
+                     rf"its lock s3://{lock} was renewed [01] s ago\. Wait for it to finish; if its run was killed, the "
+                     r"lock expires [12] s from now and the next extract takes it over", said), said
+    assert not s3.exists(f"{BUCKET}/stale/sc.zarr")
+    time.sleep(3.2)  # the server's clock has 1 s steps: past the lease whatever the rounding
+    said = " ".join(_ok(CliRunner().invoke(app, [*EXTRACT, "--root", str(root), "--out", url])).split())
+    assert re.search(rf"took over the lock s3://{lock} of a run that is gone \(pid 1 on elsewhere since "
+                     r"2026-01-01T00:00:00Z\): not renewed for [3-9] s, its lease is 2 s", said), said
+    assert not s3.exists(lock)  # released at the end like any other
+    assert "verified: every done shard" in _ok(CliRunner().invoke(app, ["cache", "info", url, "--verify"]))
+
+
+def test_a_held_lock_is_renewed_so_it_never_expires_and_a_lost_one_is_left_to_its_new_holder(s3, monkeypatch):
+    from compalign.cache.location import location
+    from compalign.extract.object_lock import ObjectLock
+
+    monkeypatch.setenv("COMPALIGN_LOCK_LEASE_S", "1.5")  # renewed every 0.25 s
+    out = location(f"s3://{BUCKET}/held/sc.zarr")
+    lost = threading.Event()
+    mine = ObjectLock(out, on_lost=lost.set)
+    mine.take()
+    first = mine.etag
+    time.sleep(2.5)  # longer than the lease: only renewals keep it alive
+    assert mine.etag != first and not lost.is_set()
+    with pytest.raises(CacheError, match=r"its lock s3://\S+/held/\.sc\.zarr\.lock was renewed [01] s ago"):
+        ObjectLock(out).take()
+    # Another run takes it (as it would after this one stalled past its lease): this one is told, stops
+    # renewing, and on close leaves the other's lock where it is.
+    s3.pipe_file(f"{BUCKET}/held/.sc.zarr.lock", _lock_body(lease_s=60))
+    assert lost.wait(timeout=5) and mine.lost
+    mine.close()
+    assert s3.cat_file(f"{BUCKET}/held/.sc.zarr.lock") == _lock_body(lease_s=60)
+    s3.rm_file(f"{BUCKET}/held/.sc.zarr.lock")
+    mine = ObjectLock(out)  # and an ordinary run deletes its own lock when it ends
+    mine.take()
+    mine.close()
+    assert not s3.exists(f"{BUCKET}/held/.sc.zarr.lock")
+
+
+def test_a_run_whose_lock_is_taken_over_stops_and_says_so(s3, tmp_path):
+    """In a subprocess: the lock's renewer stops the run by interrupting its main thread."""
+    root = mini_sugarcrepe(tmp_path / "sc", n=32)
+    url, lock = f"s3://{BUCKET}/taken/sc.zarr", f"{BUCKET}/taken/.sc.zarr.lock"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src"), "COMPALIGN_LOCK_LEASE_S": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "compalign.cli.main", *EXTRACT, "--root", str(root), "--out", url],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    while p.poll() is None and not s3.exists(lock):
+        s3.invalidate_cache()
+        time.sleep(0.02)
+    s3.pipe_file(lock, _lock_body(lease_s=60))  # another run took it over (as after a stall past the lease)
+    said = " ".join(p.communicate(timeout=120)[0].split())
+    assert p.returncode == 2, said
+    assert (f"error: stopped: this run lost its lock s3://{lock} (it could not renew it for 1 s, and another extract "
+            "took it over). The shards it finished are done; once the other run ends, run this command again") in said
+    assert s3.cat_file(lock) == _lock_body(lease_s=60)  # the new holder's lock is left alone
+    s3.rm_file(lock)
 
 
 def test_storage_options_parse_as_json_where_they_do():
@@ -470,7 +507,7 @@ def test_a_root_takes_its_own_storage_options(s3, tmp_path, pairs_dir, monkeypat
     args = ["extract", "--model", "tiny", "--data", "pairs", "--root", url, "--workers", "1", "--shard-rows", "4",
             "--root-storage-option", f"endpoint_url={endpoint}"]
     # --out's options name a dead endpoint: a store in a bucket there would fail; the root's own reach the data
-    dead = ["--storage-option", f"endpoint_url=http://127.0.0.1:{_free_port()}"]
+    dead = ["--storage-option", f"endpoint_url=http://127.0.0.1:{free_port()}"]
     _ok(CliRunner().invoke(app, [*args, *dead, "--out", str(tmp_path / "here.zarr")]))
     assert (CacheReader(tmp_path / "here.zarr").status("images") == OK).sum() == 12  # the worker read them too
     monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)

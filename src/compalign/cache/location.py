@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from email.utils import parsedate_to_datetime
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
@@ -51,6 +52,11 @@ def whole_reads(fs: Any) -> dict[str, Any]:
     parallel ranges: for an image in a decoding worker that listed nothing, or a chunk a reader fetches among
     many at once, a second round trip for nothing. Other filesystems have no such step ({})."""
     return {"max_concurrency": 1} if getattr(fs, "max_concurrency", None) is not None else {}
+
+
+def _precondition_failed(e: OSError) -> bool:
+    """s3fs turns a 412 into a plain OSError; the service's own code is on the ClientError it came from."""
+    return getattr(e.__cause__, "response", {}).get("Error", {}).get("Code") == "PreconditionFailed"
 
 
 def location(where: str | os.PathLike | Location, options: dict[str, Any] | None = None) -> Location:
@@ -161,12 +167,57 @@ class Location:
         else:
             self.fs.pipe_file(self.key, data.encode() if isinstance(data, str) else data)
 
-    def create_exclusive(self, data: bytes) -> bool:
-        """Remote only: write the object if none is there (a conditional PUT, If-None-Match: *); False if one is."""
+    # ---- conditional writes: the writer lock in a bucket (extract/target.py) -----------------
+    # Remote only. An ETag names one version of an object; a write or delete "if it is still ETAG" fails when
+    # another writer changed the object meanwhile. AWS S3 and moto honour If-Match / If-None-Match; the
+    # If-Match steps need s3fs (`conditional` says whether this filesystem has them).
+    @property
+    def conditional(self) -> bool:
+        return hasattr(self.fs, "call_s3")
+
+    def create_exclusive(self, data: bytes) -> str | None:
+        """Write the object if none is there (If-None-Match: *): its ETag ("" where the filesystem tells none),
+        or None if one is there."""
         try:
-            self.fs.pipe_file(self.key, data, mode="create")
+            out = self.fs.pipe_file(self.key, data, mode="create")
         except FileExistsError:
-            return False
+            return None
+        return str(out.get("ETag", "")) if isinstance(out, dict) else ""
+
+    def version(self) -> tuple[str, float] | None:
+        """(ETag, seconds since it was written) of the object, None if there is none. Both times are the
+        server's (its Last-Modified and the Date of the reply), so no client clock is trusted."""
+        bucket, key = self.key.split("/", 1)
+        try:
+            head = self.fs.call_s3("head_object", Bucket=bucket, Key=key)
+        except FileNotFoundError:
+            return None
+        now = parsedate_to_datetime(head["ResponseMetadata"]["HTTPHeaders"]["date"])
+        return str(head["ETag"]), max(0.0, (now - head["LastModified"]).total_seconds())
+
+    def replace_if(self, data: bytes, etag: str) -> str | None:
+        """Overwrite the object if it is still version `etag` (If-Match): the new ETag, or None if it is not
+        (changed or gone)."""
+        bucket, key = self.key.split("/", 1)
+        try:
+            out = self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfMatch=etag)
+        except (FileNotFoundError, OSError) as e:
+            if isinstance(e, FileNotFoundError) or _precondition_failed(e):
+                return None
+            raise
+        self.fs.invalidate_cache(self.key)
+        return str(out["ETag"])
+
+    def unlink_if(self, etag: str) -> bool:
+        """Delete the object if it is still version `etag`; False (nothing deleted) if it is not."""
+        bucket, key = self.key.split("/", 1)
+        try:
+            self.fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=etag)
+        except (FileNotFoundError, OSError) as e:
+            if isinstance(e, FileNotFoundError) or _precondition_failed(e):
+                return False
+            raise
+        self.fs.invalidate_cache(self.key)
         return True
 
     def mkdir(self) -> None:

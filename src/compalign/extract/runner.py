@@ -88,7 +88,14 @@ def extract(cfg: ExtractConfig, progress: Progress | None = None) -> ExtractSumm
     if job.world > 1:
         progress = job_progress(progress, out, cfg.shard_rows) if progress and job.rank == 0 else None
     with writer_lock(out, take=job.rank == 0) as lock:  # the other ranks take theirs once the store is ready
-        return _extract(cfg, out, progress, job, lock)
+        try:
+            return _extract(cfg, out, progress, job, lock)
+        except KeyboardInterrupt:
+            if getattr(lock, "lost", False):  # the lease's renewer interrupted us (object_lock.py)
+                raise CacheError(f"stopped: this run lost its lock {lock.lock} (it could not renew it for "
+                                 f"{lock.lease:.0f} s, and another extract took it over). The shards it finished are "
+                                 "done; once the other run ends, run this command again to finish the rest") from None
+            raise
 
 
 def _extract(cfg: ExtractConfig, out: Location, progress: Progress | None, job: Job, lock: WriterLock | ObjectLock

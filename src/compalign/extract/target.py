@@ -4,8 +4,8 @@ A store is replaced only when its root `zarr.json` carries the compalign schema 
 not a store, the data root, a folder holding the data root, or a regular file are refused untouched.
 The lock is a sibling file (`.NAME.lock`), not inside the store, because `--overwrite` removes the store.
 One process holds it exclusively; the ranks of one torchrun job hold it shared (ranks.py says why that is safe).
-In object storage (`--out s3://...`) the lock is an object created with a conditional PUT instead of a
-flock (`ObjectLock`); rank 0 of a job creates it for all its ranks. Every other rule holds there as on disk.
+In object storage (`--out s3://...`) the lock is an object held as a lease (object_lock.py) instead of a
+flock; rank 0 of a job holds it for all its ranks. Every other rule holds there as on disk.
 """
 
 from __future__ import annotations
@@ -14,14 +14,13 @@ import errno
 import fcntl
 import json
 import os
-import socket
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from ..cache.location import Location, location
 from ..cache.store import SCHEMA, CacheError
+from .object_lock import ObjectLock
 
 NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)  # the folder is not ours to write: a message, not a traceback
 
@@ -112,39 +111,6 @@ class WriterLock:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-
-
-class ObjectLock:
-    """The lock object `.NAME.lock` beside a store in object storage, made by a conditional PUT (If-None-Match: *):
-    of two writers only one can create it, and the run that made it deletes it when it ends.
-
-    Unlike a flock it outlives a writer that is killed (SIGKILL, a lost machine): the next run is refused, and
-    the message says to delete the lock once no extract is running. A server that ignores If-None-Match
-    (some S3-compatible ones) would let two writers in; AWS S3 and moto (the tests' server) honour it.
-    Under torchrun rank 0 creates it (exclusive) and it stands for the whole job: `take(shared=True)` is a no-op.
-    """
-
-    def __init__(self, out: Location):
-        self.out, self.lock, self.mine = out, out.sibling(f".{out.name}.lock"), False
-
-    def take(self, shared: bool = False) -> None:
-        if shared:
-            return
-        me = f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
-        if not self.lock.create_exclusive(me.encode()):
-            try:
-                other = self.lock.read_text().strip()
-            except FileNotFoundError:  # released between the two requests
-                other = "that has just finished"
-            raise CacheError(f"another compalign extract ({other}) is writing {self.out}, or one that was killed left its "
-                             f"lock {self.lock}; wait for it to finish, or if none is running delete the lock "
-                             f"(`aws s3 rm {self.lock}`) and run again (two writers on one store corrupt it)")
-        self.mine = True
-
-    def close(self) -> None:
-        if self.mine:
-            self.lock.unlink()
-            self.mine = False
 
 
 @contextmanager

@@ -1,0 +1,135 @@
+"""The writer lock of a store in object storage: an object `.NAME.lock` beside it, held as a lease.
+
+A flock dies with its process; an object does not, so the lock is renewed while its run lives and expires when
+it stops being renewed:
+- `take` creates the object with a conditional PUT (If-None-Match: *): of two writers only one can;
+- the holder rewrites it every `lease / 6` seconds, each time only if it is still the version it wrote
+  (If-Match: its ETag);
+- a lock the server says was last written more than `lease` seconds ago belongs to a run that is gone (killed,
+  its machine lost): the next `take` takes it over, again only if it is still that version, so of two runs
+  taking over one stale lock one wins and the other is refused;
+- the run that holds it deletes it when it ends, if it is still its own.
+A holder that cannot renew for a whole lease (a network cut, a process stopped) may find its lock taken: it
+is told (`on_lost`; extraction then stops and says so) and never deletes the new holder's lock. Ages are the
+server's (Last-Modified against the reply's Date), so no machine's clock matters. The lease a holder writes
+in the object is the one others honour: COMPALIGN_LOCK_LEASE_S sets it (default LEASE_S).
+Under torchrun rank 0 takes it for the whole job and renews it; `take(shared=True)` (the other ranks) does
+nothing. On a filesystem without conditional writes beyond If-None-Match (not s3fs) the lock is made but never
+renewed nor taken over: a killed run's lock is deleted by hand, as the refusal says.
+"""
+
+from __future__ import annotations
+
+import _thread
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from ..cache.location import Location
+from ..cache.store import CacheError
+
+log = logging.getLogger(__name__)
+
+LEASE_S = 120.0  # long enough for a renewal to survive S3's retries and a slow network, short for a requeued job
+RENEWALS = 6  # renewals per lease: five may fail in a row before anyone may take the lock over
+
+
+def lease_s() -> float:
+    return float(os.environ.get("COMPALIGN_LOCK_LEASE_S") or LEASE_S)
+
+
+class ObjectLock:
+    def __init__(self, out: Location, on_lost: Callable[[], None] = _thread.interrupt_main):
+        self.out, self.lock, self.on_lost = out, out.sibling(f".{out.name}.lock"), on_lost
+        self.lease, self.etag, self.lost = lease_s(), None, False
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+
+    def take(self, shared: bool = False) -> None:
+        if shared:
+            return
+        me = f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
+        self.holder, self.renewals = me, 0
+        etag = self.lock.create_exclusive(self._body())
+        if etag is None:
+            etag = self._take_over()
+        self.etag = etag
+        if etag and self.lock.conditional:
+            self._renewer = threading.Thread(target=self._renew, name="compalign-lock", daemon=True)
+            self._renewer.start()
+
+    def _take_over(self) -> str:
+        """The ETag of the lock, taken over from a run that is gone; a lock still renewed refuses this run."""
+        for _ in range(3):  # the lock may change hands while we look: look again
+            seen = self.lock.version() if self.lock.conditional else None
+            if self.lock.conditional and seen is None:  # released meanwhile: take it as any writer would
+                etag = self.lock.create_exclusive(self._body())
+                if etag is not None:
+                    return etag
+                continue
+            try:
+                holder, lease = _holder(self.lock.read_text())
+            except FileNotFoundError:
+                continue
+            if seen is None or lease is None or seen[1] <= lease:
+                raise self._refused(holder, seen, lease)
+            etag = self.lock.replace_if(self._body(), seen[0])
+            if etag is not None:
+                log.warning("took over the lock %s of a run that is gone (%s): not renewed for %.0f s, its lease is "
+                            "%.0f s", self.lock, holder, seen[1], lease)
+                return etag
+        raise self._refused("that has just taken it", None, None)
+
+    def _refused(self, holder: str, seen: tuple[str, float] | None, lease: float | None) -> CacheError:
+        if seen is not None and lease is not None:
+            return CacheError(f"another compalign extract ({holder}) is writing {self.out}: its lock {self.lock} was "
+                              f"renewed {seen[1]:.0f} s ago. Wait for it to finish; if its run was killed, the lock "
+                              f"expires {max(0.0, lease - seen[1]):.0f} s from now and the next extract takes it "
+                              "over (two writers on one store corrupt it)")
+        return CacheError(f"another compalign extract ({holder}) is writing {self.out}, or one that was killed left its "
+                          f"lock {self.lock}; wait for it to finish, or if none is running delete the lock "
+                          f"(`aws s3 rm {self.lock}`) and run again (two writers on one store corrupt it)")
+
+    def _body(self) -> bytes:
+        """The lock's content; the renewal count makes each version's ETag (an MD5 of the bytes) a new one."""
+        return json.dumps({"holder": self.holder, "lease_s": self.lease, "renewal": self.renewals}).encode()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.lease / RENEWALS):
+            self.renewals += 1
+            try:
+                etag = self.lock.replace_if(self._body(), self.etag)
+            except OSError as e:  # the network: the next renewal tries again, the lease outlasts several
+                log.warning("could not renew the lock %s (%s); trying again in %.0f s", self.lock, e,
+                            self.lease / RENEWALS)
+                continue
+            if etag is None:
+                self.lost = True
+                log.error("the lock %s is no longer this run's: it went %.0f s unrenewed and another extract took "
+                          "it over", self.lock, self.lease)
+                self.on_lost()
+                return
+            self.etag = etag
+
+    def close(self) -> None:
+        if self._renewer is not None:
+            self._stop.set()
+            self._renewer.join()
+            self._renewer = None
+        if self.etag is not None and not self.lost:
+            self.lock.unlink_if(self.etag) if self.etag and self.lock.conditional else self.lock.unlink()
+        self.etag = None
+
+
+def _holder(text: str) -> tuple[str, float | None]:
+    """(who holds it, its lease in seconds) from a lock's body. A lock of an older compalign is its holder's line
+    and has no lease: it was never renewed, so its age says nothing and it is never taken over."""
+    try:
+        d = json.loads(text)
+        return str(d["holder"]), float(d["lease_s"])
+    except (ValueError, KeyError, TypeError):
+        return text.strip(), None
