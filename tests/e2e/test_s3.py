@@ -190,6 +190,11 @@ def test_a_held_lock_is_renewed_so_it_never_expires_and_a_lost_one_is_left_to_it
     assert mine.etag != first and not lost.is_set()
     with pytest.raises(CacheError, match=r"its lock s3://\S+/held/\.sc\.zarr\.lock was renewed [01] s ago"):
         ObjectLock(out).take()
+    # A renewal that succeeded but whose reply was lost leaves a version this run never saw: still its own.
+    key = f"{BUCKET}/held/.sc.zarr.lock"
+    s3.pipe_file(key, json.dumps({**json.loads(s3.cat_file(key)), "renewal": 10**6}).encode())
+    time.sleep(1.0)
+    assert not lost.is_set() and json.loads(s3.cat_file(key))["renewal"] < 10**6  # renewed on since
     # Another run takes it (as it would after this one stalled past its lease): this one is told, stops
     # renewing, and on close leaves the other's lock where it is.
     s3.pipe_file(f"{BUCKET}/held/.sc.zarr.lock", _lock_body(lease_s=60))

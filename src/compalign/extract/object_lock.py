@@ -27,6 +27,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 
 from ..cache.location import Location
@@ -53,7 +54,7 @@ class ObjectLock:
         if shared:
             return
         me = f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
-        self.holder, self.renewals = me, 0
+        self.holder, self.token, self.renewals = me, uuid.uuid4().hex, 0
         etag = self.lock.create_exclusive(self._body())
         if etag is None:
             etag = self._take_over()
@@ -96,7 +97,8 @@ class ObjectLock:
 
     def _body(self) -> bytes:
         """The lock's content; the renewal count makes each version's ETag (an MD5 of the bytes) a new one."""
-        return json.dumps({"holder": self.holder, "lease_s": self.lease, "renewal": self.renewals}).encode()
+        return json.dumps({"holder": self.holder, "lease_s": self.lease, "renewal": self.renewals,
+                           "token": self.token}).encode()
 
     def _renew(self) -> None:
         while not self._stop.wait(self.lease / RENEWALS):
@@ -108,12 +110,24 @@ class ObjectLock:
                             self.lease / RENEWALS)
                 continue
             if etag is None:
+                etag = self._still_mine()
+            if etag is None:
                 self.lost = True
                 log.error("the lock %s is no longer this run's: it went %.0f s unrenewed and another extract took "
                           "it over", self.lock, self.lease)
                 self.on_lost()
                 return
             self.etag = etag
+
+    def _still_mine(self) -> str | None:
+        """The lock's ETag if it still holds this run's body after all: a renewal whose reply was lost (or that
+        s3fs retried after it had succeeded) changed it to a version this run never saw."""
+        seen = self.lock.version()
+        try:
+            mine = seen is not None and json.loads(self.lock.read_text()).get("token") == self.token
+        except (FileNotFoundError, ValueError, AttributeError):  # gone, or not a lock this compalign wrote
+            mine = False
+        return seen[0] if mine else None
 
     def close(self) -> None:
         if self._renewer is not None:

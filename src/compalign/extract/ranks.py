@@ -24,7 +24,8 @@ while any rank of the job is alive, even after rank 0 itself died. The one insta
 (flock drops the exclusive lock first) can let a starting writer win the lock: then rank 0 is refused, exits
 before any rank wrote, and torchrun stops the job. Across machines the store must be on a filesystem all nodes
 share with working flock(2) (NFS does; Lustre with `-o flock`); otherwise only the ranks of one node see each
-other's lock.
+other's lock. A store in a bucket has a lock object instead, taken and renewed by rank 0 for the whole job
+(object_lock.py): it is one for all nodes, and a job whose rank 0 was killed leaves it to expire.
 
 Without the torchrun environment (or with one process) the job is rank 0 of 1 and nothing here does anything.
 """
