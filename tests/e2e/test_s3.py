@@ -593,3 +593,16 @@ def test_the_reader_gets_each_chunk_with_one_request_and_no_head(s3, tmp_path, s
         gets[heads] = calls.count("get_object")
         assert calls.count("head_object") == (gets[heads] if heads else 0), calls  # s3fs's default: a HEAD per GET
     assert gets[False] == gets[True] >= 2  # the same chunks (2 shards and metadata) read either way
+
+
+def test_opening_a_store_in_a_bucket_costs_three_requests_and_probes_no_zarr_v2_files(s3, tmp_path, s3_requests):
+    """zarr.open_group looks for a Zarr v2 group too (.zgroup, .zattrs, .zmetadata: a HEAD and a LIST each)
+    unless told the format; a compalign store is v3, so opening it is the existence check and the root's GET."""
+    from compalign.cache.store import open_store
+
+    url = f"s3://{BUCKET}/caches/opens.zarr"
+    _ok(CliRunner().invoke(app, [*EXTRACT, "--root", str(mini_sugarcrepe(tmp_path / "sc", n=2)), "--out", url]))
+    for mode in ("r", "r+"):
+        root, calls = s3_requests(lambda mode=mode: open_store(url, mode))
+        assert root.attrs["schema"] and len(calls) <= 3 and "list_objects_v2" not in calls, (mode, calls)
+

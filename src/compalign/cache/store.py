@@ -349,8 +349,10 @@ def open_store(path: Path | Location, mode: Literal["r", "r+"] = "r", digests: b
         raise CacheError(f"{path} {what}. Create one with "
                          f"`compalign extract --model MODEL --data KIND --root DATA --out {path}`, "
                          "or pass the folder an earlier extraction wrote.")
+    # zarr_format=3: else zarr probes for a Zarr v2 group too (.zgroup, .zattrs, .zmetadata), a round trip each
+    # in a bucket, at every open
     root = zarr.open_group(DigestStore(path.zarr_store(mode, as_object=True)) if digests else path.zarr_store(mode),
-                           mode=mode)
+                           mode=mode, zarr_format=3)
     schema = root.attrs.get("schema")
     if schema != SCHEMA:
         raise CacheError(f"{path} has schema {schema!r}; this compalign reads {SCHEMA!r}. Re-extract it with this version.")
