@@ -595,7 +595,7 @@ def test_the_reader_gets_each_chunk_with_one_request_and_no_head(s3, tmp_path, s
     assert gets[False] == gets[True] >= 2  # the same chunks (2 shards and metadata) read either way
 
 
-def test_opening_a_store_in_a_bucket_costs_three_requests_and_probes_no_zarr_v2_files(s3, tmp_path, s3_requests):
+def test_opening_a_store_in_a_bucket_probes_no_zarr_v2_files_and_a_table_reads_its_metadata_once(s3, tmp_path, s3_requests):
     """zarr.open_group looks for a Zarr v2 group too (.zgroup, .zattrs, .zmetadata: a HEAD and a LIST each)
     unless told the format; a compalign store is v3, so opening it is the existence check and the root's GET."""
     from compalign.cache.store import open_store
@@ -605,4 +605,8 @@ def test_opening_a_store_in_a_bucket_costs_three_requests_and_probes_no_zarr_v2_
     for mode in ("r", "r+"):
         root, calls = s3_requests(lambda mode=mode: open_store(url, mode))
         assert root.attrs["schema"] and len(calls) <= 3 and "list_objects_v2" not in calls, (mode, calls)
+    # A table's arrays come open from the group's listing: one metadata GET each, then its one chunk, all at once.
+    reader = CacheReader(url)
+    items, calls = s3_requests(lambda: reader.items)
+    assert len(items) >= 4 and calls.count("get_object") == 1 + 2 * len(items), calls
 

@@ -18,6 +18,7 @@ import hashlib
 import json
 from collections import OrderedDict
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -172,16 +173,14 @@ class CacheReader:
 
     @cached_property
     def items(self) -> dict[str, np.ndarray]:
-        g = self.root["items"]
-        return {name: g[name][:] for name, _ in sorted(g.arrays())}
+        return _read_all(self.root["items"])
 
     @cached_property
     def segments(self) -> dict[str, np.ndarray]:
         """The segments table ({caption, segment, kind}: text keys, kinds), empty for a store without segments."""
         if "segments" not in self.root:
             return {}
-        g = self.root["segments"]
-        return {name: g[name][:] for name, _ in sorted(g.arrays())}
+        return _read_all(self.root["segments"])
 
     @cached_property
     def _segment_index(self) -> tuple[np.ndarray, np.ndarray]:
@@ -341,3 +340,12 @@ class CacheReader:
 
 def open_cache(path: str | Path | Location) -> CacheReader:
     return CacheReader(path)
+
+
+def _read_all(group: zarr.Group) -> dict[str, np.ndarray]:
+    """Every array of a table group, whole, by name. The arrays come open from the group's listing (opening one
+    again by name would fetch its metadata twice: a round trip each in a bucket) and are read all at once."""
+    arrays = sorted(group.arrays(), key=lambda na: na[0])
+    with ThreadPoolExecutor(max(1, len(arrays))) as pool:
+        return dict(zip([n for n, _ in arrays], pool.map(lambda na: na[1][:], arrays)))
+
