@@ -21,6 +21,7 @@ from conftest import BUCKET, free_port, make_images, mini_sugarcrepe, store_file
 from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
+from compalign.cache.location import Location, location
 from compalign.cache.reader import CacheReader
 from compalign.cache.store import OK, CacheError
 from compalign.cli.heads import app as heads_app
@@ -94,7 +95,6 @@ def test_extract_train_score_on_s3_equal_a_local_run(s3, tmp_path, monkeypatch):
 
 def test_the_reader_lists_each_array_once_and_names_a_lost_chunk(s3, tmp_path, monkeypatch):
     from compalign.cache import CacheError, CacheReader
-    from compalign.cache.location import Location
 
     root = mini_sugarcrepe(tmp_path / "sc", n=8)
     url = f"s3://{BUCKET}/caches/listed.zarr"
@@ -177,7 +177,6 @@ def test_a_lock_left_by_a_killed_run_is_taken_over_once_its_lease_has_run_out(s3
 
 
 def test_a_held_lock_is_renewed_so_it_never_expires_and_a_lost_one_is_left_to_its_new_holder(s3, monkeypatch):
-    from compalign.cache.location import location
     from compalign.extract.object_lock import ObjectLock
 
     monkeypatch.setenv("COMPALIGN_LOCK_LEASE_S", "1.5")  # renewed every 0.25 s
@@ -225,6 +224,23 @@ def test_a_run_whose_lock_is_taken_over_stops_and_says_so(s3, tmp_path):
             "took it over). The shards it finished are done; once the other run ends, run this command again") in said
     assert s3.cat_file(lock) == _lock_body(lease_s=60)  # the new holder's lock is left alone
     s3.rm_file(lock)
+
+
+def test_a_location_sees_what_another_process_wrote_under_a_folder_it_listed_before(s3):
+    # Under torchrun rank 0 lists the done markers, the other ranks then write more, and rank 0 sums the store's
+    # bytes: s3fs's listing cache (one per process) must not answer with the folder as it was first listed.
+    import s3fs
+
+    out = location(f"s3://{BUCKET}/listed/sc.zarr")
+    (out / ".done/images/000000").write_atomic("{}")
+    assert (out / ".done/images").names() == ["000000"]  # a listing now cached in this process
+    other = s3fs.S3FileSystem(skip_instance_cache=True)  # another process: its own cache, the same bucket
+    other.pipe_file(f"{BUCKET}/listed/sc.zarr/.done/images/000001", b'{"rows": [8, 16]}')
+    assert out.size() == 2 + 17
+    assert (out / ".done/images/000001").read_text() == '{"rows": [8, 16]}'
+    with (out / ".done/images/000001").open() as f:
+        assert f.read() == b'{"rows": [8, 16]}'
+    assert [f.relative_to(out) for f in out.files()] == [".done/images/000000", ".done/images/000001"]
 
 
 def test_storage_options_parse_as_json_where_they_do():

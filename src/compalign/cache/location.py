@@ -117,9 +117,14 @@ class Location:
 
     # ---- reading ----------------------------------------------------------------------------
     # Remote reads drop fsspec's listing cache first: Zarr writes chunks through its own (async) filesystem
-    # object, so a listing this one cached earlier would not show them.
+    # object, and under torchrun other processes write beside this one, so a listing cached earlier would not
+    # show what they wrote. s3fs forgets the key and the folders above it; the folders below it go here, or a
+    # size or a read would look its objects up in a listing made before they were written.
     def _fresh(self) -> Any:
         self.fs.invalidate_cache(self.key)
+        below = self.fs._strip_protocol(self.key).rstrip("/") + "/"
+        for folder in [k for k in self.fs.dircache if k.startswith(below)]:
+            self.fs.dircache.pop(folder, None)
         return self.fs
 
     def exists(self) -> bool:
@@ -153,10 +158,10 @@ class Location:
         return tree_bytes(self.path) if self.local else int(self._fresh().du(self.key, total=True))
 
     def open(self, mode: str = "rb") -> IO[Any]:
-        return open(self.path, mode) if self.local else self.fs.open(self.key, mode)
+        return open(self.path, mode) if self.local else self._fresh().open(self.key, mode)
 
     def read_text(self) -> str:
-        return self.path.read_text() if self.local else self.fs.cat_file(self.key).decode()
+        return self.path.read_text() if self.local else self._fresh().cat_file(self.key).decode()
 
     # ---- writing ----------------------------------------------------------------------------
     def write_atomic(self, data: str | bytes) -> None:
