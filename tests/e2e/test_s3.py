@@ -243,6 +243,26 @@ def test_a_location_sees_what_another_process_wrote_under_a_folder_it_listed_bef
     assert [f.relative_to(out) for f in out.files()] == [".done/images/000000", ".done/images/000001"]
 
 
+def test_a_store_another_process_overwrote_opens_with_its_new_arrays(s3):
+    # A table's arrays are found by listing its group (reader._read_all), and zarr's s3fs object, listing cache
+    # and all, lives as long as the process: a notebook rereading a store re-extracted meanwhile must not get
+    # the columns it listed before.
+    import zarr
+
+    from compalign.cache.store import SCHEMA, open_store
+
+    url = f"s3://{BUCKET}/relisted/t.zarr"
+    root = zarr.open_group(location(url).zarr_store("w"), mode="w", zarr_format=3)
+    root.create_group("items").create_array("image", shape=(1,), dtype=str)
+    root.attrs["schema"] = SCHEMA
+    assert [name for name, _ in open_store(location(url))["items"].arrays()] == ["image"]
+    add_column = ("import zarr; from compalign.cache.location import location; "
+                  f"g = zarr.open_group(location({url!r}).zarr_store('r+'), mode='r+', zarr_format=3); "
+                  "g['items'].create_array('caption', shape=(1,), dtype=str)")
+    subprocess.run([sys.executable, "-c", add_column], check=True, env=os.environ)
+    assert sorted(name for name, _ in open_store(location(url))["items"].arrays()) == ["caption", "image"]
+
+
 def test_storage_options_parse_as_json_where_they_do():
     from compalign.cache.location import StorageError, storage_options
 
