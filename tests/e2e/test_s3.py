@@ -371,6 +371,21 @@ def test_sugarcrepe_aro_order_and_a_pairs_file_plan_from_a_bucket_as_from_their_
         assert [r.read() for r in there.images] == [r.read() for r in here.images], data
 
 
+def test_a_bucket_planned_again_in_one_process_sees_the_shards_added_since(s3, tmp_path):
+    # fsspec keeps one s3fs object per process, listing cache and all: a notebook (or a study) planning a folder
+    # of shards again after another process uploaded more must see them, not the folder as it first listed it.
+    import s3fs
+    from wds_data import samples, write_tar, write_webdataset
+
+    url = _upload(s3, write_webdataset(tmp_path / "shards"), "replanned")
+    first = plan_source("webdataset", url)
+    more = write_tar(tmp_path / "more/00002.tar", samples(2))
+    s3fs.S3FileSystem(skip_instance_cache=True).pipe_file(f"{BUCKET}/replanned/00002.tar", more.read_bytes())
+    again = plan_source("webdataset", url)
+    assert again.items["image"][:len(first.items["image"])] == first.items["image"]
+    assert len(again.items["image"]) - len(first.items["image"]) == len(samples(2)) == 4
+
+
 def _parquet_sources(root: Path) -> dict[str, Path]:
     """A BiVLC folder (one parquet file, a row without image bytes) and a Winoground one (two shards under data/)."""
     import io

@@ -59,6 +59,9 @@ class Remote:
     def __init__(self, fs: Any, options: dict[str, Any] | None = None):
         self.fs, self.options = fs, dict(options or {})
         self._listings: dict[str, dict[str, dict[str, Any]]] = {}
+        # A plan sees the bucket as it is now: fsspec keeps one filesystem object per process, and what it listed
+        # for an earlier plan (a notebook planning again) would hide what has been uploaded since.
+        fs.invalidate_cache()
 
     def listing(self, folder: str) -> dict[str, dict[str, Any]]:
         """name -> fsspec info of each entry directly inside `folder` ({} when nothing is there)."""
