@@ -609,6 +609,45 @@ def s3_requests(monkeypatch):
     return run
 
 
+def test_a_writer_in_a_bucket_sends_a_shards_arrays_together_and_asks_no_sizes(s3, tmp_path, monkeypatch):
+    """Each array's shard is one PUT. Sent one after another a text shard waited a round trip per array (six);
+    and s3fs asked each metadata object's size (a HEAD) before reading it."""
+    import asyncio
+
+    import s3fs
+
+    from compalign.cache.store import open_store, verify_shard, write_shard
+
+    url = f"s3://{BUCKET}/caches/together.zarr"
+    _ok(CliRunner().invoke(app, [*EXTRACT, "--root", str(mini_sugarcrepe(tmp_path / "sc", n=2)), "--out", url]))
+    names = ("global", "tokens", "status", "error", "lengths", "truncated")
+    before = open_store(url)
+    shard = {name: before[f"texts/{name}"][:4] for name in names}  # text shard 0 (--shard-rows 4)
+    calls, in_flight, most, real = [], set(), 0, s3fs.S3FileSystem._call_s3
+
+    async def slow_puts(self, method, *args, **kwargs):
+        nonlocal most
+        calls.append(method)
+        if method != "put_object":
+            return await real(self, method, *args, **kwargs)
+        key = object()
+        in_flight.add(key)
+        most = max(most, len(in_flight))
+        try:
+            await asyncio.sleep(0.2)  # a slow PUT: the others must be on their way meanwhile
+            return await real(self, method, *args, **kwargs)
+        finally:
+            in_flight.discard(key)
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", slow_puts)
+    write_shard(open_store(url, "r+", digests=True), url, "texts", 0, 0, shard)
+    monkeypatch.undo()
+    assert most == len(names) and "head_object" not in calls[1:], calls  # [0]: open_store's existence check
+    assert calls.count("put_object") == len(names) + 1  # and the done marker, after them
+    after = open_store(url)
+    assert verify_shard(url, "texts", 0) == [] and all(np.array_equal(after[f"texts/{n}"][:4], shard[n]) for n in names)
+
+
 def test_a_worker_reads_a_batch_of_objects_and_shard_members_with_a_get_each_and_no_head(s3, tmp_path, pairs_dir,
                                                                                         s3_requests):
     """A decoding worker has listed nothing; s3fs would ask each whole object's size first (a HEAD) to split a
@@ -648,14 +687,15 @@ def test_the_reader_gets_each_chunk_with_one_request_and_no_head(s3, tmp_path, s
 
 def test_opening_a_store_in_a_bucket_probes_no_zarr_v2_files_and_a_table_reads_its_metadata_once(s3, tmp_path, s3_requests):
     """zarr.open_group looks for a Zarr v2 group too (.zgroup, .zattrs, .zmetadata: a HEAD and a LIST each)
-    unless told the format; a compalign store is v3, so opening it is the existence check and the root's GET."""
+    unless told the format; a compalign store is v3, so opening it is the existence check and the root's GET
+    (whole: no size asked first, by a writer either)."""
     from compalign.cache.store import open_store
 
     url = f"s3://{BUCKET}/caches/opens.zarr"
     _ok(CliRunner().invoke(app, [*EXTRACT, "--root", str(mini_sugarcrepe(tmp_path / "sc", n=2)), "--out", url]))
     for mode in ("r", "r+"):
         root, calls = s3_requests(lambda mode=mode: open_store(url, mode))
-        assert root.attrs["schema"] and len(calls) <= 3 and "list_objects_v2" not in calls, (mode, calls)
+        assert root.attrs["schema"] and calls == ["head_object", "get_object"], (mode, calls)  # exists, the root
     # A table's arrays come open from the group's listing: one metadata GET each, then its one chunk, all at once.
     reader = CacheReader(url)
     items, calls = s3_requests(lambda: reader.items)

@@ -251,11 +251,11 @@ class Location:
             return LocalStore(self.path, read_only=mode == "r")
         from zarr.storage import FsspecStore
 
-        # A reader: zarr already reads many chunks at once, so no size HEAD per chunk (whole_reads); a
-        # --storage-option max_concurrency=N still decides. No listing cache: zarr's filesystem object lives as
-        # long as the process, so a group's members listed once would hide the arrays of a store another
-        # process has since overwritten; zarr lists only groups, a few requests per open.
-        options = {"use_listings_cache": False, **(whole_reads(self.fs) if mode == "r" else {}), **self.options}
+        # Whole reads: a reader's zarr already reads many chunks at once, and a writer reads only metadata, so no
+        # size HEAD before each GET; a --storage-option max_concurrency=N still decides. No listing cache: zarr's
+        # filesystem object lives as long as the process, so a group's members listed once would hide the arrays
+        # of a store another process has since overwritten; zarr lists only groups, a few requests per open.
+        options = {"use_listings_cache": False, **whole_reads(self.fs), **self.options}
         return FsspecStore.from_url(str(self), storage_options=options, read_only=mode == "r")
 
     def check(self) -> None:

@@ -47,6 +47,7 @@ import math
 import shlex
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -275,17 +276,26 @@ def write_shard(root: zarr.Group, path: Path | Location, kind: Kind, shard: int,
     opened, loc = {} if opened is None else opened, location(path)
     store = root.store if isinstance(root.store, DigestStore) else None
     whole = store.replacing({f"{kind}/{name}/c/{shard}" for name in arrays}) if store is not None else nullcontext()
+    for name in arrays:
+        key = f"{kind}/{name}"
+        if key not in opened:
+            # Zarr takes it when the array opens, from its process-wide config: one writer thread leaving the
+            # `set` block restores that config under another thread still opening (measured: 1 of 240 opens
+            # by 8 threads; a shard's all-empty `error` chunk would then be skipped, a hole in the store), so
+            # threads open their arrays one at a time.
+            with _OPENING, zarr.config.set({"array.write_empty_chunks": True}):
+                opened[key] = root[key]
+
+    def put(name: str) -> None:
+        opened[f"{kind}/{name}"][lo:lo + len(arrays[name])] = arrays[name]
+
     with whole:  # every row of the shard is written: what is stored there now is not needed
-        for name, data in arrays.items():
-            key = f"{kind}/{name}"
-            if key not in opened:
-                # Zarr takes it when the array opens, from its process-wide config: one writer thread leaving the
-                # `set` block restores that config under another thread still opening (measured: 1 of 240 opens
-                # by 8 threads; a shard's all-empty `error` chunk would then be skipped, a hole in the store), so
-                # threads open their arrays one at a time.
-                with _OPENING, zarr.config.set({"array.write_empty_chunks": True}):
-                    opened[key] = root[key]
-            opened[key][lo:lo + len(data)] = data
+        if loc.local:
+            for name in arrays:
+                put(name)
+        else:  # each array's shard is one PUT: sent together, not one round trip after another
+            with ThreadPoolExecutor(len(arrays)) as pool:
+                list(pool.map(put, arrays))
     # Durability before the marker: a crash after this loop cannot lose the shard. In object storage each chunk
     # is one PUT, durable when it returns, so the marker PUT after them is the same contract with nothing to fsync.
     for name in arrays:
