@@ -648,6 +648,26 @@ def test_a_writer_in_a_bucket_sends_a_shards_arrays_together_and_asks_no_sizes(s
     assert verify_shard(url, "texts", 0) == [] and all(np.array_equal(after[f"texts/{n}"][:4], shard[n]) for n in names)
 
 
+def test_a_resume_checks_a_bucket_stores_shards_from_one_listing_and_finds_a_short_object(s3, tmp_path, s3_requests):
+    """Every done shard is checked before a resume: asked object by object (a HEAD and a LIST per file, then its
+    marker) that was about a second per shard at 20 ms a request. One listing gives every size; the markers are
+    read at once."""
+    from compalign.cache.store import damaged_shards, done_shards
+
+    url = f"s3://{BUCKET}/caches/checked.zarr"
+    _ok(CliRunner().invoke(app, [*EXTRACT, "--root", str(mini_sugarcrepe(tmp_path / "sc", n=8)), "--out", url]))
+    n_done = len(done_shards(url, "images")) + len(done_shards(url, "texts"))
+    damaged, calls = s3_requests(lambda: damaged_shards(url, checksums=False))
+    assert damaged == {} and n_done > 6
+    # the store's listing and the two marker folders', then each marker
+    assert sorted(calls) == ["get_object"] * n_done + ["list_objects_v2"] * 3, calls
+    chunk = f"{BUCKET}/caches/checked.zarr/texts/tokens/c/1/0/0"
+    size = s3.size(chunk)
+    s3.pipe_file(chunk, s3.cat_file(chunk)[:-1])
+    assert damaged_shards(url, checksums=False) == {("texts", 1): [f"texts/tokens/c/1/0/0 has {size - 1} bytes, "
+                                                                  f"{size} were written"]}
+
+
 def test_a_worker_reads_a_batch_of_objects_and_shard_members_with_a_get_each_and_no_head(s3, tmp_path, pairs_dir,
                                                                                         s3_requests):
     """A decoding worker has listed nothing; s3fs would ask each whole object's size first (a HEAD) to split a

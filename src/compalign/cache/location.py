@@ -153,6 +153,22 @@ class Location:
                 if p.exists() else []
         return [Location(k, self.fs, self.options) for k in sorted(self._fresh().find(self.key))]
 
+    def file_sizes(self) -> dict[str, int]:
+        """{path relative to this folder: bytes} of every file under it, from one listing (in a bucket a LIST per
+        1,000 objects, where asking each object would be a round trip each)."""
+        if self.local:
+            return {str(f.relative_to(self.path)): f.stat().st_size for f in self.path.rglob("*") if f.is_file()}
+        return {k[len(self.key) + 1:]: int(info["size"]) for k, info in self._fresh().find(self.key, detail=True).items()
+                if info.get("type") != "directory"}
+
+    def read_many(self, rels: list[str]) -> dict[str, bytes]:
+        """{rel: bytes} of files under this folder; in a bucket all requested at once (fsspec batches them)."""
+        if self.local:
+            return {rel: (self.path / rel).read_bytes() for rel in rels}
+        keys = [f"{self.key}/{rel}" for rel in rels]
+        got = self._fresh().cat(keys, **whole_reads(self.fs)) if keys else {}
+        return {rel: got[key] for rel, key in zip(rels, keys)}
+
     def size(self) -> int:
         """Bytes of a file, or of every file under a folder (0 when there is nothing)."""
         return tree_bytes(self.path) if self.local else int(self._fresh().du(self.key, total=True))
