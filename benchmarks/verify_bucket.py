@@ -6,7 +6,9 @@ asked on its own, as a resume did before) and as a resume does now (`damaged_sha
 for every size, the markers read at once). Each line gives the time and the S3 requests by method. The check's
 cost is per shard and per file, not per byte, so small shards show it; a COCO-size store has thousands.
 
-    .venv/bin/python benchmarks/verify_bucket.py [--shards 40] [--delay-ms 20]
+    .venv/bin/python benchmarks/verify_bucket.py [--shards 40] [--delay-ms 20] [--rows 8]
+
+A last line times `cache info --verify`'s check (`damaged_shards` with checksums: every chunk downloaded).
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ def main() -> None:
     slowed(a.delay_ms, calls)
     log(f"{a.shards} done text shards (6 chunk files each) in a bucket on 127.0.0.1, +{a.delay_ms:g} ms per request")
     ways = {"shard by shard (before)": lambda: [verify_shard(url, "texts", s, False) for s in sorted(done_shards(url, "texts"))],
-            "one listing, markers at once (now)": lambda: damaged_shards(url, checksums=False)}
+            "one listing, markers at once (now)": lambda: damaged_shards(url, checksums=False),
+            "with checksums (cache info --verify)": lambda: damaged_shards(url, checksums=True)}
     for what, check in ways.items():
         calls.clear()
         t = time.perf_counter()

@@ -662,10 +662,16 @@ def test_a_resume_checks_a_bucket_stores_shards_from_one_listing_and_finds_a_sho
     # the store's listing and the two marker folders', then each marker
     assert sorted(calls) == ["get_object"] * n_done + ["list_objects_v2"] * 3, calls
     chunk = f"{BUCKET}/caches/checked.zarr/texts/tokens/c/1/0/0"
-    size = s3.size(chunk)
-    s3.pipe_file(chunk, s3.cat_file(chunk)[:-1])
-    assert damaged_shards(url, checksums=False) == {("texts", 1): [f"texts/tokens/c/1/0/0 has {size - 1} bytes, "
-                                                                  f"{size} were written"]}
+    good = s3.cat_file(chunk)
+    s3.pipe_file(chunk, good[:-1])
+    assert damaged_shards(url, checksums=False) == {("texts", 1): [f"texts/tokens/c/1/0/0 has {len(good) - 1} bytes, "
+                                                                  f"{len(good)} were written"]}
+    # `cache info --verify` downloads every chunk, a shard's at once, and finds a changed byte
+    s3.pipe_file(chunk, good[:-1] + bytes([good[-1] ^ 1]))
+    damaged, calls = s3_requests(lambda: damaged_shards(url))
+    assert damaged == {("texts", 1): ["texts/tokens/c/1/0/0 does not match its checksum"]}
+    n_files = sum(len(json.loads(s3.cat_file(m))["files"]) for m in s3.find(f"{BUCKET}/caches/checked.zarr/.done"))
+    assert "head_object" not in calls and calls.count("get_object") == n_done + n_files  # each marker, each file
 
 
 def test_a_worker_reads_a_batch_of_objects_and_shard_members_with_a_get_each_and_no_head(s3, tmp_path, pairs_dir,
