@@ -674,6 +674,40 @@ def test_a_resume_checks_a_bucket_stores_shards_from_one_listing_and_finds_a_sho
     assert "head_object" not in calls and calls.count("get_object") == n_done + n_files  # each marker, each file
 
 
+def test_a_reader_reads_the_key_and_status_columns_of_a_bucket_store_at_once(s3, tmp_path, monkeypatch):
+    """Training starts by reading both tables' keys and status; each column is three round trips in turn (its
+    metadata, its listing, its chunks), so read one after another they waited for each other's."""
+    import asyncio
+
+    import s3fs
+
+    url = f"s3://{BUCKET}/caches/columns.zarr"
+    _ok(CliRunner().invoke(app, [*EXTRACT, "--root", str(mini_sugarcrepe(tmp_path / "sc", n=8)), "--out", url]))
+    names = ["images/status", "texts/status", "images/keys", "texts/keys"]
+    one_by_one = [CacheReader(url).column(name) for name in names]
+    in_flight, most, real = set(), 0, s3fs.S3FileSystem._call_s3
+
+    async def slow_metadata(self, method, *args, **kwargs):
+        nonlocal most
+        if not str(kwargs.get("Key", "")).endswith("/zarr.json"):
+            return await real(self, method, *args, **kwargs)
+        key = object()
+        in_flight.add(key)
+        most = max(most, len(in_flight))
+        try:
+            await asyncio.sleep(0.2)
+            return await real(self, method, *args, **kwargs)
+        finally:
+            in_flight.discard(key)
+
+    reader = CacheReader(url)
+    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", slow_metadata)
+    together = reader.columns(names)
+    monkeypatch.undo()
+    assert most == len(names)  # the four columns' metadata GETs were in flight together
+    assert all(np.array_equal(a, b) for a, b in zip(together, one_by_one))
+
+
 def test_a_worker_reads_a_batch_of_objects_and_shard_members_with_a_get_each_and_no_head(s3, tmp_path, pairs_dir,
                                                                                         s3_requests):
     """A decoding worker has listed nothing; s3fs would ask each whole object's size first (a HEAD) to split a

@@ -112,6 +112,12 @@ class CacheReader:
         self._check_chunks(arr, 0, arr.shape[0])
         return arr[:]
 
+    def columns(self, names: list[str]) -> list[np.ndarray]:
+        """`column` of each name, read at once: in a bucket a column is its metadata, a listing and its chunks,
+        three round trips in turn, so columns read one after another wait for each other's."""
+        with ThreadPoolExecutor(max(1, len(names))) as pool:
+            return list(pool.map(self.column, names))
+
     # ---- identity ------------------------------------------------------------------------
     @property
     def backbone(self) -> dict[str, Any]:
@@ -133,12 +139,18 @@ class CacheReader:
 
     # ---- keys and status -----------------------------------------------------------------
     @cached_property
-    def image_keys(self) -> np.ndarray:
-        return self.column("images/keys")
+    def _keys(self) -> tuple[np.ndarray, np.ndarray]:
+        """(image keys, text keys): every lookup of rows by key needs both."""
+        images, texts = self.columns(["images/keys", "texts/keys"])
+        return images, texts
 
-    @cached_property
+    @property
+    def image_keys(self) -> np.ndarray:
+        return self._keys[0]
+
+    @property
     def text_keys(self) -> np.ndarray:
-        return self.column("texts/keys")
+        return self._keys[1]
 
     @cached_property
     def _index(self) -> dict[str, dict[str, int]]:
