@@ -150,8 +150,10 @@ def test_two_ranks_write_to_a_bucket_the_store_of_one_process_and_a_killed_jobs_
     prefix = f"{BUCKET}/dist/killed.zarr"
     p = _start(root, f"s3://{prefix}", ranks=2)
     try:
-        while p.poll() is None and {s % 2 for s in _done(prefix, "images", s3)} != {0, 1}:
-            time.sleep(0.05)
+        # Once each rank has finished a text shard: the image stage, all of it still to come, outlasts the kill
+        # (writes to the bucket are quick enough that a whole job can end between two looks at its markers).
+        while p.poll() is None and {s % 2 for s in _done(prefix, "texts", s3)} != {0, 1}:
+            time.sleep(0.02)
         victim = _rank_pid(p.pid, 0)
         assert p.poll() is None and victim is not None, "the run finished before it could be killed"
         os.kill(victim, signal.SIGKILL)
