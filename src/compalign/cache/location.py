@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import suppress
 from email.utils import parsedate_to_datetime
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -123,8 +124,9 @@ class Location:
     def _fresh(self) -> Any:
         self.fs.invalidate_cache(self.key)
         below = self.fs._strip_protocol(self.key).rstrip("/") + "/"
-        for folder in [k for k in self.fs.dircache if k.startswith(below)]:
-            self.fs.dircache.pop(folder, None)
+        for folder in [k for k in self.fs.dircache if k.startswith(below)]:  # iterates a copy of the keys
+            with suppress(KeyError):  # a writer thread's own invalidation may drop it first
+                del self.fs.dircache[folder]
         return self.fs
 
     def exists(self) -> bool:
