@@ -123,7 +123,7 @@ class Location:
     # size or a read would look its objects up in a listing made before they were written.
     def _fresh(self) -> Any:
         self.fs.invalidate_cache(self.key)
-        below = self.fs._strip_protocol(self.key).rstrip("/") + "/"
+        below = self.key.rstrip("/") + "/"  # the key is stripped of its protocol, as the cache's keys are
         for folder in [k for k in self.fs.dircache if k.startswith(below)]:  # iterates a copy of the keys
             with suppress(KeyError):  # a writer thread's own invalidation may drop it first
                 del self.fs.dircache[folder]

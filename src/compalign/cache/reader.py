@@ -173,6 +173,10 @@ class CacheReader:
     def ok(self, kind: Kind) -> np.ndarray:
         return self.status(kind) == OK
 
+    def ok_many(self, kinds: list[Kind]) -> list[np.ndarray]:
+        """`ok` of each kind, their status columns read at once (`columns`)."""
+        return [status == OK for status in self.columns([f"{kind}/status" for kind in kinds])]
+
     def failures(self, kind: Kind) -> list[tuple[int, str, str]]:
         """(row, origin, reason) of every failed row."""
         st = self.status(kind)

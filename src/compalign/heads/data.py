@@ -23,7 +23,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..cache.reader import CacheReader
-from ..cache.store import OK
 from ..core import InputError
 from .base import Head
 
@@ -66,7 +65,7 @@ def load_pairs(reader: CacheReader, kinds: Sequence[str] = ()) -> Pairs:
     if unknown:
         raise InputError(f"{reader.path} has no negatives of kind(s) {unknown}; it has {sorted(cols) or 'none'}")
     use = {k: c for k, c in cols.items() if not kinds or k in kinds}
-    img_ok, txt_ok = (status == OK for status in reader.columns(["images/status", "texts/status"]))  # at once
+    img_ok, txt_ok = reader.ok_many(["images", "texts"])
     image = reader.rows("images", items["image"])
     caption = reader.rows("texts", items["caption"])
     negs = np.full((len(image), len(use)), -1, dtype=np.int64)
