@@ -32,8 +32,8 @@ EXTRACT = ["-m", "compalign.cli.main", "extract", "--model", "tiny", "--data", "
            "--workers", "0", "--batch-size", "4", "--shard-rows", str(SHARD)]
 
 
-def _env() -> dict[str, str]:  # when the command starts: the s3 fixture sets the endpoint in os.environ
-    return {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "COMPALIGN_LOCK_LEASE_S": str(LEASE_S)}
+def _env(lease_s: float = LEASE_S) -> dict[str, str]:  # when the command starts: the s3 fixture sets the endpoint
+    return {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "COMPALIGN_LOCK_LEASE_S": str(lease_s)}
 
 
 def _cmd(root: Path, out: Path | str, ranks: int) -> list[str]:
@@ -43,16 +43,16 @@ def _cmd(root: Path, out: Path | str, ranks: int) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks), *args]
 
 
-def _extract(root: Path, out: Path | str, ranks: int, rc: int = 0) -> str:
+def _extract(root: Path, out: Path | str, ranks: int, rc: int = 0, lease_s: float = LEASE_S) -> str:
     """What the run printed (rank 0's summary, or with `rc` 2 its error), one space between words."""
-    proc = subprocess.run(_cmd(root, out, ranks), capture_output=True, text=True, timeout=240, env=_env())
+    proc = subprocess.run(_cmd(root, out, ranks), capture_output=True, text=True, timeout=240, env=_env(lease_s))
     assert proc.returncode == rc, proc.stderr[-3000:]
     return " ".join((proc.stdout + proc.stderr).split())
 
 
-def _start(root: Path, out: Path | str, ranks: int) -> subprocess.Popen:
-    return subprocess.Popen(_cmd(root, out, ranks), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(),
-                            start_new_session=True)
+def _start(root: Path, out: Path | str, ranks: int, lease_s: float = LEASE_S) -> subprocess.Popen:
+    return subprocess.Popen(_cmd(root, out, ranks), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=_env(lease_s), start_new_session=True)
 
 
 def _n_done(path: Path | str, fs=None) -> int:
@@ -163,9 +163,11 @@ def test_two_ranks_write_to_a_bucket_the_store_of_one_process_and_a_killed_jobs_
             os.killpg(p.pid, signal.SIGKILL)
     before = _n_done(prefix, s3)
     assert 0 < before < TOTAL and s3.exists(f"{BUCKET}/dist/.killed.zarr.lock")
-    # Nobody renews it now (ranks.py: rank 0 alone does): it is past its lease one lease later, and the next run
-    # takes it over and writes exactly the shards that were left.
+    # A job's lock names no process: rank 1 may still be writing when rank 0 is gone. Nobody renews it now
+    # (ranks.py: rank 0 alone does): it is past its lease one lease later, and the next run takes it over and
+    # writes exactly the shards that were left.
     lock = location(f"s3://{BUCKET}/dist/.killed.zarr.lock")
+    assert "process" not in json.loads(lock.read_text())
     etag, _ = lock.version()
     time.sleep(LEASE_S + 1.2)
     assert lock.version()[0] == etag and lock.version()[1] > LEASE_S
@@ -173,3 +175,28 @@ def test_two_ranks_write_to_a_bucket_the_store_of_one_process_and_a_killed_jobs_
     assert re.search(rf"took over the lock s3://{BUCKET}/dist/\.killed\.zarr\.lock of a run that is gone", said), said
     assert re.search(rf"\b{TOTAL - before} shards written, {before} already done", said), said
     assert store_files(prefix, drop=("created",), fs=s3) == ref
+
+
+def test_a_killed_run_of_one_process_in_a_bucket_is_resumed_at_once_on_its_machine(world, s3):
+    """One process names itself in its lock object (object_lock.py): killed (SIGKILL, the OOM killer), its lock
+    is taken over by the next run on the same machine at once, though its lease has most of an hour to run."""
+    root, ref = world
+    prefix, key = f"{BUCKET}/dist/one.zarr", f"{BUCKET}/dist/.one.zarr.lock"
+    p = _start(root, f"s3://{prefix}", ranks=1, lease_s=3600)
+    try:
+        while p.poll() is None and len(_done(prefix, "texts", s3)) < 2:
+            time.sleep(0.02)
+        assert p.poll() is None, "the run finished before it could be killed"
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    held = json.loads(s3.cat_file(key))
+    assert held["process"]["pid"] == p.pid and held["lease_s"] == 3600
+    before = _n_done(prefix, s3)
+    assert 0 < before < TOTAL
+    said = _extract(root, f"s3://{prefix}", ranks=1, lease_s=3600)
+    assert (f"took over the lock s3://{key} of a run that is gone (pid {p.pid} on " in said
+            and f"its process has exited (pid {p.pid} on this machine)" in said), said
+    assert re.search(rf"\b{TOTAL - before} shards written, {before} already done", said), said
+    assert store_files(prefix, drop=("created",), fs=s3) == ref
+    assert not s3.exists(key)

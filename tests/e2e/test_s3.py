@@ -176,6 +176,49 @@ def test_a_lock_left_by_a_killed_run_is_taken_over_once_its_lease_has_run_out(s3
     assert "verified: every done shard" in _ok(CliRunner().invoke(app, ["cache", "info", url, "--verify"]))
 
 
+def test_a_lock_whose_process_is_known_to_have_exited_is_taken_over_at_once_and_no_other(s3, caplog):
+    """A one-process run names itself in its lock (object_lock.this_process). On the same machine and pid namespace
+    the next run sees whether that process still runs; anything it cannot see (another machine, another
+    container) waits out the lease as before."""
+    from compalign.extract.object_lock import ObjectLock, this_process
+
+    out, key = location(f"s3://{BUCKET}/gone/sc.zarr"), f"{BUCKET}/gone/.sc.zarr.lock"
+    here = this_process()
+    assert here is not None and here["pid"] == os.getpid()
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    stat = Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    alive = {**here, "pid": child.pid, "start": int(stat[19])}
+
+    def held_by(process: dict) -> None:  # a fresh lock with an hour's lease: only its process can free it early
+        s3.pipe_file(key, json.dumps({"holder": f"pid {process['pid']} on this host", "lease_s": 3600,
+                                      "process": process}).encode())
+
+    refused = r"its lock s3://\S+/gone/\.sc\.zarr\.lock was renewed [01] s ago"
+    held_by(alive)
+    with pytest.raises(CacheError, match=refused):  # its process runs
+        ObjectLock(out).take()
+    child.kill()
+    child.wait()  # reaped: its pid is no process now (a zombie before the wait counts as exited too)
+    for other in ({**alive, "boot_id": "another-machine"}, {**alive, "pid_ns": alive["pid_ns"] + 1}):
+        held_by(other)  # not known here: the lease decides
+        with pytest.raises(CacheError, match=refused):
+            ObjectLock(out).take()
+    for gone in (alive, {**here, "start": here["start"] + 1}):  # exited; and a pid reused by another process (us)
+        held_by(gone)
+        mine = ObjectLock(out)
+        with caplog.at_level("WARNING", logger="compalign.extract.object_lock"):
+            mine.take()
+        assert (f"took over the lock s3://{key} of a run that is gone (pid {gone['pid']} on this host): its process "
+                f"has exited (pid {gone['pid']} on this machine)") in caplog.text
+        assert json.loads(s3.cat_file(key))["process"] == here  # now names this process
+        mine.close()
+        caplog.clear()
+    mine = ObjectLock(out, alone=False)  # a rank of a torchrun job: its ranks may outlive it, so it names none
+    mine.take()
+    assert "process" not in json.loads(s3.cat_file(key))
+    mine.close()
+
+
 def test_a_held_lock_is_renewed_so_it_never_expires_and_a_lost_one_is_left_to_its_new_holder(s3, monkeypatch):
     from compalign.extract.object_lock import ObjectLock
 

@@ -9,6 +9,10 @@ it stops being renewed:
   its machine lost): the next `take` takes it over, again only if it is still that version, so of two runs
   taking over one stale lock one wins and the other is refused;
 - the run that holds it deletes it when it ends, if it is still its own.
+- a lock whose process is known to have exited is taken over at once, lease or not: a run writes into its
+  lock who it is on its machine (boot id, pid namespace, pid and the pid's start time), and a run on the same
+  machine can see that process is gone (SIGKILL, the OOM killer). Only a run of one process writes it: a
+  torchrun job's other ranks may still be writing after rank 0 died, so its lock waits out its lease.
 A holder that cannot renew for a whole lease (a network cut, a process stopped) may find its lock taken: it
 is told (`on_lost`; extraction then stops and says so) and never deletes the new holder's lock. Ages are the
 server's (Last-Modified against the reply's Date), so no machine's clock matters. The lease a holder writes
@@ -29,6 +33,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from ..cache.location import Location
 from ..cache.store import CacheError
@@ -44,8 +50,10 @@ def lease_s() -> float:
 
 
 class ObjectLock:
-    def __init__(self, out: Location, on_lost: Callable[[], None] = _thread.interrupt_main):
+    def __init__(self, out: Location, on_lost: Callable[[], None] = _thread.interrupt_main, alone: bool = True):
+        """`alone`: this run is one process (not a torchrun job), so its lock may name that process."""
         self.out, self.lock, self.on_lost = out, out.sibling(f".{out.name}.lock"), on_lost
+        self.process = this_process() if alone else None
         self.lease, self.etag, self.lost = lease_s(), None, False
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
@@ -73,15 +81,20 @@ class ObjectLock:
                     return etag
                 continue
             try:
-                holder, lease = _holder(self.lock.read_text())
+                holder, lease, process = _holder(self.lock.read_text())
             except FileNotFoundError:
                 continue
-            if seen is None or lease is None or seen[1] <= lease:
+            if seen is None:  # no conditional writes here: a lock is never taken over
+                raise self._refused(holder, None, lease)
+            if exited_here(process):
+                why = f"its process has exited (pid {process['pid']} on this machine)"
+            elif lease is not None and seen[1] > lease:
+                why = f"not renewed for {seen[1]:.0f} s, its lease is {lease:.0f} s"
+            else:
                 raise self._refused(holder, seen, lease)
             etag = self.lock.replace_if(self._body(), seen[0])
             if etag is not None:
-                log.warning("took over the lock %s of a run that is gone (%s): not renewed for %.0f s, its lease is "
-                            "%.0f s", self.lock, holder, seen[1], lease)
+                log.warning("took over the lock %s of a run that is gone (%s): %s", self.lock, holder, why)
                 return etag
         raise self._refused("that has just taken it", None, None)
 
@@ -97,8 +110,10 @@ class ObjectLock:
 
     def _body(self) -> bytes:
         """The lock's content; the renewal count makes each version's ETag (an MD5 of the bytes) a new one."""
-        return json.dumps({"holder": self.holder, "lease_s": self.lease, "renewal": self.renewals,
-                           "token": self.token}).encode()
+        body = {"holder": self.holder, "lease_s": self.lease, "renewal": self.renewals, "token": self.token}
+        if self.process is not None:
+            body["process"] = self.process
+        return json.dumps(body).encode()
 
     def _renew(self) -> None:
         while not self._stop.wait(self.lease / RENEWALS):
@@ -139,11 +154,48 @@ class ObjectLock:
         self.etag = None
 
 
-def _holder(text: str) -> tuple[str, float | None]:
-    """(who holds it, its lease in seconds) from a lock's body. A lock of an older compalign is its holder's line
-    and has no lease: it was never renewed, so its age says nothing and it is never taken over."""
+def _holder(text: str) -> tuple[str, float | None, Any]:
+    """(who holds it, its lease in seconds, its process or None) from a lock's body. A lock of an older compalign
+    is its holder's line and has no lease: it was never renewed, so its age says nothing and it is never taken over."""
     try:
         d = json.loads(text)
-        return str(d["holder"]), float(d["lease_s"])
-    except (ValueError, KeyError, TypeError):
-        return text.strip(), None
+        return str(d["holder"]), float(d["lease_s"]), d.get("process")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return text.strip(), None, None
+
+
+def this_process() -> dict[str, Any] | None:
+    """This process as another one on the same machine can check it (Linux; None elsewhere): the kernel's boot
+    id and the pid namespace say whether its pid means the same process there, the start time whether the pid
+    was reused since."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return {"boot_id": boot, "pid_ns": os.stat("/proc/self/ns/pid").st_ino, "pid": os.getpid(),
+                "start": _stat(os.getpid())[1]}
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def exited_here(process: Any) -> bool:
+    """True only when `process` (a lock's, from `this_process`) is known to have exited: it ran in this boot of
+    this machine and in this pid namespace, and its pid is now no process, a zombie, or a process started at
+    another time. Another machine, another container, or no /proc: not known, False (the lease decides)."""
+    here = this_process()
+    if here is None or not isinstance(process, dict):
+        return False
+    if (process.get("boot_id"), process.get("pid_ns")) != (here["boot_id"], here["pid_ns"]):
+        return False
+    try:
+        state, start = _stat(int(process["pid"]))
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError, IndexError, KeyError, TypeError):
+        return False
+    return state in ("Z", "X") or start != process.get("start")
+
+
+def _stat(pid: int) -> tuple[str, int]:
+    """(state, start time in clock ticks since boot) of a process, from /proc/PID/stat (fields 3 and 22; the
+    command name before them is in parentheses and may hold spaces)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return fields[0], int(fields[19])

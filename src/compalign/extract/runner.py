@@ -87,7 +87,8 @@ def extract(cfg: ExtractConfig, progress: Progress | None = None) -> ExtractSumm
         check_target(out, cfg.root if is_url(cfg.root) else Path(cfg.root), cfg.overwrite)
     if job.world > 1:
         progress = job_progress(progress, out, cfg.shard_rows) if progress and job.rank == 0 else None
-    with writer_lock(out, take=job.rank == 0) as lock:  # the other ranks take theirs once the store is ready
+    # the other ranks take theirs once the store is ready
+    with writer_lock(out, take=job.rank == 0, alone=job.world == 1) as lock:
         try:
             return _extract(cfg, out, progress, job, lock)
         except KeyboardInterrupt:

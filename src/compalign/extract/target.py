@@ -114,11 +114,12 @@ class WriterLock:
 
 
 @contextmanager
-def writer_lock(out: Path | Location, take: bool = True) -> Iterator[WriterLock | ObjectLock]:
+def writer_lock(out: Path | Location, take: bool = True, alone: bool = True) -> Iterator[WriterLock | ObjectLock]:
     """Hold an exclusive lock on `out` for the whole run; a second writer is refused at once, naming the first.
-    With `take` off the lock is only opened: a rank of a job takes its shared lock later (extract/ranks.py)."""
+    With `take` off the lock is only opened: a rank of a job takes its shared lock later (extract/ranks.py).
+    `alone`: the run is one process, not a torchrun job (a lock object then names it: object_lock.py)."""
     loc = location(out)
-    lock = WriterLock(loc.path) if loc.local else ObjectLock(loc)
+    lock = WriterLock(loc.path) if loc.local else ObjectLock(loc, alone=alone)
     try:
         if take:
             lock.take()
