@@ -804,3 +804,47 @@ def test_opening_a_store_in_a_bucket_probes_no_zarr_v2_files_and_a_table_reads_i
     items, calls = s3_requests(lambda: reader.items)
     assert len(items) >= 4 and calls.count("get_object") == 1 + 2 * len(items), calls
 
+
+
+def test_a_new_store_in_a_bucket_is_sent_all_at_once_with_its_root_last(s3, tmp_path, monkeypatch):
+    """zarr creating a store in place asked after every new array's parents and reopened each column it filled
+    (207 requests one after another for a 1,000-image store); made in memory, a store is sent as one PUT per
+    object, at once, and becomes a store only with its root zarr.json, sent last."""
+    import asyncio
+
+    import s3fs
+
+    from compalign.cache.store import Layout, create_store
+
+    lay = Layout(n_images=10, n_texts=21, embed_dim=8, n_patches=4, n_prefix=1, image_width=6, text_len=5,
+                 text_width=7, layers=[-1, -2], shard_rows=4, chunk_rows=2, text_layers=[-1])
+    args = (lay, {"note": "x"}, {"image": ["k1", "k2"], "caption": ["t0", "t3"]}, [f"k{i}" for i in range(10)],
+            [f"o{i}" for i in range(10)], [f"t{i}" for i in range(21)], [f"text {i}" for i in range(21)],
+            {"image": np.ones((6, 8))})
+    create_store(tmp_path / "local.zarr", *args)
+    puts, others, in_flight, most, real = [], [], set(), 0, s3fs.S3FileSystem._call_s3
+
+    async def slow_puts(self, method, *a, **k):
+        nonlocal most
+        if method != "put_object":
+            others.append(method)
+            return await real(self, method, *a, **k)
+        key = object()
+        in_flight.add(key)
+        most = max(most, len(in_flight))
+        try:
+            await asyncio.sleep(0.2)  # a slow PUT: the others must be on their way meanwhile (a loaded CI too)
+            return await real(self, method, *a, **k)
+        finally:
+            in_flight.discard(key)
+            puts.append(k["Key"].removeprefix("new/s.zarr/"))
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", slow_puts)
+    create_store(f"s3://{BUCKET}/new/s.zarr", *args)
+    monkeypatch.undo()
+    local = store_files(tmp_path / "local.zarr")
+    assert store_files(f"{BUCKET}/new/s.zarr", fs=s3) == local  # the same objects, byte for byte
+    assert sorted(puts) == sorted(local) and puts[-1] == "zarr.json"  # each once, the root last
+    assert most == len(local) - 1, most  # everything but the root in flight together
+    # Nothing is read but one listing of the prefix (what was there is removed) and, last, the returned group's root.
+    assert others[-1] == "get_object" and "get_object" not in others[:-1] and others.count("head_object") <= 1, others

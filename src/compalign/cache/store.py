@@ -41,6 +41,7 @@ file from a zero one. Readers refuse an absent chunk (`chunk_file`, `reader.Cach
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import math
@@ -56,7 +57,9 @@ from typing import Any, Literal
 import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
-from zarr.storage import WrapperStore
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+from zarr.storage import MemoryStore, WrapperStore
 
 from ..core import CompalignError
 from .location import Location, location
@@ -129,10 +132,13 @@ def create_store(path: Path | Location, lay: Layout, attrs: dict[str, Any], item
 
     `regions`: extra image arrays {path under images/: (shape of one row, dtype)}, written with the image shards.
     `token_codec`: the float16 token arrays' compression (`token_codec_level`); the other arrays keep Zarr's zstd.
+    The store is made in memory and then sent whole (`_send`): zarr creating it in place asks after every new
+    array's parents and reopens each column it fills, a round trip apiece in a bucket, one after another.
     The root attributes are written last: only then is the folder a store (`extract.target.is_store`), so a
     creation cut short is never taken for one (a local store is also built aside and renamed into place)."""
     loc = location(path)
-    root = zarr.open_group(loc.zarr_store("w"), mode="w")
+    made = MemoryStore()
+    root = zarr.open_group(made, mode="w")
     N, M = lay.n_images, lay.n_texts
     im, tx = root.create_group("images"), root.create_group("texts")
     for g, n, keys, extra_name, extra in ((im, N, image_keys, "origin", image_origins), (tx, M, text_keys, "strings", texts)):
@@ -163,10 +169,38 @@ def create_store(path: Path | Location, lay: Layout, attrs: dict[str, Any], item
     for name, table in (("items", items), *((("segments", segments),) if segments else ())):
         _table(root.create_group(name), table)
     root.attrs.update({"schema": SCHEMA, **attrs, "layout": lay.__dict__, COMPLETE_CHUNKS: True})
+    _send(made, loc.zarr_store("w", as_object=True))
     for kind in ("images", "texts"):
         (loc / ".done" / kind).mkdir()
     loc.fsync()
-    return root
+    return zarr.open_group(loc.zarr_store("r+"), mode="r+", zarr_format=3)
+
+
+SENDING = 64  # objects in flight at once while a new store is sent (a bucket's round trips overlap)
+
+
+def _send(made: MemoryStore, to: Any) -> None:
+    """Every object of the store made in memory, written to `to` (whatever was there removed first): all at once,
+    the root zarr.json last (it makes the folder a store)."""
+    async def copy(key: str) -> None:
+        await to.set(key, await made.get(key, default_buffer_prototype()))
+
+    async def at_once(step: Any, keys: list[str]) -> None:
+        gate = asyncio.Semaphore(SENDING)
+
+        async def one(key: str) -> None:
+            async with gate:
+                await step(key)
+
+        await asyncio.gather(*(one(k) for k in keys))
+
+    async def send() -> None:
+        # from one listing: zarr's delete_dir asks after the prefix itself too, five round trips in a row
+        await at_once(to.delete, [k async for k in to.list()])
+        await at_once(copy, [k async for k in made.list() if k != "zarr.json"])
+        await copy("zarr.json")
+
+    sync(send())
 
 
 def _table(g: zarr.Group, columns: dict[str, list[str]]) -> None:
