@@ -848,3 +848,40 @@ def test_a_new_store_in_a_bucket_is_sent_all_at_once_with_its_root_last(s3, tmp_
     assert most == len(local) - 1, most  # everything but the root in flight together
     # Nothing is read but one listing of the prefix (what was there is removed) and, last, the returned group's root.
     assert others[-1] == "get_object" and "get_object" not in others[:-1] and others.count("head_object") <= 1, others
+
+
+def test_a_store_whose_creation_was_cut_short_in_a_bucket_is_named_and_replaced_by_the_next_run(s3, tmp_path,
+                                                                                                monkeypatch):
+    """A bucket has no rename: a store is sent in place, its root saying `creating` until the last PUT. A run cut
+    short there (a lost connection, Ctrl-C) leaves a prefix that readers name as such and the next run replaces."""
+    from zarr.storage import FsspecStore
+
+    from compalign.cache.store import open_store
+
+    root = mini_sugarcrepe(tmp_path / "sc", n=4)
+    url, prefix = f"s3://{BUCKET}/cut/sc.zarr", f"{BUCKET}/cut/sc.zarr"
+    _ok(CliRunner().invoke(app, [*EXTRACT, "--root", str(root), "--out", str(tmp_path / "ref.zarr")]))
+    real, sent = FsspecStore.set, []
+
+    async def cut(self, key, value):
+        if len(sent) == 20:
+            raise ConnectionResetError("the network went away")
+        sent.append(key)
+        await real(self, key, value)
+
+    monkeypatch.setattr(FsspecStore, "set", cut)
+    res = CliRunner().invoke(app, [*EXTRACT, "--root", str(root), "--out", url])
+    monkeypatch.undo()
+    s3.invalidate_cache()
+    assert res.exit_code != 0 and sent[0] == "zarr.json" and len(s3.find(prefix)) > 1, res.output
+    assert json.loads(s3.cat_file(f"{prefix}/zarr.json"))["attributes"] == {"creating": "compalign.cache/1"}
+    with pytest.raises(CacheError, match=rf"{url} is a store whose creation was cut short\. Run the `compalign "
+                                         r"extract` that made it again: it replaces it\."):
+        open_store(url)
+    said = " ".join(_ok(CliRunner().invoke(app, [*EXTRACT, "--root", str(root), "--out", url])).split())
+    assert f"replaced {url}: its creation had been cut short" in said, said
+    assert store_files(prefix, drop=("created",), fs=s3) == store_files(tmp_path / "ref.zarr", drop=("created",))
+    # A prefix holding anything else is still refused untouched (compalign only replaces its own stores).
+    s3.pipe_file(f"{BUCKET}/other/x.zarr/zarr.json", json.dumps({"attributes": {"creating": "elsewhere"}}).encode())
+    said = _one_line_error(CliRunner().invoke(app, [*EXTRACT, "--root", str(root), "--out", f"s3://{BUCKET}/other/x.zarr"]))
+    assert "is a folder that is not a compalign store (1 entries)" in said

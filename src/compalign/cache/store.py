@@ -65,6 +65,7 @@ from ..core import CompalignError
 from .location import Location, location
 
 SCHEMA = "compalign.cache/1"
+CREATING = "creating"  # root attr of a store being sent (`_send`): a creation cut short, if it is still there
 COMPLETE_CHUNKS = "complete_chunks"  # root attr: every chunk of a written shard exists (absent = damaged)
 EVERY_CHUNK = {"write_empty_chunks": True}
 PENDING, OK, FAILED = 0, 1, 2
@@ -135,7 +136,8 @@ def create_store(path: Path | Location, lay: Layout, attrs: dict[str, Any], item
     The store is made in memory and then sent whole (`_send`): zarr creating it in place asks after every new
     array's parents and reopens each column it fills, a round trip apiece in a bucket, one after another.
     The root attributes are written last: only then is the folder a store (`extract.target.is_store`), so a
-    creation cut short is never taken for one (a local store is also built aside and renamed into place)."""
+    creation cut short is never taken for one (a local store is also built aside and renamed into place). Until
+    then the root says `creating`, so a creation cut short in a bucket is known for one and replaced."""
     loc = location(path)
     made = MemoryStore()
     root = zarr.open_group(made, mode="w")
@@ -181,7 +183,9 @@ SENDING = 64  # objects in flight at once while a new store is sent (a bucket's 
 
 def _send(made: MemoryStore, to: Any) -> None:
     """Every object of the store made in memory, written to `to` (whatever was there removed first): all at once,
-    the root zarr.json last (it makes the folder a store)."""
+    between a root zarr.json that says `creating` and the real one (it makes the folder a store)."""
+    creating = MemoryStore()
+    zarr.open_group(creating, mode="w", attributes={CREATING: SCHEMA})
     async def copy(key: str) -> None:
         await to.set(key, await made.get(key, default_buffer_prototype()))
 
@@ -197,6 +201,7 @@ def _send(made: MemoryStore, to: Any) -> None:
     async def send() -> None:
         # from one listing: zarr's delete_dir asks after the prefix itself too, five round trips in a row
         await at_once(to.delete, [k async for k in to.list()])
+        await to.set("zarr.json", await creating.get("zarr.json", default_buffer_prototype()))
         await at_once(copy, [k async for k in made.list() if k != "zarr.json"])
         await copy("zarr.json")
 
@@ -417,6 +422,9 @@ def open_store(path: Path | Location, mode: Literal["r", "r+"] = "r", digests: b
     root = zarr.open_group(DigestStore(path.zarr_store(mode, as_object=True)) if digests else path.zarr_store(mode),
                            mode=mode, zarr_format=3)
     schema = root.attrs.get("schema")
+    if schema is None and CREATING in root.attrs:
+        raise CacheError(f"{path} is a store whose creation was cut short. Run the `compalign extract` that made it "
+                         "again: it replaces it.")
     if schema != SCHEMA:
         raise CacheError(f"{path} has schema {schema!r}; this compalign reads {SCHEMA!r}. Re-extract it with this version.")
     return root

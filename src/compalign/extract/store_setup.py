@@ -25,7 +25,7 @@ from .backbones import Backbone
 from .config import ExtractConfig
 from .crops import CropPlan
 from .sources import Plan, text_key
-from .target import is_store, remove_store
+from .target import creation_cut_short, is_store, remove_store
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,8 @@ def open_or_create(cfg: ExtractConfig, bb: Backbone, plan: Plan, order: np.ndarr
             return notes
     elif is_store(out):
         notes.append(remove_store(out))
+    elif creation_cut_short(out):  # create_store replaces what is there
+        notes.append(f"replaced {out}: its creation had been cut short")
     n_patches, n_prefix, width = _shape_probe(bb, cfg.layers, device)
     img_layers, txt_layers = _tower_layers(cfg, bb)
     lay = Layout(n_images=len(plan.images), n_texts=len(plan.texts), embed_dim=bb.meta["embed_dim"],

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..cache.location import Location, location
-from ..cache.store import SCHEMA, CacheError
+from ..cache.store import CREATING, SCHEMA, CacheError
 from .object_lock import ObjectLock
 
 NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)  # the folder is not ours to write: a message, not a traceback
@@ -36,6 +36,17 @@ def is_store(path: Path | Location) -> bool:
     except (OSError, ValueError):
         return False
     return str(attrs.get("schema", "")).startswith(SCHEMA.split("/")[0] + "/")
+
+
+def creation_cut_short(path: Path | Location) -> bool:
+    """True for a store in a bucket whose creation stopped before its root attributes were written
+    (cache.store._send); extraction replaces it (a local store is made aside, so none is ever left at --out)."""
+    meta = location(path) / "zarr.json"
+    try:
+        attrs = json.loads(meta.read_text()).get("attributes", {})
+    except (OSError, ValueError):
+        return False
+    return "schema" not in attrs and str(attrs.get(CREATING, "")).startswith(SCHEMA.split("/")[0] + "/")
 
 
 def check_target(out: Path | Location, data_root: Path | str, overwrite: bool) -> None:
@@ -62,7 +73,7 @@ def check_target(out: Path | Location, data_root: Path | str, overwrite: bool) -
                                  f"input. Pass a new folder, e.g. --out {data_root.parent / (data_root.name + '.zarr')}")
     if loc.local and (loc.path.is_symlink() or (loc.path.exists() and not loc.path.is_dir())):
         raise CacheError(f"--out {loc.path} exists and is not a folder; pass the path of a new or existing compalign store")
-    if loc.exists() and not is_store(loc) and (overwrite or loc.names()):
+    if loc.exists() and not is_store(loc) and not creation_cut_short(loc) and (overwrite or loc.names()):
         n = sum(1 for _ in loc.path.rglob("*")) if loc.local else len(loc.files())
         raise CacheError(f"--out {loc} is a folder that is not a compalign store ({n} entries); compalign only replaces "
                          "its own stores. Pass a new --out, or remove the folder yourself if it is not needed.")
