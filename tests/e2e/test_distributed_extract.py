@@ -22,18 +22,17 @@ from pathlib import Path
 import pytest
 from conftest import BUCKET, make_images, store_files
 
-from compalign.cache.location import location
-
 SRC = str(Path(__file__).resolve().parents[2] / "src")
-LEASE_S = 3  # the writer lock's lease in a bucket (extract/object_lock.py): a killed job's lock expires quickly
+LEASE_S = 3600  # the writer lock's lease in a bucket (object_lock.py): a killed job's lock is taken over because its
+# processes are gone, never because it expired
 N, SHARD = 128, 8
 TOTAL = 2 * N // SHARD  # text + image shards
 EXTRACT = ["-m", "compalign.cli.main", "extract", "--model", "tiny", "--data", "pairs", "--device", "cpu",
            "--workers", "0", "--batch-size", "4", "--shard-rows", str(SHARD)]
 
 
-def _env(lease_s: float = LEASE_S) -> dict[str, str]:  # when the command starts: the s3 fixture sets the endpoint
-    return {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "COMPALIGN_LOCK_LEASE_S": str(lease_s)}
+def _env() -> dict[str, str]:  # when the command starts: the s3 fixture sets the endpoint in os.environ
+    return {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "COMPALIGN_LOCK_LEASE_S": str(LEASE_S)}
 
 
 def _cmd(root: Path, out: Path | str, ranks: int) -> list[str]:
@@ -43,16 +42,16 @@ def _cmd(root: Path, out: Path | str, ranks: int) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks), *args]
 
 
-def _extract(root: Path, out: Path | str, ranks: int, rc: int = 0, lease_s: float = LEASE_S) -> str:
+def _extract(root: Path, out: Path | str, ranks: int, rc: int = 0) -> str:
     """What the run printed (rank 0's summary, or with `rc` 2 its error), one space between words."""
-    proc = subprocess.run(_cmd(root, out, ranks), capture_output=True, text=True, timeout=240, env=_env(lease_s))
+    proc = subprocess.run(_cmd(root, out, ranks), capture_output=True, text=True, timeout=240, env=_env())
     assert proc.returncode == rc, proc.stderr[-3000:]
     return " ".join((proc.stdout + proc.stderr).split())
 
 
-def _start(root: Path, out: Path | str, ranks: int, lease_s: float = LEASE_S) -> subprocess.Popen:
+def _start(root: Path, out: Path | str, ranks: int) -> subprocess.Popen:
     return subprocess.Popen(_cmd(root, out, ranks), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=_env(lease_s), start_new_session=True)
+                            env=_env(), start_new_session=True)
 
 
 def _n_done(path: Path | str, fs=None) -> int:
@@ -139,7 +138,7 @@ def test_a_killed_rank_loses_only_its_unfinished_shards(world, tmp_path):
     assert store_files(out, drop=("created",)) == ref
 
 
-def test_two_ranks_write_to_a_bucket_the_store_of_one_process_and_a_killed_jobs_lock_expires(world, s3):
+def test_two_ranks_write_to_a_bucket_the_store_of_one_process_and_a_killed_jobs_lock_is_taken_over(world, s3):
     root, ref = world
     prefix = f"{BUCKET}/dist/two.zarr"
     _extract(root, f"s3://{prefix}", ranks=2)
@@ -147,34 +146,46 @@ def test_two_ranks_write_to_a_bucket_the_store_of_one_process_and_a_killed_jobs_
     assert not s3.exists(f"{BUCKET}/dist/.two.zarr.lock")
 
     # Rank 0, which holds the job's lock object, dies (SIGKILL) with no chance to delete it; torchrun stops rank 1.
-    prefix = f"{BUCKET}/dist/killed.zarr"
+    prefix, key = f"{BUCKET}/dist/killed.zarr", f"{BUCKET}/dist/.killed.zarr.lock"
     p = _start(root, f"s3://{prefix}", ranks=2)
     try:
         # Once each rank has finished a text shard: the image stage, all of it still to come, outlasts the kill
         # (writes to the bucket are quick enough that a whole job can end between two looks at its markers).
         while p.poll() is None and {s % 2 for s in _done(prefix, "texts", s3)} != {0, 1}:
             time.sleep(0.02)
-        victim = _rank_pid(p.pid, 0)
-        assert p.poll() is None and victim is not None, "the run finished before it could be killed"
-        os.kill(victim, signal.SIGKILL)
+        ranks = [_rank_pid(p.pid, r) for r in (0, 1)]
+        assert p.poll() is None and None not in ranks, "the run finished before it could be killed"
+        os.kill(ranks[0], signal.SIGKILL)
         assert p.wait(timeout=60) != 0
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
     before = _n_done(prefix, s3)
-    assert 0 < before < TOTAL and s3.exists(f"{BUCKET}/dist/.killed.zarr.lock")
-    # A job's lock names no process: rank 1 may still be writing when rank 0 is gone. Nobody renews it now
-    # (ranks.py: rank 0 alone does): it is past its lease one lease later, and the next run takes it over and
-    # writes exactly the shards that were left.
-    lock = location(f"s3://{BUCKET}/dist/.killed.zarr.lock")
-    assert "process" not in json.loads(lock.read_text())
-    etag, _ = lock.version()
-    time.sleep(LEASE_S + 1.2)
-    assert lock.version()[0] == etag and lock.version()[1] > LEASE_S
+    assert 0 < before < TOTAL and s3.exists(key)
+    # Nobody renews the lock now (rank 0 alone did), and it names both ranks: the next run on this machine takes it
+    # over as soon as both are gone (rank 1 may still be writing when rank 0 dies), not an hour's lease later.
+    assert [q["pid"] for q in json.loads(s3.cat_file(key))["processes"]] == ranks
+    _wait_gone(ranks)
     said = _extract(root, f"s3://{prefix}", ranks=2)
-    assert re.search(rf"took over the lock s3://{BUCKET}/dist/\.killed\.zarr\.lock of a run that is gone", said), said
+    assert (f"took over the lock s3://{key} of a run that is gone" in said
+            and f"its processes have exited (pid {ranks[0]}, {ranks[1]} on this machine)" in said), said
     assert re.search(rf"\b{TOTAL - before} shards written, {before} already done", said), said
     assert store_files(prefix, drop=("created",), fs=s3) == ref
+
+
+def _wait_gone(pids: list[int], within: float = 30.0) -> None:
+    """Until no pid is a live process (gone, or a zombie): torchrun's agent stops its ranks as it exits."""
+    end = time.monotonic() + within
+    while any(_alive(pid) for pid in pids):
+        assert time.monotonic() < end, f"processes {pids} still run {within:.0f} s after their job ended"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
 
 
 def test_a_killed_run_of_one_process_in_a_bucket_is_resumed_at_once_on_its_machine(world, s3):
@@ -182,7 +193,7 @@ def test_a_killed_run_of_one_process_in_a_bucket_is_resumed_at_once_on_its_machi
     is taken over by the next run on the same machine at once, though its lease has most of an hour to run."""
     root, ref = world
     prefix, key = f"{BUCKET}/dist/one.zarr", f"{BUCKET}/dist/.one.zarr.lock"
-    p = _start(root, f"s3://{prefix}", ranks=1, lease_s=3600)
+    p = _start(root, f"s3://{prefix}", ranks=1)
     try:
         while p.poll() is None and len(_done(prefix, "texts", s3)) < 2:
             time.sleep(0.02)
@@ -191,10 +202,10 @@ def test_a_killed_run_of_one_process_in_a_bucket_is_resumed_at_once_on_its_machi
         os.killpg(p.pid, signal.SIGKILL)
         p.wait()
     held = json.loads(s3.cat_file(key))
-    assert held["process"]["pid"] == p.pid and held["lease_s"] == 3600
+    assert [q["pid"] for q in held["processes"]] == [p.pid] and held["lease_s"] == LEASE_S
     before = _n_done(prefix, s3)
     assert 0 < before < TOTAL
-    said = _extract(root, f"s3://{prefix}", ranks=1, lease_s=3600)
+    said = _extract(root, f"s3://{prefix}", ranks=1)
     assert (f"took over the lock s3://{key} of a run that is gone (pid {p.pid} on " in said
             and f"its process has exited (pid {p.pid} on this machine)" in said), said
     assert re.search(rf"\b{TOTAL - before} shards written, {before} already done", said), said

@@ -176,47 +176,49 @@ def test_a_lock_left_by_a_killed_run_is_taken_over_once_its_lease_has_run_out(s3
     assert "verified: every done shard" in _ok(CliRunner().invoke(app, ["cache", "info", url, "--verify"]))
 
 
-def test_a_lock_whose_process_is_known_to_have_exited_is_taken_over_at_once_and_no_other(s3, caplog):
-    """A one-process run names itself in its lock (object_lock.this_process). On the same machine and pid namespace
-    the next run sees whether that process still runs; anything it cannot see (another machine, another
-    container) waits out the lease as before."""
+def test_a_lock_whose_processes_are_known_to_have_exited_is_taken_over_at_once_and_no_other(s3, caplog):
+    """A run names its processes in its lock (object_lock.this_process; a torchrun job every rank). On the same
+    machine and pid namespace the next run sees whether they still run; anything it cannot see (another machine,
+    another container) waits out the lease as before."""
     from compalign.extract.object_lock import ObjectLock, this_process
 
     out, key = location(f"s3://{BUCKET}/gone/sc.zarr"), f"{BUCKET}/gone/.sc.zarr.lock"
     here = this_process()
     assert here is not None and here["pid"] == os.getpid()
-    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
-    stat = Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()
-    alive = {**here, "pid": child.pid, "start": int(stat[19])}
+    children = [subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+                for _ in range(2)]
+    alive = [{**here, "pid": c.pid, "start": int(Path(f"/proc/{c.pid}/stat").read_text().rsplit(")", 1)[1].split()[19])}
+             for c in children]
 
-    def held_by(process: dict) -> None:  # a fresh lock with an hour's lease: only its process can free it early
-        s3.pipe_file(key, json.dumps({"holder": f"pid {process['pid']} on this host", "lease_s": 3600,
-                                      "process": process}).encode())
+    def held_by(processes: list[dict]) -> None:  # a fresh lock with an hour's lease: only its processes free it early
+        s3.pipe_file(key, json.dumps({"holder": "a run on this host", "lease_s": 3600, "processes": processes}).encode())
 
-    refused = r"its lock s3://\S+/gone/\.sc\.zarr\.lock was renewed [01] s ago"
-    held_by(alive)
-    with pytest.raises(CacheError, match=refused):  # its process runs
-        ObjectLock(out).take()
-    child.kill()
-    child.wait()  # reaped: its pid is no process now (a zombie before the wait counts as exited too)
-    for other in ({**alive, "boot_id": "another-machine"}, {**alive, "pid_ns": alive["pid_ns"] + 1}):
-        held_by(other)  # not known here: the lease decides
-        with pytest.raises(CacheError, match=refused):
-            ObjectLock(out).take()
-    for gone in (alive, {**here, "start": here["start"] + 1}):  # exited; and a pid reused by another process (us)
+    def refused(processes: list[dict]) -> None:
+        held_by(processes)
+        with pytest.raises(CacheError, match=r"its lock s3://\S+/gone/\.sc\.zarr\.lock was renewed [01] s ago"):
+            ObjectLock(out, processes=[here]).take()
+
+    refused(alive)  # they run
+    children[0].kill()
+    children[0].wait()  # reaped: its pid is no process now (a zombie before the wait counts as exited too)
+    refused(alive)  # one of the job's processes still runs
+    children[1].kill()
+    children[1].wait()
+    refused([{**alive[0], "boot_id": "another-machine"}])  # not known here: the lease decides
+    refused([{**alive[0], "pid_ns": alive[0]["pid_ns"] + 1}])  # another container's pid
+    refused([*alive, {**alive[0], "boot_id": "another-machine"}])  # a job that spanned machines
+    refused([])
+    for gone, pids in ((alive, f"processes have exited (pid {alive[0]['pid']}, {alive[1]['pid']}"),
+                       ([{**here, "start": here["start"] + 1}], f"process has exited (pid {here['pid']}")):  # pid reused
         held_by(gone)
-        mine = ObjectLock(out)
+        mine = ObjectLock(out, processes=[here])
         with caplog.at_level("WARNING", logger="compalign.extract.object_lock"):
             mine.take()
-        assert (f"took over the lock s3://{key} of a run that is gone (pid {gone['pid']} on this host): its process "
-                f"has exited (pid {gone['pid']} on this machine)") in caplog.text
-        assert json.loads(s3.cat_file(key))["process"] == here  # now names this process
+        assert f"took over the lock s3://{key} of a run that is gone (a run on this host): its {pids} on this machine)" \
+            in caplog.text, caplog.text
+        assert json.loads(s3.cat_file(key))["processes"] == [here]  # now names this run's
         mine.close()
         caplog.clear()
-    mine = ObjectLock(out, alone=False)  # a rank of a torchrun job: its ranks may outlive it, so it names none
-    mine.take()
-    assert "process" not in json.loads(s3.cat_file(key))
-    mine.close()
 
 
 def test_a_held_lock_is_renewed_so_it_never_expires_and_a_lost_one_is_left_to_its_new_holder(s3, monkeypatch):
@@ -809,7 +811,7 @@ def test_opening_a_store_in_a_bucket_probes_no_zarr_v2_files_and_a_table_reads_i
 def test_a_new_store_in_a_bucket_is_sent_all_at_once_with_its_root_last(s3, tmp_path, monkeypatch):
     """zarr creating a store in place asked after every new array's parents and reopened each column it filled
     (207 requests one after another for a 1,000-image store); made in memory, a store is sent as one PUT per
-    object, at once, and becomes a store only with its root zarr.json, sent last."""
+    object, at once, and becomes a store only with its root zarr.json, sent last (the first says `creating`)."""
     import asyncio
 
     import s3fs
@@ -844,7 +846,8 @@ def test_a_new_store_in_a_bucket_is_sent_all_at_once_with_its_root_last(s3, tmp_
     monkeypatch.undo()
     local = store_files(tmp_path / "local.zarr")
     assert store_files(f"{BUCKET}/new/s.zarr", fs=s3) == local  # the same objects, byte for byte
-    assert sorted(puts) == sorted(local) and puts[-1] == "zarr.json"  # each once, the root last
+    # each once, between a root that says `creating` and the real one
+    assert puts[0] == puts[-1] == "zarr.json" and sorted(puts[1:]) == sorted(local), puts
     assert most == len(local) - 1, most  # everything but the root in flight together
     # Nothing is read but one listing of the prefix (what was there is removed) and, last, the returned group's root.
     assert others[-1] == "get_object" and "get_object" not in others[:-1] and others.count("head_object") <= 1, others

@@ -9,10 +9,11 @@ it stops being renewed:
   its machine lost): the next `take` takes it over, again only if it is still that version, so of two runs
   taking over one stale lock one wins and the other is refused;
 - the run that holds it deletes it when it ends, if it is still its own.
-- a lock whose process is known to have exited is taken over at once, lease or not: a run writes into its
-  lock who it is on its machine (boot id, pid namespace, pid and the pid's start time), and a run on the same
-  machine can see that process is gone (SIGKILL, the OOM killer). Only a run of one process writes it: a
-  torchrun job's other ranks may still be writing after rank 0 died, so its lock waits out its lease.
+- a lock whose processes are all known to have exited is taken over at once, lease or not: a run writes into
+  its lock who its processes are on their machine (boot id, pid namespace, pid and the pid's start time; every
+  rank of a torchrun job, since the others may still be writing after rank 0 died), and a run on the same
+  machine can see they are gone (SIGKILL, the OOM killer). A process on another machine is never known to
+  have exited there: a lock naming one waits out its lease.
 A holder that cannot renew for a whole lease (a network cut, a process stopped) may find its lock taken: it
 is told (`on_lost`; extraction then stops and says so) and never deletes the new holder's lock. Ages are the
 server's (Last-Modified against the reply's Date), so no machine's clock matters. The lease a holder writes
@@ -50,10 +51,11 @@ def lease_s() -> float:
 
 
 class ObjectLock:
-    def __init__(self, out: Location, on_lost: Callable[[], None] = _thread.interrupt_main, alone: bool = True):
-        """`alone`: this run is one process (not a torchrun job), so its lock may name that process."""
+    def __init__(self, out: Location, on_lost: Callable[[], None] = _thread.interrupt_main,
+                 processes: list[dict[str, Any]] | None = None):
+        """`processes`: every process of this run (`this_process` of each rank), None where one is unknown."""
         self.out, self.lock, self.on_lost = out, out.sibling(f".{out.name}.lock"), on_lost
-        self.process = this_process() if alone else None
+        self.processes = processes
         self.lease, self.etag, self.lost = lease_s(), None, False
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
@@ -81,13 +83,14 @@ class ObjectLock:
                     return etag
                 continue
             try:
-                holder, lease, process = _holder(self.lock.read_text())
+                holder, lease, processes = _holder(self.lock.read_text())
             except FileNotFoundError:
                 continue
             if seen is None:  # no conditional writes here: a lock is never taken over
                 raise self._refused(holder, None, lease)
-            if exited_here(process):
-                why = f"its process has exited (pid {process['pid']} on this machine)"
+            if isinstance(processes, list) and processes and all(exited_here(p) for p in processes):
+                pids = ", ".join(str(p["pid"]) for p in processes)
+                why = f"its process{'es have' if len(processes) > 1 else ' has'} exited (pid {pids} on this machine)"
             elif lease is not None and seen[1] > lease:
                 why = f"not renewed for {seen[1]:.0f} s, its lease is {lease:.0f} s"
             else:
@@ -111,8 +114,8 @@ class ObjectLock:
     def _body(self) -> bytes:
         """The lock's content; the renewal count makes each version's ETag (an MD5 of the bytes) a new one."""
         body = {"holder": self.holder, "lease_s": self.lease, "renewal": self.renewals, "token": self.token}
-        if self.process is not None:
-            body["process"] = self.process
+        if self.processes is not None:
+            body["processes"] = self.processes
         return json.dumps(body).encode()
 
     def _renew(self) -> None:
@@ -155,11 +158,11 @@ class ObjectLock:
 
 
 def _holder(text: str) -> tuple[str, float | None, Any]:
-    """(who holds it, its lease in seconds, its process or None) from a lock's body. A lock of an older compalign
+    """(who holds it, its lease in seconds, its processes or None) from a lock's body. A lock of an older compalign
     is its holder's line and has no lease: it was never renewed, so its age says nothing and it is never taken over."""
     try:
         d = json.loads(text)
-        return str(d["holder"]), float(d["lease_s"]), d.get("process")
+        return str(d["holder"]), float(d["lease_s"]), d.get("processes")
     except (ValueError, KeyError, TypeError, AttributeError):
         return text.strip(), None, None
 
@@ -177,7 +180,7 @@ def this_process() -> dict[str, Any] | None:
 
 
 def exited_here(process: Any) -> bool:
-    """True only when `process` (a lock's, from `this_process`) is known to have exited: it ran in this boot of
+    """True only when `process` (one of a lock's, from `this_process`) is known to have exited: it ran in this boot of
     this machine and in this pid namespace, and its pid is now no process, a zombie, or a process started at
     another time. Another machine, another container, or no /proc: not known, False (the lease decides)."""
     here = this_process()

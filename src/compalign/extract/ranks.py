@@ -25,7 +25,8 @@ while any rank of the job is alive, even after rank 0 itself died. The one insta
 before any rank wrote, and torchrun stops the job. Across machines the store must be on a filesystem all nodes
 share with working flock(2) (NFS does; Lustre with `-o flock`); otherwise only the ranks of one node see each
 other's lock. A store in a bucket has a lock object instead, taken and renewed by rank 0 for the whole job
-(object_lock.py): it is one for all nodes, and a job whose rank 0 was killed leaves it to expire.
+(object_lock.py): it is one for all nodes and names every rank's process, so a killed job's lock is taken over
+at once by the next run on its machine once all its ranks are gone; a job that spanned machines leaves it to expire.
 
 Without the torchrun environment (or with one process) the job is rank 0 of 1 and nothing here does anything.
 """
@@ -43,6 +44,7 @@ from typing import Any
 from ..cache.location import Location
 from ..cache.store import done_shards
 from ..core.training import init_distributed
+from .object_lock import this_process
 
 # A barrier waits for the slowest rank (rank 0 verifying every done shard of a large store, a rank with more
 # shards left): a short timeout would kill a healthy job. A dead rank is torchrun's to notice (it stops the
@@ -55,6 +57,7 @@ class Job:
     rank: int = 0
     world: int = 1
     group: Any = None  # a gloo process group for the barriers (extraction sends no tensors, so never nccl)
+    processes: list[dict[str, Any]] | None = None  # this_process() of every rank (None: one of them has none)
 
     def mine(self, todo: list[int]) -> list[int]:
         """The pending shards of `todo` this rank writes."""
@@ -83,11 +86,15 @@ def join_job() -> Job:
     nccl where CUDA is there, gloo otherwise; the device is cuda:LOCAL_RANK, see core.device); rank 0 of 1
     without one."""
     rank, world = init_distributed()
+    me = this_process()
     if world == 1:
-        return Job()
+        return Job(processes=None if me is None else [me])
     import torch.distributed as dist
 
-    return Job(rank, world, dist.new_group(backend="gloo", timeout=BARRIER_TIMEOUT))
+    group = dist.new_group(backend="gloo", timeout=BARRIER_TIMEOUT)
+    every: list[Any] = [None] * world  # rank 0's lock names them all: any rank may still be writing when it dies
+    dist.all_gather_object(every, me, group=group)
+    return Job(rank, world, group, None if None in every else every)
 
 
 @contextmanager

@@ -88,7 +88,7 @@ def extract(cfg: ExtractConfig, progress: Progress | None = None) -> ExtractSumm
     if job.world > 1:
         progress = job_progress(progress, out, cfg.shard_rows) if progress and job.rank == 0 else None
     # the other ranks take theirs once the store is ready
-    with writer_lock(out, take=job.rank == 0, alone=job.world == 1) as lock:
+    with writer_lock(out, take=job.rank == 0, processes=job.processes) as lock:
         try:
             return _extract(cfg, out, progress, job, lock)
         except KeyboardInterrupt:

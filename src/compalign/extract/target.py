@@ -17,6 +17,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from ..cache.location import Location, location
 from ..cache.store import CREATING, SCHEMA, CacheError
@@ -125,12 +126,13 @@ class WriterLock:
 
 
 @contextmanager
-def writer_lock(out: Path | Location, take: bool = True, alone: bool = True) -> Iterator[WriterLock | ObjectLock]:
+def writer_lock(out: Path | Location, take: bool = True, processes: list[dict[str, Any]] | None = None
+                ) -> Iterator[WriterLock | ObjectLock]:
     """Hold an exclusive lock on `out` for the whole run; a second writer is refused at once, naming the first.
     With `take` off the lock is only opened: a rank of a job takes its shared lock later (extract/ranks.py).
-    `alone`: the run is one process, not a torchrun job (a lock object then names it: object_lock.py)."""
+    `processes`: the run's processes, which a lock object names (object_lock.py; a flock needs none)."""
     loc = location(out)
-    lock = WriterLock(loc.path) if loc.local else ObjectLock(loc, alone=alone)
+    lock = WriterLock(loc.path) if loc.local else ObjectLock(loc, processes=processes)
     try:
         if take:
             lock.take()
