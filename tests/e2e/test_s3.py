@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -654,13 +655,36 @@ def s3_requests(monkeypatch):
     return run
 
 
-def test_a_writer_in_a_bucket_sends_a_shards_arrays_together_and_asks_no_sizes(s3, tmp_path, monkeypatch):
-    """Each array's shard is one PUT. Sent one after another a text shard waited a round trip per array (six);
-    and s3fs asked each metadata object's size (a HEAD) before reading it."""
+def _slow_puts(monkeypatch, delay: float) -> SimpleNamespace:
+    """Every S3 request of every s3fs client from now on, as (method, key) in the order they start (`calls`),
+    each PUT held `delay` seconds so that what is sent together is seen in flight together (`most`: the most PUTs
+    in flight at once; on a loaded CI too)."""
     import asyncio
 
     import s3fs
 
+    seen, in_flight, real = SimpleNamespace(calls=[], most=0), set(), s3fs.S3FileSystem._call_s3
+
+    async def call(self, method, *args, **kwargs):
+        seen.calls.append((method, kwargs.get("Key", "")))
+        if method != "put_object":
+            return await real(self, method, *args, **kwargs)
+        token = object()
+        in_flight.add(token)
+        seen.most = max(seen.most, len(in_flight))
+        try:
+            await asyncio.sleep(delay)
+            return await real(self, method, *args, **kwargs)
+        finally:
+            in_flight.discard(token)
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", call)
+    return seen
+
+
+def test_a_writer_in_a_bucket_sends_a_shards_arrays_together_and_asks_no_sizes(s3, tmp_path, monkeypatch):
+    """Each array's shard is one PUT. Sent one after another a text shard waited a round trip per array (six);
+    and s3fs asked each metadata object's size (a HEAD) before reading it."""
     from compalign.cache.store import open_store, verify_shard, write_shard
 
     url = f"s3://{BUCKET}/caches/together.zarr"
@@ -668,26 +692,11 @@ def test_a_writer_in_a_bucket_sends_a_shards_arrays_together_and_asks_no_sizes(s
     names = ("global", "tokens", "status", "error", "lengths", "truncated")
     before = open_store(url)
     shard = {name: before[f"texts/{name}"][:4] for name in names}  # text shard 0 (--shard-rows 4)
-    calls, in_flight, most, real = [], set(), 0, s3fs.S3FileSystem._call_s3
-
-    async def slow_puts(self, method, *args, **kwargs):
-        nonlocal most
-        calls.append(method)
-        if method != "put_object":
-            return await real(self, method, *args, **kwargs)
-        key = object()
-        in_flight.add(key)
-        most = max(most, len(in_flight))
-        try:
-            await asyncio.sleep(0.5)  # a slow PUT: the others must be on their way meanwhile (a loaded CI too)
-            return await real(self, method, *args, **kwargs)
-        finally:
-            in_flight.discard(key)
-
-    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", slow_puts)
+    seen = _slow_puts(monkeypatch, 0.5)
     write_shard(open_store(url, "r+", digests=True), url, "texts", 0, 0, shard)
     monkeypatch.undo()
-    assert most == len(names) and "head_object" not in calls[1:], calls  # [0]: open_store's existence check
+    calls = [method for method, _ in seen.calls]
+    assert seen.most == len(names) and "head_object" not in calls[1:], calls  # [0]: open_store's existence check
     assert calls.count("put_object") == len(names) + 1  # and the done marker, after them
     after = open_store(url)
     assert verify_shard(url, "texts", 0) == [] and all(np.array_equal(after[f"texts/{n}"][:4], shard[n]) for n in names)
@@ -812,10 +821,6 @@ def test_a_new_store_in_a_bucket_is_sent_all_at_once_with_its_root_last(s3, tmp_
     """zarr creating a store in place asked after every new array's parents and reopened each column it filled
     (207 requests one after another for a 1,000-image store); made in memory, a store is sent as one PUT per
     object, at once, and becomes a store only with its root zarr.json, sent last (the first says `creating`)."""
-    import asyncio
-
-    import s3fs
-
     from compalign.cache.store import Layout, create_store
 
     lay = Layout(n_images=10, n_texts=21, embed_dim=8, n_patches=4, n_prefix=1, image_width=6, text_len=5,
@@ -824,31 +829,16 @@ def test_a_new_store_in_a_bucket_is_sent_all_at_once_with_its_root_last(s3, tmp_
             [f"o{i}" for i in range(10)], [f"t{i}" for i in range(21)], [f"text {i}" for i in range(21)],
             {"image": np.ones((6, 8))})
     create_store(tmp_path / "local.zarr", *args)
-    puts, others, in_flight, most, real = [], [], set(), 0, s3fs.S3FileSystem._call_s3
-
-    async def slow_puts(self, method, *a, **k):
-        nonlocal most
-        if method != "put_object":
-            others.append(method)
-            return await real(self, method, *a, **k)
-        key = object()
-        in_flight.add(key)
-        most = max(most, len(in_flight))
-        try:
-            await asyncio.sleep(0.2)  # a slow PUT: the others must be on their way meanwhile (a loaded CI too)
-            return await real(self, method, *a, **k)
-        finally:
-            in_flight.discard(key)
-            puts.append(k["Key"].removeprefix("new/s.zarr/"))
-
-    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", slow_puts)
+    seen = _slow_puts(monkeypatch, 0.2)
     create_store(f"s3://{BUCKET}/new/s.zarr", *args)
     monkeypatch.undo()
+    puts = [key.removeprefix("new/s.zarr/") for method, key in seen.calls if method == "put_object"]
+    others = [method for method, _ in seen.calls if method != "put_object"]
     local = store_files(tmp_path / "local.zarr")
     assert store_files(f"{BUCKET}/new/s.zarr", fs=s3) == local  # the same objects, byte for byte
     # each once, between a root that says `creating` and the real one
     assert puts[0] == puts[-1] == "zarr.json" and sorted(puts[1:]) == sorted(local), puts
-    assert most == len(local) - 1, most  # everything but the root in flight together
+    assert seen.most == len(local) - 1, seen.most  # everything but the root in flight together
     # Nothing is read but one listing of the prefix (what was there is removed) and, last, the returned group's root.
     assert others[-1] == "get_object" and "get_object" not in others[:-1] and others.count("head_object") <= 1, others
 
