@@ -195,3 +195,28 @@ def test_a_shared_memory_too_small_for_the_workers_is_refused_before_a_store_is_
     one, zero = CacheReader(tmp_path / "one.zarr"), CacheReader(tmp_path / "zero.zarr")
     n = one.layout.n_images
     assert np.array_equal(one.read("images", "patches", np.arange(n)), zero.read("images", "patches", np.arange(n)))
+
+
+def test_gpu_decode_is_refused_where_torchvision_cannot_decode_on_the_device(monkeypatch):
+    """nvJPEG missing from the build, or a driver it cannot use: refused at the start, naming the cause. Unchecked,
+    the run went on with every file taking the per-file fallback (PIL on the main process)."""
+    import torchvision.io
+
+    cpu_decode, asked = torchvision.io.decode_jpeg, []
+
+    def decode_on(data, mode, device):  # the device's decoder, played by the CPU's
+        asked.append(device)
+        return cpu_decode(data, mode=mode)
+
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", decode_on)
+    check_gpu_decode("cuda:1")
+    assert asked == ["cuda:1"]
+
+    def no_nvjpeg(data, mode, device):
+        raise RuntimeError("torchvision not compiled with nvJPEG support\nmore lines")
+
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", no_nvjpeg)
+    with pytest.raises(InputError) as e:
+        check_gpu_decode("cuda")
+    assert str(e.value) == ("--decode gpu: this torchvision cannot decode JPEGs on cuda (torchvision not compiled with "
+                            "nvJPEG support); use --decode fast (JPEG draft mode in the CPU workers) or --decode exact")

@@ -10,10 +10,12 @@ file does not know is refused, never approximated. A JPEG nvjpeg cannot decode g
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from typing import Any
 
 import torch
+from PIL import Image
 from torchvision import transforms as T
 
 from ..core import InputError
@@ -44,10 +46,26 @@ def tensor_steps(preprocess: Any) -> list[Step]:
 
 
 def check_gpu_decode(device: str) -> None:
-    """Refuse --decode gpu where it cannot run, before anything is loaded."""
+    """Refuse --decode gpu where it cannot run, before anything is loaded: a device that is not CUDA, or a
+    torchvision that cannot decode JPEGs there (built without nvJPEG, a driver it cannot use). Found later, the
+    latter would not stop the run: every file would go the way of one nvjpeg refuses, decoded by PIL on the
+    main process, the slowest path there is."""
     if not device.startswith("cuda"):
         raise InputError(f"--decode gpu decodes JPEGs on the CUDA device, and this run is on {device}; "
                          "use --decode exact (the checkpoint's preprocessing) or --decode fast (JPEG draft mode)")
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    probe = io.BytesIO()
+    Image.new("RGB", (16, 8), (200, 30, 30)).save(probe, format="JPEG")
+    try:
+        got = decode_jpeg([torch.frombuffer(bytearray(probe.getvalue()), dtype=torch.uint8)], mode=ImageReadMode.RGB,
+                          device=device)
+    except RuntimeError as e:
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"--decode gpu: this torchvision cannot decode JPEGs on {device} ({why}); use --decode fast "
+                         "(JPEG draft mode in the CPU workers) or --decode exact") from None
+    if tuple(got[0].shape) != (3, 8, 16):  # a decoder that answers, but not with the image: never run with it
+        raise RuntimeError(f"torchvision's decode_jpeg on {device} gave shape {tuple(got[0].shape)} for a 16x8 RGB JPEG")
 
 
 class GpuPreprocess:
