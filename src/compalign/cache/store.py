@@ -186,6 +186,7 @@ def _send(made: MemoryStore, to: Any) -> None:
     between a root zarr.json that says `creating` and the real one (it makes the folder a store)."""
     creating = MemoryStore()
     zarr.open_group(creating, mode="w", attributes={CREATING: SCHEMA})
+
     async def copy(key: str) -> None:
         await to.set(key, await made.get(key, default_buffer_prototype()))
 
