@@ -878,3 +878,34 @@ def test_a_store_whose_creation_was_cut_short_in_a_bucket_is_named_and_replaced_
     s3.pipe_file(f"{BUCKET}/other/x.zarr/zarr.json", json.dumps({"attributes": {"creating": "elsewhere"}}).encode())
     said = _one_line_error(CliRunner().invoke(app, [*EXTRACT, "--root", str(root), "--out", f"s3://{BUCKET}/other/x.zarr"]))
     assert "is a folder that is not a compalign store (1 entries)" in said
+
+
+def test_a_bucket_that_goes_out_of_reach_mid_run_is_one_line_and_the_rerun_finishes(s3, tmp_path):
+    """The server stops answering mid-run (in a subprocess, through a second server on the same buckets): the run
+    ends with one line that says what failed and what to do, not the traceback of its lock's release; what it
+    finished is kept, and the next run (its lock taken over: its process is gone) finishes the store."""
+    from moto.server import ThreadedMotoServer
+
+    root = mini_sugarcrepe(tmp_path / "sc", n=32)
+    url, prefix = f"s3://{BUCKET}/away/sc.zarr", f"{BUCKET}/away/sc.zarr"
+    port = free_port()
+    second = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)  # moto's buckets are per process
+    second.start()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src"),
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    p = subprocess.Popen([sys.executable, "-m", "compalign.cli.main", *EXTRACT, "--root", str(root), "--out", url],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    while p.poll() is None and not s3.exists(f"{prefix}/.done/images/000001"):
+        s3.invalidate_cache()
+        time.sleep(0.02)
+    second.stop()
+    said = " ".join(p.communicate(timeout=300)[0].split())
+    assert p.returncode == 2 and "Traceback" not in said, said
+    assert re.search(rf"error: lost the connection to {url} \(\w+: .*\)\. The shards finished before it are done: once "
+                     r"it can be reached again, run this command again to finish the rest", said), said
+    assert "could not release the lock" in said  # said as a warning, not raised over the run's own error
+    s3.invalidate_cache()
+    kept = len(s3.ls(f"{prefix}/.done/images")) + len(s3.ls(f"{prefix}/.done/texts"))
+    said = " ".join(_ok(CliRunner().invoke(app, [*EXTRACT, "--root", str(root), "--out", url])).split())
+    assert re.search(rf"resumed {url}: .* shards written, {kept} already done", said), said
+    assert "verified: every done shard" in _ok(CliRunner().invoke(app, ["cache", "info", url, "--verify"]))

@@ -28,6 +28,31 @@ class StorageError(CompalignError, OSError):
     """An object-storage URL that cannot work (unknown scheme, no bucket, unreachable); the message names the fix."""
 
 
+# Names of the exceptions aiobotocore and aiohttp raise when a server cannot be reached or stops answering (matched
+# by name: neither package is a dependency of local stores).
+_UNREACHABLE = {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ClientConnectorError",
+                "ServerDisconnectedError", "ClientConnectionError", "ClientOSError"}
+
+
+def unreachable(e: BaseException) -> str | None:
+    """What failed, when `e` is a storage server that could not be reached (a refused or timed-out connection,
+    an endpoint that stopped answering), found in `e` or what it was raised from or while handling; None
+    otherwise. Only an I/O error qualifies at the top: anything else is a bug and keeps its traceback."""
+    def io(x: BaseException) -> bool:
+        return isinstance(x, (OSError, TimeoutError)) or type(x).__name__ in _UNREACHABLE
+
+    if not io(e):
+        return None
+    seen: set[int] = set()
+    at: BaseException | None = e
+    while at is not None and id(at) not in seen:
+        seen.add(id(at))
+        if isinstance(at, (ConnectionError, TimeoutError)) or type(at).__name__ in _UNREACHABLE:
+            return " ".join(f"{type(at).__name__}: {at}".split())
+        at = at.__cause__ or at.__context__
+    return None
+
+
 def is_url(where: object) -> bool:
     """A `scheme://...` string other than file:// (a Path never is one: it would have collapsed the `//`)."""
     return isinstance(where, str) and "://" in where and not where.startswith("file://")

@@ -123,9 +123,11 @@ class ObjectLock:
             self.renewals += 1
             try:
                 etag = self.lock.replace_if(self._body(), self.etag)
-            except OSError as e:  # the network: the next renewal tries again, the lease outlasts several
-                log.warning("could not renew the lock %s (%s); trying again in %.0f s", self.lock, e,
-                            self.lease / RENEWALS)
+            except Exception as e:  # noqa: BLE001  the network (botocore's errors are no OSError): the next
+                # renewal tries again, the lease outlasts five; a renewer that died here would let the lease run out
+                # under a run that goes on writing
+                log.warning("could not renew the lock %s (%s: %s); trying again in %.0f s", self.lock,
+                            type(e).__name__, e, self.lease / RENEWALS)
                 continue
             if etag is None:
                 etag = self._still_mine()
@@ -153,7 +155,12 @@ class ObjectLock:
             self._renewer.join()
             self._renewer = None
         if self.etag is not None and not self.lost:
-            self.lock.unlink_if(self.etag) if self.etag and self.lock.conditional else self.lock.unlink()
+            try:
+                self.lock.unlink_if(self.etag) if self.etag and self.lock.conditional else self.lock.unlink()
+            except Exception as e:  # noqa: BLE001  the store is out of reach (why the run is ending, often): say
+                # so and let the run's own error be the one that shows
+                log.warning("could not release the lock %s (%s: %s): the next extract on this machine takes it "
+                            "over at once, one elsewhere once its lease has run out", self.lock, type(e).__name__, e)
         self.etag = None
 
 

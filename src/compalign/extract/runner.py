@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..cache.location import Location, is_url, location
+from ..cache.location import Location, StorageError, is_url, location, unreachable
 from ..cache.store import FAILED, OK, CacheError, Layout, n_shards, open_store
 from ..core import InputError
 from ..core.device import resolve_device
@@ -97,6 +97,13 @@ def extract(cfg: ExtractConfig, progress: Progress | None = None) -> ExtractSumm
                                  f"{lock.lease:.0f} s, and another extract took it over). The shards it finished are "
                                  "done; once the other run ends, run this command again to finish the rest") from None
             raise
+        except Exception as e:
+            why = None if out.local else unreachable(e)
+            if why is None:
+                raise
+            log.info("the store went out of reach", exc_info=True)  # --verbose shows the whole chain
+            raise StorageError(f"lost the connection to {out} ({why}). The shards finished before it are done: once "
+                               "it can be reached again, run this command again to finish the rest") from None
 
 
 def _extract(cfg: ExtractConfig, out: Location, progress: Progress | None, job: Job, lock: WriterLock | ObjectLock
