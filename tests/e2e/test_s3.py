@@ -909,3 +909,31 @@ def test_a_bucket_that_goes_out_of_reach_mid_run_is_one_line_and_the_rerun_finis
     said = " ".join(_ok(CliRunner().invoke(app, [*EXTRACT, "--root", str(root), "--out", url])).split())
     assert re.search(rf"resumed {url}: .* shards written, {kept} already done", said), said
     assert "verified: every done shard" in _ok(CliRunner().invoke(app, ["cache", "info", url, "--verify"]))
+
+
+def test_a_renewal_that_cannot_reach_the_server_is_tried_again(s3, monkeypatch):
+    """botocore's EndpointConnectionError is no OSError: it used to end the renewer thread, and the lease then ran
+    out under a run that went on writing."""
+    from botocore.exceptions import EndpointConnectionError
+
+    from compalign.extract.object_lock import ObjectLock
+
+    monkeypatch.setenv("COMPALIGN_LOCK_LEASE_S", "1.2")  # renewed every 0.2 s
+    lock = ObjectLock(location(f"s3://{BUCKET}/renew/sc.zarr"))
+    real, failed = lock.lock.replace_if, []
+
+    def away_twice(data, etag):
+        if len(failed) < 2:
+            failed.append(etag)
+            raise EndpointConnectionError(endpoint_url="http://127.0.0.1:1/renew")
+        return real(data, etag)
+
+    monkeypatch.setattr(lock.lock, "replace_if", away_twice)
+    lock.take()
+    first = lock.etag
+    end = time.monotonic() + 20  # two renewals fail, then one gets through (0.6 s; more on a loaded machine)
+    while (len(failed) < 2 or lock.etag == first) and time.monotonic() < end:
+        time.sleep(0.05)
+    assert len(failed) == 2 and lock._renewer.is_alive() and lock.etag != first and not lock.lost
+    lock.close()
+    assert not s3.exists(f"{BUCKET}/renew/.sc.zarr.lock")
