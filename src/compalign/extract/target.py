@@ -26,28 +26,32 @@ from .object_lock import ObjectLock
 NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)  # the folder is not ours to write: a message, not a traceback
 
 
+def _root_attrs(path: Location) -> dict[str, Any]:
+    """The attributes in a folder's root zarr.json ({} where there is none, or it is not JSON)."""
+    try:
+        return json.loads((path / "zarr.json").read_text()).get("attributes", {})
+    except (OSError, ValueError):
+        return {}
+
+
+def _compalign(value: object) -> bool:
+    """A schema name of any compalign cache version."""
+    return str(value or "").startswith(SCHEMA.split("/")[0] + "/")
+
+
 def is_store(path: Path | Location) -> bool:
     """True for a folder whose root zarr.json has a compalign schema attr (of any version)."""
     path = location(path)
-    meta = path / "zarr.json"
-    if not path.is_dir() or not meta.is_file():
+    if not path.is_dir() or not (path / "zarr.json").is_file():
         return False
-    try:
-        attrs = json.loads(meta.read_text()).get("attributes", {})
-    except (OSError, ValueError):
-        return False
-    return str(attrs.get("schema", "")).startswith(SCHEMA.split("/")[0] + "/")
+    return _compalign(_root_attrs(path).get("schema"))
 
 
 def creation_cut_short(path: Path | Location) -> bool:
     """True for a store in a bucket whose creation stopped before its root attributes were written
     (cache.store._send); extraction replaces it (a local store is made aside, so none is ever left at --out)."""
-    meta = location(path) / "zarr.json"
-    try:
-        attrs = json.loads(meta.read_text()).get("attributes", {})
-    except (OSError, ValueError):
-        return False
-    return "schema" not in attrs and str(attrs.get(CREATING, "")).startswith(SCHEMA.split("/")[0] + "/")
+    attrs = _root_attrs(location(path))
+    return "schema" not in attrs and _compalign(attrs.get(CREATING))
 
 
 def check_target(out: Path | Location, data_root: Path | str, overwrite: bool) -> None:
