@@ -46,10 +46,10 @@ from PIL import Image
 import compalign.extract.runner as runner
 from compalign.cache import open_cache
 from compalign.cache.store import open_store
-from compalign.core.decode import decode_image
 from compalign.core.host import usable_cores
 from compalign.core.memory import keep_freed_memory
 from compalign.extract.backbones import ImageOut, load_backbone
+from compalign.extract.decode_check import check_decode
 from compalign.extract.gpu_decode import GpuPreprocess
 from compalign.extract.image_rows import ImageRows, collate_rows, resize_target
 from compalign.extract.runner import ExtractConfig, _autocast, extract
@@ -150,10 +150,13 @@ class ZeroCost:
         return ImageOut(p.global_[idx], {l: p.patches[-1][idx] for l in layers}, {l: p.prefix[-1][idx] for l in layers})
 
 
+def _refs(root: Path, n: int) -> list[ImageRef]:
+    return [ImageRef(key=str(i), origin=f"{i:05d}.jpg", path=str(root / "img" / f"{i:05d}.jpg")) for i in range(n)]
+
+
 def data_path(root: Path, n: int, bb, decode: str, workers: int, batch_size: int, device: str) -> float:
     """Images/s of the loader alone (decode + preprocess in `workers` processes; pixels on the device)."""
-    refs = [ImageRef(key=str(i), origin=f"{i:05d}.jpg", path=str(root / "img" / f"{i:05d}.jpg")) for i in range(n)]
-    ds = ImageRows(refs, bb.preprocess, decode=decode, draft_short=resize_target(bb.preprocess, bb.meta["image_size"]))
+    ds = ImageRows(_refs(root, n), bb.preprocess, decode=decode, draft_short=resize_target(bb.preprocess, bb.meta["image_size"]))
     batches = [list(range(b, min(n, b + batch_size))) for b in range(0, n, batch_size)]
     loader = torch.utils.data.DataLoader(ds, batch_sampler=batches, collate_fn=collate_rows, num_workers=workers,
                                          pin_memory=device.startswith("cuda"), prefetch_factor=4 if workers else None)
@@ -166,25 +169,11 @@ def data_path(root: Path, n: int, bb, decode: str, workers: int, batch_size: int
     return n / (time.perf_counter() - t0)
 
 
-def deviation(root: Path, n: int, bb, tiny, decode: str, device: str) -> str:
-    """How far `decode` moves the pixels from exact (after normalisation) and the tiny backbone's global cosine."""
-    datas = [(root / "img" / f"{i:05d}.jpg").read_bytes() for i in range(n)]
-
-    def pixels(model, mode: str) -> torch.Tensor:
-        if mode == "gpu":
-            jp = [(i, torch.frombuffer(bytearray(d), dtype=torch.uint8), str(i)) for i, d in enumerate(datas)]
-            return torch.stack(GpuPreprocess(model.preprocess, device)(jp)[1]).cpu()
-        short = resize_target(model.preprocess, model.meta["image_size"]) if mode == "fast" else None
-        return torch.stack([model.preprocess(decode_image(d, draft_short=short)) for d in datas])
-
-    d = (pixels(bb, decode) - pixels(bb, "exact")).abs()
-    with torch.no_grad():
-        g = [torch.nn.functional.normalize(tiny.encode_images(pixels(tiny, m), [-1]).global_, dim=-1)
-             for m in ("exact", decode)]
-    cos = (g[0] * g[1]).sum(-1)
-    return (f"{decode} vs exact on {n} images: max |diff| {float(d.max()):.4f}, mean |diff| {float(d.mean()):.5f} "
-            f"(normalised pixels, {bb.meta['image_size'][0]} px); tiny backbone global cosine min {float(cos.min()):.6f}, "
-            f"mean {float(cos.mean()):.6f}")
+def deviation(refs: list[ImageRef], bb, decode: str, device: str, precision: str) -> str:
+    """How far `decode` moves the pixels and the backbone's features from exact: the check every run with
+    `--decode fast|gpu` prints (extract/decode_check.py), here on more images."""
+    with _autocast(device, precision):
+        return str(check_decode(bb, refs, decode, device, n=len(refs)))
 
 
 def writers_mb_s(store: Path, writers: int) -> float:
@@ -208,7 +197,6 @@ def writers_mb_s(store: Path, writers: int) -> float:
 def zero_backbone(args, root: Path) -> None:
     cores = usable_cores()
     bb = load_backbone(args.model, "none", device=args.device)
-    tiny = load_backbone("tiny", device="cpu")
     decodes = ["exact", "fast", *(["gpu"] if args.device.startswith("cuda") else [])]
     counts = sorted({1, 2, *range(4, cores + 1, 4), cores})
     h, w = image_shape(args.image_size)
@@ -222,7 +210,7 @@ def zero_backbone(args, root: Path) -> None:
             best = max(data_path(root, args.n, bb, decode, w, args.batch_size, args.device) for _ in range(2))  # best of 2
             print(f"| {decode} | {w} | {best:.0f} |")
     for decode in decodes[1:]:
-        print(deviation(root, min(args.n, 64), bb, tiny, decode, args.device))
+        print(deviation(_refs(root, min(args.n, 64)), bb, decode, args.device, args.precision))
 
     log("encoding a pool of", args.pool, "images for the zero-cost stand-in")
     px = torch.stack([bb.preprocess(Image.open(root / "img" / f"{i:05d}.jpg")) for i in range(args.pool)]).to(args.device)

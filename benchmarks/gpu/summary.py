@@ -73,8 +73,8 @@ def main(steps: Path) -> None:
                 got = [r for r in path if r[0] == decode]
                 rows.append((f"data path img/s, decode {decode}, by workers {'/'.join(r[1] for r in got)}",
                              " / ".join(r[2] for r in got)))
-            for line in re.findall(r"^((?:fast|gpu) vs exact on .*)", text, re.M):
-                rows.append((f"pixels, {line.split(' vs')[0]} vs exact", line.split(": ", 1)[1]))
+            for decode, figures in re.findall(r"^--decode (fast|gpu) vs exact on [^:]*: (.*)", text, re.M):
+                rows.append((f"decode {decode} vs exact (pixels, features)", figures))
             whole = grab(text, r"^whole extraction, zero-cost backbone \((.*)")
             if whole:
                 rows.append((f"whole extraction, zero-cost backbone ({whole.split(')')[0]}) (img/s)",

@@ -11,12 +11,15 @@ import torch
 import zarr
 from conftest import store_files
 from PIL import Image
+from typer.testing import CliRunner
 
 from compalign.cache import CacheError, CacheReader
 from compalign.cache.store import resume_command
+from compalign.cli.main import app
 from compalign.core import InputError
 from compalign.core.decode import decode_image
 from compalign.extract.backbones import load_backbone
+from compalign.extract.decode_check import check_decode, sample_rows
 from compalign.extract.gpu_decode import GpuPreprocess, check_gpu_decode
 from compalign.extract.image_rows import ImageRows, resize_target
 from compalign.extract.runner import ExtractConfig, extract
@@ -220,3 +223,74 @@ def test_gpu_decode_is_refused_where_torchvision_cannot_decode_on_the_device(mon
         check_gpu_decode("cuda")
     assert str(e.value) == ("--decode gpu: this torchvision cannot decode JPEGs on cuda (torchvision not compiled with "
                             "nvJPEG support); use --decode fast (JPEG draft mode in the CPU workers) or --decode exact")
+
+
+def _png(seed: int) -> bytes:
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(_photo(seed, (480, 640)))).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _cosines(bb, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(each image's global cosine (n,), each patch token's (n, P)) between the features of pixels a and b."""
+    with torch.no_grad():
+        ea, eb = bb.encode_images(a, [-1]), bb.encode_images(b, [-1])
+    cos = torch.nn.functional.cosine_similarity
+    return cos(ea.global_, eb.global_, dim=-1), cos(ea.patches[-1], eb.patches[-1], dim=-1)
+
+
+def test_a_fast_run_measures_what_its_decode_moves_on_its_own_images(tiny, tmp_path):
+    files = {"0.jpg": _photo(3, (960, 1280)), "1.jpg": _photo(4, (960, 1280)), "2.png": _png(5),
+             "3.jpg": b"not an image at all"}
+    refs = [ImageRef(key=n, origin=n, data=d) for n, d in files.items()]
+    check = check_decode(tiny, refs, "fast", "cpu")
+    good = refs[:3]  # the junk file decodes neither way and is left out
+    exact, fast = _rows(good, tiny, "exact"), _rows(good, tiny, "fast")
+    diff = (fast - exact).abs()
+    g, p = _cosines(tiny, exact, fast)
+    assert check.images == 3
+    assert check.pixel_mean == pytest.approx(float(diff.mean()), rel=1e-6)
+    assert check.pixel_max == pytest.approx(float(diff.max()), rel=1e-6)
+    assert (check.global_min, check.global_mean) == pytest.approx((float(g.min()), float(g.mean())), abs=1e-6)
+    assert check.patch_mean == pytest.approx(float(p.mean()), abs=1e-6)
+    assert float(diff[2].max()) == 0 and float(g[2]) == pytest.approx(1, abs=1e-6)  # a PNG: fast is exact
+
+    # the same figures at the end of a real run, from the images of its plan; none for exact or a done rerun
+    (tmp_path / "img").mkdir()
+    for name, data in files.items():
+        (tmp_path / "img" / name).write_bytes(data)
+    (tmp_path / "pairs.jsonl").write_text("".join(f'{{"image": "img/{n}", "caption": "a photo {n}"}}\n' for n in files))
+    cli = ["extract", "--model", "tiny", "--data", "pairs", "--root", str(tmp_path), "--workers", "0"]
+    said = [" ".join(CliRunner().invoke(app, [*cli, *extra]).output.split())
+            for extra in (["--out", str(tmp_path / "f.zarr"), "--decode", "fast"],
+                          ["--out", str(tmp_path / "f.zarr"), "--decode", "fast"], ["--out", str(tmp_path / "e.zarr")])]
+    assert (f"--decode fast vs exact on 3 of these images: normalised pixels moved by {check.pixel_mean:.4f} on average "
+            f"(at most {check.pixel_max:.3f}); cosine with the exact features: global embedding min ") in said[0]
+    assert "image failed" in said[0] and "vs exact" not in said[1] and "vs exact" not in said[2]
+
+
+def test_the_gpu_decode_check_pairs_each_device_decoded_image_with_its_own_exact_one(tiny):
+    # --decode gpu sends a JPEG to the device and decodes a PNG on the CPU, so a batch's pixels come back in
+    # another order than its rows; here the device is the CPU (nvjpeg needs a GPU), whose figures
+    # test_gpu_steps_run_the_same_preprocess_on_tensors measured: max |diff| one grey level, cosine 0.999998.
+    jpeg = ImageRef(key="j", origin="j.jpg", data=_photo(6, (960, 1280)))
+    png = ImageRef(key="p", origin="p.png", data=_png(7))
+    alone, mixed = check_decode(tiny, [jpeg], "gpu", "cpu"), check_decode(tiny, [png, jpeg], "gpu", "cpu")
+    assert alone.images == 1 and mixed.images == 2
+    assert alone.pixel_max == pytest.approx(0.0150, abs=0.015) and mixed.pixel_max == alone.pixel_max
+    assert mixed.pixel_mean == pytest.approx(alone.pixel_mean / 2, rel=1e-5)  # the PNG moved nothing
+    assert alone.global_min == pytest.approx(0.999998, abs=5e-5) and mixed.global_min == alone.global_min
+    assert mixed.global_mean == pytest.approx((alone.global_min + 1) / 2, abs=1e-6)
+
+
+@pytest.mark.parametrize("n_refs, broken, n, rows", [
+    (3, (), 16, [0, 1, 2]),                  # fewer than asked: all of them
+    (5, (1,), 16, [0, 2, 3, 4]),             # a row the plan already failed is never read
+    (10, (), 4, [0, 3, 6, 9]),               # spread from the first row to the last
+    (10, (0, 9), 3, [1, 5, 8]),              # over the readable rows alone
+    (0, (), 16, []),
+])
+def test_the_decode_check_samples_readable_rows_across_the_plan(n_refs, broken, n, rows):
+    refs = [ImageRef(key=str(i), origin=f"{i}.jpg", data=b"", error="gone" if i in broken else None)
+            for i in range(n_refs)]
+    assert sample_rows(refs, n) == rows

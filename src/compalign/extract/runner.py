@@ -32,6 +32,7 @@ from ..core.device import resolve_device
 from .backbones import load_backbone
 from .config import ExtractConfig
 from .crops import CropPlan, plan_crops
+from .decode_check import DecodeCheck, check_decode
 from .gpu_decode import GpuPreprocess, check_gpu_decode, tensor_steps
 from .image_rows import GPU_ROW_BYTES, PREFETCH, SHM, ImageRows, collate_rows, prefetch_batches, resize_target, shm_free
 from .ranks import Job, job_progress, join_job, rank_zero_warns
@@ -65,6 +66,7 @@ class ExtractSummary:
     replaced: str | None = None  # what --overwrite removed
     repaired: list[str] = field(default_factory=list)  # done shards that failed verification and were rewritten
     rank: int = 0  # under torchrun: the other ranks' summaries hold no failures and no sizes (rank 0 reads those)
+    decode_check: DecodeCheck | None = None  # --decode fast|gpu against exact on this run's images (decode_check.py)
 
     @property
     def images_ok(self) -> int:
@@ -145,11 +147,12 @@ def _extract(cfg: ExtractConfig, out: Location, progress: Progress | None, job: 
     # the writers' own handle on the store: checksums of the chunks as written, not read back (store.DigestStore)
     writer = ShardWriter(open_store(out, "r+", digests=True), out, cfg.writers)
     written = skipped = 0
+    check: DecodeCheck | None = None
     try:
         with _autocast(device, cfg.precision):
             w, s = _extract_texts(cfg, bb, plan, (lengths, truncated), order, text_len, out, writer, device, progress, job)
             written, skipped = written + w, skipped + s
-            w, s = _extract_images(cfg, bb, plan, out, writer, device, progress, crops, job, ahead)
+            w, s, check = _extract_images(cfg, bb, plan, out, writer, device, progress, crops, job, ahead)
             written, skipped = written + w, skipped + s
     finally:
         writer.close()
@@ -173,7 +176,7 @@ def _extract(cfg: ExtractConfig, out: Location, progress: Progress | None, job: 
         problems=plan.problems, shards_written=written, shards_skipped=skipped,
         seconds=time.perf_counter() - t0, bytes_on_disk=out.size(),
         replaced=next((n for n in notes if n.startswith("replaced")), None),
-        repaired=[n for n in notes if not n.startswith("replaced")],
+        repaired=[n for n in notes if not n.startswith("replaced")], decode_check=check,
     )
 
 
@@ -283,7 +286,7 @@ def _prefetch(cfg: ExtractConfig, bb) -> int:
 
 
 def _extract_images(cfg, bb, plan, out, writer, device, progress, crops: CropPlan | None = None,
-                    job: Job = Job(), prefetch: int | None = None) -> tuple[int, int]:
+                    job: Job = Job(), prefetch: int | None = None) -> tuple[int, int, DecodeCheck | None]:
     N, R = len(plan.images), cfg.shard_rows
     todo, skipped = pending_shards(out, "images", N, R)
     todo = job.mine(todo)
@@ -291,7 +294,11 @@ def _extract_images(cfg, bb, plan, out, writer, device, progress, crops: CropPla
     if progress:
         progress("images", done_rows, N)
     if not todo:
-        return 0, skipped
+        return 0, skipped, None
+    check = None
+    if cfg.decode != "exact" and job.rank == 0:  # before the long part: what the faster decode costs on these images
+        check = check_decode(bb, plan.images, cfg.decode, device, cfg.exif_transpose)
+        log.info("%s", check)
     batches = [list(range(b, min(min(N, (s + 1) * R), b + cfg.batch_size)))
                for s in todo for b in range(s * R, min(N, (s + 1) * R), cfg.batch_size)]
     rows_ds = ImageRows(plan.images, bb.preprocess, cfg.exif_transpose, crops.row_boxes(N) if crops is not None else None,
@@ -342,4 +349,4 @@ def _extract_images(cfg, bb, plan, out, writer, device, progress, crops: CropPla
     land()
     if shard is not None:
         writer.put("images", *finish_image_shard(shard))
-    return len(todo), skipped
+    return len(todo), skipped, check
