@@ -1,9 +1,9 @@
 """How far `--decode fast` (and `gpu`, on CUDA) move each backbone's features from the exact preprocessing.
 
 The figures every extraction with `--decode fast|gpu` prints for its own images (extract/decode_check.py),
-here on COCO-size JPEGs (or pre-resized ones, `--image-size 224`) for several backbones side by side, as a
-markdown table. Random-init weights (offline): a trained checkpoint's cosines are its own, which is why a
-real run measures them on its data.
+here on JPEGs of the sizes photos come in (SIZES; or pre-resized ones, `--image-size 224`) for several
+backbones side by side, as a markdown table. Random-init weights (offline): a trained checkpoint's cosines
+are its own, which is why a real run measures them on its data.
 
     .venv/bin/python benchmarks/decode_deviation.py [--models ViT-B-16,PE-Core-B-16,tiny] [--n 64]
         [--device cuda --precision bf16] [--image-size 224]
@@ -23,11 +23,14 @@ from compalign.extract.decode_check import check_decode
 from compalign.extract.runner import _autocast
 from compalign.extract.sources import ImageRef
 
+# (height, width) of photos as they come: COCO's two commonest, sides that are no multiple of 8, larger ones
+SIZES = [(480, 640), (427, 640), (683, 1024), (1365, 2048), (900, 901), (375, 500), (640, 480), (1200, 1600)]
+
 
 def jpegs(n: int, image_size: int | None) -> list[ImageRef]:
     refs = []
     for i in range(n):
-        img = coco_like_image(i)
+        img = coco_like_image(i, SIZES[i % len(SIZES)])
         if image_size:  # short side `image_size`, as img2dataset writes pre-resized images
             img = img.resize((round(img.width * image_size / img.height), image_size))
         buf = io.BytesIO()
@@ -47,7 +50,7 @@ def main() -> None:
     keep_freed_memory()
     refs = jpegs(args.n, args.image_size)
     decodes = ["fast", *(["gpu"] if args.device.startswith("cuda") else [])]
-    size = f"short side {args.image_size}" if args.image_size else "640x480"
+    size = f"short side {args.image_size}" if args.image_size else ", ".join(f"{w}x{h}" for h, w in SIZES)
     print(f"{args.n} coco_like JPEGs ({size}, quality 90), device {args.device}, precision {args.precision}")
     print("| backbone | decode | pixels mean / max \\|diff\\| | global cosine min / mean | patch cosine mean | s |")
     print("|---|---|---:|---:|---:|---:|")

@@ -51,7 +51,7 @@ from compalign.core.memory import keep_freed_memory
 from compalign.extract.backbones import ImageOut, load_backbone
 from compalign.extract.decode_check import check_decode
 from compalign.extract.gpu_decode import GpuPreprocess
-from compalign.extract.image_rows import ImageRows, collate_rows, resize_target
+from compalign.extract.image_rows import ImageRows, collate_rows
 from compalign.extract.runner import ExtractConfig, _autocast, extract
 from compalign.extract.shards import ShardWriter
 from compalign.extract.sources import ImageRef
@@ -156,7 +156,7 @@ def _refs(root: Path, n: int) -> list[ImageRef]:
 
 def data_path(root: Path, n: int, bb, decode: str, workers: int, batch_size: int, device: str) -> float:
     """Images/s of the loader alone (decode + preprocess in `workers` processes; pixels on the device)."""
-    ds = ImageRows(_refs(root, n), bb.preprocess, decode=decode, draft_short=resize_target(bb.preprocess, bb.meta["image_size"]))
+    ds = ImageRows(_refs(root, n), bb.preprocess, decode=decode)
     batches = [list(range(b, min(n, b + batch_size))) for b in range(0, n, batch_size)]
     loader = torch.utils.data.DataLoader(ds, batch_sampler=batches, collate_fn=collate_rows, num_workers=workers,
                                          pin_memory=device.startswith("cuda"), prefetch_factor=4 if workers else None)

@@ -10,30 +10,56 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+ORIENTATION = 0x0112  # the EXIF tag
 
 
 class DecodeError(ValueError):
     pass
 
 
-def decode_image(data: bytes, exif_transpose: bool = False, draft_short: int | None = None) -> Image.Image:
-    """RGB image of `data`; `exif_transpose` applies the EXIF orientation tag (open_clip's pipeline does not).
+Fit = Callable[[int, int], tuple[int, int]]  # an image's (width, height) -> the (width, height) it is resized to
 
-    `draft_short`: let a JPEG decode at 1/2, 1/4 or 1/8 scale (PIL's draft mode, the DCT does the
-    downscaling) as long as its shorter side stays >= `draft_short`; other formats decode in full."""
+
+class Draft(NamedTuple):
+    """Where a JPEG decoded at reduced scale lies in its own pixels. The DCT scales whole 8x8 blocks, so a side
+    that is not a multiple of the scale decodes to a partial pixel more (640x425 at 1/4: 160x107 for 160x106.25).
+    Resized over `box` (PIL's `resize(box=...)`), the draft keeps the full decode's geometry: resized over all of
+    its pixels, it would be stretched by that partial pixel, and a centre crop shifted."""
+
+    size: tuple[int, int]  # (width, height) of the full decode
+    box: tuple[float, float, float, float]  # the full image's extent in the draft's pixels: (0, 0, W/s, H/s)
+
+
+def decode_image(data: bytes, exif_transpose: bool = False) -> Image.Image:
+    """RGB image of `data`; `exif_transpose` applies the EXIF orientation tag (open_clip's pipeline does not)."""
+    return _decode(data, exif_transpose, None)[0]
+
+
+def decode_draft(data: bytes, fit: Fit, exif_transpose: bool = False) -> tuple[Image.Image, Draft | None]:
+    """As decode_image, but a JPEG decodes at 1/2, 1/4 or 1/8 scale (PIL's draft mode: the DCT drops the detail a
+    resize would drop) as long as both sides stay >= `fit(width, height)`, the size it will be resized to. Draft
+    is None when it decoded in full (another format, too small to scale, or an EXIF rotation to apply)."""
+    return _decode(data, exif_transpose, fit)
+
+
+def _decode(data: bytes, exif_transpose: bool, fit: Fit | None) -> tuple[Image.Image, Draft | None]:
     if not data:
         raise DecodeError("empty file (0 bytes)")
+    draft = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))  # checks the header's size against PIL's limit
-            if draft_short and img.format == "JPEG":
-                w, h = img.size
-                short = min(w, h)  # draft keeps both sides >= the request: ask for the shorter one at draft_short
-                img.draft(img.mode, (-(-w * draft_short // short), -(-h * draft_short // short)))
+            if fit and img.format == "JPEG" and not (exif_transpose and img.getexif().get(ORIENTATION, 1) != 1):
+                size = img.size
+                _, box = img.draft(img.mode, fit(*size))  # the largest scale keeping both sides >= the request
+                draft = Draft(size, box) if img.size != size else None
             img.load()  # truncated files fail here, not later in a worker's transform
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise DecodeError(f"decompression bomb refused: {e}") from None
@@ -41,7 +67,7 @@ def decode_image(data: bytes, exif_transpose: bool = False, draft_short: int | N
         raise DecodeError("not an image PIL can identify (corrupt, or not an image file)") from None
     except Exception as e:  # PIL raises many types for corrupt data; all mean "not an image"
         raise DecodeError(f"cannot decode image: {type(e).__name__}: {e}") from None
-    return to_rgb(ImageOps.exif_transpose(img) if exif_transpose else img)
+    return to_rgb(ImageOps.exif_transpose(img) if exif_transpose else img), draft
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

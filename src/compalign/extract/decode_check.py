@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .gpu_decode import GpuPreprocess
-from .image_rows import Decode, ImageRows, collate_rows, resize_target
+from .image_rows import Decode, ImageRows, collate_rows
 from .sources import ImageRef
 
 CHECK_IMAGES = 16
@@ -63,8 +63,7 @@ def check_decode(bb, refs: list[ImageRef], decode: Decode, device: str, exif_tra
     sub = [refs[r] for r in sample_rows(refs, n)]
     idx = list(range(len(sub)))
     exact = _pixels(ImageRows(sub, bb.preprocess, exif_transpose), idx, None, device)
-    other = _pixels(ImageRows(sub, bb.preprocess, exif_transpose, decode=decode,
-                              draft_short=resize_target(bb.preprocess, bb.meta["image_size"])), idx,
+    other = _pixels(ImageRows(sub, bb.preprocess, exif_transpose, decode=decode), idx,
                     GpuPreprocess(bb.preprocess, device, exif_transpose) if decode == "gpu" else None, device)
     both = sorted(exact.keys() & other.keys())
     if not both:

@@ -10,7 +10,8 @@ members as one range), then each row is decoded.
 
 `--decode`: `exact` runs the checkpoint's preprocess on the full decode; `fast` lets PIL decode a JPEG at
 1/2, 1/4 or 1/8 scale first (draft mode: the DCT drops the detail the resize would drop anyway) as long
-as its shorter side stays at or above the resize target; `gpu` sends a plain RGB/grey JPEG's bytes on
+as both sides stay at or above the size the preprocess resizes to, and resizes it there over the full image's
+exact extent; `gpu` sends a plain RGB/grey JPEG's bytes on
 (gpu_decode.py decodes them on the device) and decodes anything else here, exactly.
 """
 
@@ -26,8 +27,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms as T
+from torchvision.transforms import functional as TF
 
-from ..core.decode import DecodeError, decode_image
+from ..core.decode import ORIENTATION, DecodeError, Fit, decode_draft, decode_image
 from .crops import crop_pixels
 from .sources import ImageRef
 from .sources.reads import read_refs
@@ -40,12 +42,27 @@ GPU_ROW_BYTES = 1 << 19  # --decode gpu: a JPEG's bytes cross instead of pixels;
 Row = tuple[int, torch.Tensor | None, torch.Tensor | None, str | None, tuple[torch.Tensor, str] | None]
 
 
-def resize_target(preprocess: Any, image_size: Sequence[int]) -> int:
-    """The shorter side the preprocess resizes to (its Resize's size; else the model's input size)."""
-    for t in getattr(preprocess, "transforms", []):
-        if isinstance(t, T.Resize):
-            return int(t.size) if isinstance(t.size, int) else max(t.size)
-    return max(image_size)
+def resize_of(preprocess: Any) -> T.Resize | None:
+    """The preprocess's Resize step (None without one: `--decode fast` then decodes in full, as it cannot know
+    what size the draft must keep)."""
+    return next((t for t in getattr(preprocess, "transforms", []) if isinstance(t, T.Resize)), None)
+
+
+def fit_of(resize: T.Resize) -> Fit:
+    """(width, height) -> the size `resize` gives an image of that size (torchvision's rule: the shorter side to
+    `size`, the longer in proportion, truncated, then capped by `max_size`; or exactly `size` = (h, w))."""
+    size = [resize.size] if isinstance(resize.size, int) else list(resize.size)
+
+    def fit(w: int, h: int) -> tuple[int, int]:
+        if len(size) == 2:
+            return size[1], size[0]
+        short, long = min(w, h), max(w, h)
+        new_short, new_long = size[0], int(size[0] * long / short)
+        if resize.max_size is not None and new_long > resize.max_size:
+            new_short, new_long = int(resize.max_size * new_short / new_long), resize.max_size
+        return (new_short, new_long) if w <= h else (new_long, new_short)
+
+    return fit
 
 
 def prefetch_batches(workers: int, batch_bytes: int, shm_free: int | None) -> int:
@@ -77,7 +94,7 @@ def _device_can_decode(data: bytes, exif_transpose: bool) -> bool:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))  # the header only; a bomb is refused on the CPU path
         return (img.format == "JPEG" and img.mode in ("RGB", "L")
-                and not (exif_transpose and img.getexif().get(0x0112, 1) != 1))
+                and not (exif_transpose and img.getexif().get(ORIENTATION, 1) != 1))
     except Exception:
         return False
 
@@ -86,13 +103,15 @@ class ImageRows(Dataset):
     """Row -> (row, pixels or None, crops or None, error or None, JPEG for the device or None).
     Bad data becomes an error string, never an exception.
 
-    `boxes`: each row's (R, 4) crop boxes in fractions (`--crops`), or None for no crops.
-    `draft_short`: with decode `fast`, the shorter side a JPEG's draft decode must keep (`resize_target`)."""
+    `boxes`: each row's (R, 4) crop boxes in fractions (`--crops`), or None for no crops."""
 
     def __init__(self, refs: list[ImageRef], preprocess: Any, exif_transpose: bool = False,
-                 boxes: Sequence[np.ndarray] | None = None, decode: Decode = "exact", draft_short: int | None = None):
+                 boxes: Sequence[np.ndarray] | None = None, decode: Decode = "exact"):
         self.refs, self.preprocess, self.exif_transpose, self.boxes = refs, preprocess, exif_transpose, boxes
-        self.decode, self.draft_short = decode, draft_short if decode == "fast" else None
+        self.decode = decode
+        resize = resize_of(preprocess) if decode == "fast" else None
+        self.fit = fit_of(resize) if resize is not None else None
+        self.resample = TF.pil_modes_mapping[resize.interpolation] if resize is not None else None
 
     def __len__(self) -> int:
         return len(self.refs)
@@ -117,13 +136,26 @@ class ImageRows(Dataset):
             assert data is not None
             if self.decode == "gpu" and _device_can_decode(data, self.exif_transpose):
                 return row, None, None, None, (torch.frombuffer(bytearray(data), dtype=torch.uint8), ref.origin)
-            image = decode_image(data, self.exif_transpose, self.draft_short)
+            image, whole = self._decode(data)
             crops = crop_pixels(image, self.boxes[row], self.preprocess) if self.boxes is not None else None
-            return row, self.preprocess(image), crops, None, None
+            return row, self.preprocess(whole), crops, None, None
         except DecodeError as e:
             return row, None, None, f"{ref.origin}: {e}", None
         except Exception as e:  # unreadable file, transform failure: recorded, the run goes on
             return row, None, None, f"{ref.origin}: {type(e).__name__}: {e}", None
+
+    def _decode(self, data: bytes) -> tuple[Image.Image, Image.Image]:
+        """(the decoded image, the image the preprocess gets). With `fast`, a draft-decoded JPEG is resized here to
+        the size the preprocess's Resize gives the full decode, over the full image's exact extent (core.decode's
+        Draft), so that Resize has nothing left to do and the centre crop falls where exact's does; crops are cut
+        from the draft itself, at the resolution it has."""
+        if self.fit is None:
+            image = decode_image(data, self.exif_transpose)
+            return image, image
+        image, draft = decode_draft(data, self.fit, self.exif_transpose)
+        if draft is None:
+            return image, image
+        return image, image.resize(self.fit(*draft.size), self.resample, box=draft.box)
 
 
 class Batch(NamedTuple):

@@ -34,7 +34,7 @@ from .config import ExtractConfig
 from .crops import CropPlan, plan_crops
 from .decode_check import DecodeCheck, check_decode
 from .gpu_decode import GpuPreprocess, check_gpu_decode, tensor_steps
-from .image_rows import GPU_ROW_BYTES, PREFETCH, SHM, ImageRows, collate_rows, prefetch_batches, resize_target, shm_free
+from .image_rows import GPU_ROW_BYTES, PREFETCH, SHM, ImageRows, collate_rows, prefetch_batches, shm_free
 from .ranks import Job, job_progress, join_job, rank_zero_warns
 from .segments import add_segments
 from .shards import ShardWriter, finish_image_shard, new_image_shard
@@ -302,7 +302,7 @@ def _extract_images(cfg, bb, plan, out, writer, device, progress, crops: CropPla
     batches = [list(range(b, min(min(N, (s + 1) * R), b + cfg.batch_size)))
                for s in todo for b in range(s * R, min(N, (s + 1) * R), cfg.batch_size)]
     rows_ds = ImageRows(plan.images, bb.preprocess, cfg.exif_transpose, crops.row_boxes(N) if crops is not None else None,
-                        cfg.decode, resize_target(bb.preprocess, bb.meta["image_size"]))
+                        cfg.decode)
     loader = DataLoader(rows_ds, batch_sampler=batches, collate_fn=collate_rows,
                         num_workers=cfg.workers, pin_memory=device.startswith("cuda"),
                         persistent_workers=False, prefetch_factor=(prefetch or PREFETCH) if cfg.workers else None)
