@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
+    from .image_rows import Cut
     from .sources import Plan
 
 DEFAULT_GRID, DEFAULT_HALVES = (1, 2, 3), True  # what `grid` means: region_boxes()' defaults
@@ -73,8 +74,9 @@ def pixel_box(box: Any, width: int, height: int) -> tuple[int, int, int, int]:
     return x0, y0, max(x0 + 1, min(x1, width)), max(y0 + 1, min(y1, height))
 
 
-def crop_pixels(image: Image.Image, boxes: np.ndarray, preprocess: Any) -> torch.Tensor | None:
-    """(R, 3, H, W): each box cut from `image` and preprocessed like the whole image; None without boxes."""
+def crop_pixels(image: Image.Image | Cut, boxes: np.ndarray, preprocess: Any) -> torch.Tensor | None:
+    """(R, 3, H, W): each box cut from `image` and preprocessed like the whole image; None without boxes.
+    A box's pixels are those of the full decode: `--decode fast` passes its draft as a Cut (image_rows.py)."""
     import torch
 
     if not len(boxes):

@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
-from ..core.decode import ORIENTATION, DecodeError, Fit, decode_draft, decode_image
+from ..core.decode import ORIENTATION, DecodeError, Draft, Fit, decode_draft, decode_image
 from .crops import crop_pixels
 from .sources import ImageRef
 from .sources.reads import read_refs
@@ -136,26 +136,49 @@ class ImageRows(Dataset):
             assert data is not None
             if self.decode == "gpu" and _device_can_decode(data, self.exif_transpose):
                 return row, None, None, None, (torch.frombuffer(bytearray(data), dtype=torch.uint8), ref.origin)
-            image, whole = self._decode(data)
-            crops = crop_pixels(image, self.boxes[row], self.preprocess) if self.boxes is not None else None
-            return row, self.preprocess(whole), crops, None, None
+            cut = self._decode(data)
+            crops = crop_pixels(cut, self.boxes[row], self.preprocess) if self.boxes is not None else None
+            return row, self.preprocess(cut.whole()), crops, None, None
         except DecodeError as e:
             return row, None, None, f"{ref.origin}: {e}", None
         except Exception as e:  # unreadable file, transform failure: recorded, the run goes on
             return row, None, None, f"{ref.origin}: {type(e).__name__}: {e}", None
 
-    def _decode(self, data: bytes) -> tuple[Image.Image, Image.Image]:
-        """(the decoded image, the image the preprocess gets). With `fast`, a draft-decoded JPEG is resized here to
-        the size the preprocess's Resize gives the full decode, over the full image's exact extent (core.decode's
-        Draft), so that Resize has nothing left to do and the centre crop falls where exact's does; crops are cut
-        from the draft itself, at the resolution it has."""
+    def _decode(self, data: bytes) -> Cut:
         if self.fit is None:
-            image = decode_image(data, self.exif_transpose)
-            return image, image
+            return Cut(decode_image(data, self.exif_transpose))
         image, draft = decode_draft(data, self.fit, self.exif_transpose)
-        if draft is None:
-            return image, image
-        return image, image.resize(self.fit(*draft.size), self.resample, box=draft.box)
+        return Cut(image, draft, self.fit, self.resample)
+
+
+class Cut(NamedTuple):
+    """A decoded image, and its pixels in a box of the full image, as the preprocess is to get them.
+
+    With `fast`, a draft-decoded JPEG is resized here, to the size the preprocess's Resize gives the same box of
+    the full decode and over that box's exact extent in the draft (core.decode's Draft): that Resize then has
+    nothing left to do, and the centre crop falls where exact's does, for the whole image and for `--crops`."""
+
+    image: Image.Image
+    draft: Draft | None = None
+    fit: Fit | None = None
+    resample: int | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the full decode."""
+        return self.image.size if self.draft is None else self.draft.size
+
+    def crop(self, box: tuple[int, int, int, int]) -> Image.Image:
+        """The pixels in `box` (x0, y0, x1, y1 of the full decode, x1 and y1 exclusive)."""
+        if self.draft is None:
+            return self.image.crop(box)
+        assert self.fit is not None
+        sx, sy = self.draft.box[2] / self.draft.size[0], self.draft.box[3] / self.draft.size[1]
+        x0, y0, x1, y1 = box
+        return self.image.resize(self.fit(x1 - x0, y1 - y0), self.resample, box=(x0 * sx, y0 * sy, x1 * sx, y1 * sy))
+
+    def whole(self) -> Image.Image:
+        return self.crop((0, 0, *self.size)) if self.draft is not None else self.image
 
 
 class Batch(NamedTuple):
