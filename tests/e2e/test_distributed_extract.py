@@ -14,6 +14,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -103,6 +104,26 @@ def test_two_ranks_write_the_store_of_one_process(world, tmp_path):
     # rank 0 alone prints, once, for the whole job, after every rank finished (the failure is rank 1's row)
     assert said.count("wrote ") == 1 and f"{TOTAL} shards written, 0 already done" in said, said
     assert said.count("image failed") == 1 and "missing.png" in said, said
+
+
+def test_two_nodes_of_one_rank_each_write_the_store_of_one_process(world, tmp_path):
+    """`torchrun --nnodes 2 --node_rank K` as the README runs it on two machines, here both on this one: each node's
+    rank is its LOCAL_RANK 0, and only RANK tells them apart (a rank that took its shards or its share of the lock
+    by LOCAL_RANK would write node 0's shards twice and node 1's never)."""
+    root, ref = world
+    out = tmp_path / "nodes.zarr"
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(k),
+                               "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
+                               *EXTRACT, "--root", str(root), "--out", str(out)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
+             for k in (0, 1)]
+    said = [" ".join(n.communicate(timeout=240)[0].split()) for n in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], said
+    assert store_files(out, drop=("created",)) == ref
+    assert f"{TOTAL} shards written, 0 already done" in said[0] and "wrote " not in said[1], said
 
 
 def test_a_killed_rank_loses_only_its_unfinished_shards(world, tmp_path):
