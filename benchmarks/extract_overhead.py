@@ -220,16 +220,15 @@ def zero_backbone(args, root: Path) -> None:
     runner.load_backbone = lambda *a, **k: zero  # the runner's own loop, minus the model
     store = args.work / "zero.zarr"
     shutil.rmtree(store, ignore_errors=True)
-    marks: list[float] = []  # the image stage's progress; it ends when extract returns (the last shards written)
-    extract(ExtractConfig(model=args.model, pretrained="none", data="pairs", root=str(root), out=str(store),
-                          batch_size=args.batch_size, workers=args.workers, writers=args.writers, device=args.device,
-                          decode=args.decode, shard_rows=args.shard_rows, token_codec=args.token_codec),
-            lambda stage, done, total: marks.append(time.perf_counter()) if stage == "images" else None)
-    t_end = time.perf_counter()
+    stage = extract(ExtractConfig(model=args.model, pretrained="none", data="pairs", root=str(root), out=str(store),
+                                  batch_size=args.batch_size, workers=args.workers, writers=args.writers,
+                                  device=args.device, decode=args.decode, shard_rows=args.shard_rows,
+                                  token_codec=args.token_codec)).image_time
     cfg = ExtractConfig(model="x", data="pairs", root=".", out=".", workers=args.workers)
     print(f"whole extraction, zero-cost backbone (workers {cfg.workers}, writers {args.writers}, decode {args.decode}, "
-          f"token codec {args.token_codec}, shard rows {args.shard_rows}): {args.n / (t_end - marks[0]):.0f} images/s "
+          f"token codec {args.token_codec}, shard rows {args.shard_rows}): {args.n / stage.seconds:.0f} images/s "
           "(image stage, worker start and the last shard's write included)")
+    print(f"where the time went, zero-cost backbone: {stage}")
     n_shards = (args.n + args.shard_rows - 1) // args.shard_rows
     print(f"writers: {n_shards} image shards of {args.shard_rows} rows ({args.model} float16 tokens, "
           f"codec {args.token_codec}), raw MB / wall time")
@@ -270,26 +269,20 @@ def main() -> None:
     pixels = predecode(root, args.n, bb.preprocess, workers, args.batch_size).to(args.device)
     bare_loop(bb, pixels[: args.batch_size], args.batch_size, args.precision)  # warm-up
 
-    # image stage time, read off the runner's progress callback
-    marks: dict[str, list[float]] = {}
-
-    def progress(stage: str, done: int, total: int) -> None:
-        marks.setdefault(stage, []).append(time.perf_counter())
-
     runs = []
     for rep in range(2):  # bare, extract, bare, extract: drift on a shared machine hits both
         t_bare, direct = bare_loop(bb, pixels, args.batch_size, args.precision)
         store = args.work / "store.zarr"
         shutil.rmtree(store, ignore_errors=True)
-        marks.clear()
         t0 = time.perf_counter()
-        extract(ExtractConfig(model=args.model, pretrained="none", data="pairs", root=str(root), out=str(store),
-                              batch_size=args.batch_size, workers=args.workers, device=args.device,
-                              precision=args.precision, decode=args.decode, writers=args.writers,
-                              shard_rows=args.shard_rows, token_codec=args.token_codec), progress)
+        summary = extract(ExtractConfig(model=args.model, pretrained="none", data="pairs", root=str(root),
+                                        out=str(store), batch_size=args.batch_size, workers=args.workers,
+                                        device=args.device, precision=args.precision, decode=args.decode,
+                                        writers=args.writers, shard_rows=args.shard_rows, token_codec=args.token_codec))
         t_total = time.perf_counter() - t0
-        t_img = marks["images"][-1] - marks["images"][0]
-        runs.append((t_bare, t_img, t_total))
+        stage = summary.image_time  # the image stage as the run timed it: workers' start to the last shard written
+        t_img = stage.seconds
+        runs.append((t_bare, t_img, t_total, stage))
         log(f"rep {rep}: bare {args.n / t_bare:.1f} img/s, extraction image stage {args.n / t_img:.1f} img/s, "
             f"whole extract call {t_total:.1f} s")
     t_bare = float(np.mean([r[0] for r in runs]))
@@ -301,6 +294,7 @@ def main() -> None:
     print(f"bare forward loop: {args.n / t_bare:.2f} img/s")
     print(f"extraction:        {args.n / t_img:.2f} img/s")
     print(f"ratio extraction / bare: {t_bare / t_img:.3f} (target >= 0.90)")
+    print(f"where the time went, last run: {runs[-1][3]}")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS of this process (model, pixels, both loops): {peak:,.0f} MiB")
     print(same_rows(store, direct))

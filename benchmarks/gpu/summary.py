@@ -62,6 +62,8 @@ def main(steps: Path) -> None:
                 rows.append((f"**extraction img/s, {label}**", f"**{float(ext):,.0f}**"))
                 rows.append((f"ratio extraction / bare, {label} (target >= 0.90)",
                              grab(text, r"^ratio extraction / bare: ([\d.]+)")))
+                spent = grab(text, r"^where the time went, last run: image stage: [^:]*: (.*)")
+                rows.append((f"where the time went, {label}", spent))
                 same = grab(text, r"^stored global vs the bare loop's forward of the same pixels: (.*)")
                 if same:
                     rows.append((f"stored globals vs the bare forward, {label}", same))
@@ -79,6 +81,9 @@ def main(steps: Path) -> None:
             if whole:
                 rows.append((f"whole extraction, zero-cost backbone ({whole.split(')')[0]}) (img/s)",
                              grab(whole, r": (\d+) images/s")))
+            spent = grab(text, r"^where the time went, zero-cost backbone: image stage: [^:]*: (.*)")
+            if spent:
+                rows.append(("where the time went, zero-cost backbone", spent))
             w = table(text, "| writers | MB/s |")
             if w:
                 rows.append((f"shard writers MB/s (raw float16 tokens), by threads {'/'.join(r[0] for r in w)}",

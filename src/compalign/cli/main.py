@@ -124,8 +124,9 @@ def extract(
                       f"{summary.items} items in {summary.seconds:.1f}s "
                       f"({summary.shards_written} shards written, {summary.shards_skipped} already done), "
                       f"{summary.bytes_on_disk / 2**20:.1f} MiB on disk")
-    if summary.decode_check is not None:
-        out_console.print(f"  {summary.decode_check}", markup=False, highlight=False)
+    for line in (summary.image_time, summary.decode_check):
+        if line is not None:
+            out_console.print(f"  {line}", markup=False, highlight=False)
     for _origin, reason in summary.image_failures[:20]:
         out_console.print(f"  [yellow]image failed[/yellow] {reason}")
     for text, reason in summary.text_failures[:20]:

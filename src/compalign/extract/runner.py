@@ -41,6 +41,7 @@ from .shards import ShardWriter, finish_image_shard, new_image_shard
 from .sources import Plan, PlanCache, cache_path, plan_source
 from .store_setup import open_or_create, pending_shards
 from .target import NOT_WRITABLE, ObjectLock, WriterLock, check_target, writer_lock
+from .timing import Clock, StageTime
 from .transfer import HostCopies, to_device
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class ExtractSummary:
     repaired: list[str] = field(default_factory=list)  # done shards that failed verification and were rewritten
     rank: int = 0  # under torchrun: the other ranks' summaries hold no failures and no sizes (rank 0 reads those)
     decode_check: DecodeCheck | None = None  # --decode fast|gpu against exact on this run's images (decode_check.py)
+    image_time: StageTime | None = None  # where the image stage's wall time went (timing.py); None if nothing to do
 
     @property
     def images_ok(self) -> int:
@@ -147,13 +149,12 @@ def _extract(cfg: ExtractConfig, out: Location, progress: Progress | None, job: 
     # the writers' own handle on the store: checksums of the chunks as written, not read back (store.DigestStore)
     writer = ShardWriter(open_store(out, "r+", digests=True), out, cfg.writers)
     written = skipped = 0
-    check: DecodeCheck | None = None
     try:
         with _autocast(device, cfg.precision):
             w, s = _extract_texts(cfg, bb, plan, (lengths, truncated), order, text_len, out, writer, device, progress, job)
             written, skipped = written + w, skipped + s
-            w, s, check = _extract_images(cfg, bb, plan, out, writer, device, progress, crops, job, ahead)
-            written, skipped = written + w, skipped + s
+            images = _extract_images(cfg, bb, plan, out, writer, device, progress, crops, job, ahead)
+            written, skipped = written + images.written, skipped + images.skipped
     finally:
         writer.close()
     if job.world > 1:  # every rank's shards are durable past this point; the store is read only then
@@ -176,7 +177,8 @@ def _extract(cfg: ExtractConfig, out: Location, progress: Progress | None, job: 
         problems=plan.problems, shards_written=written, shards_skipped=skipped,
         seconds=time.perf_counter() - t0, bytes_on_disk=out.size(),
         replaced=next((n for n in notes if n.startswith("replaced")), None),
-        repaired=[n for n in notes if not n.startswith("replaced")], decode_check=check,
+        repaired=[n for n in notes if not n.startswith("replaced")], decode_check=images.check,
+        image_time=images.time,
     )
 
 
@@ -285,16 +287,25 @@ def _prefetch(cfg: ExtractConfig, bb) -> int:
     return ahead
 
 
+@dataclass
+class ImageStage:
+    written: int  # shards
+    skipped: int
+    check: DecodeCheck | None = None
+    time: StageTime | None = None
+
+
 def _extract_images(cfg, bb, plan, out, writer, device, progress, crops: CropPlan | None = None,
-                    job: Job = Job(), prefetch: int | None = None) -> tuple[int, int, DecodeCheck | None]:
+                    job: Job = Job(), prefetch: int | None = None) -> ImageStage:
     N, R = len(plan.images), cfg.shard_rows
     todo, skipped = pending_shards(out, "images", N, R)
     todo = job.mine(todo)
-    done_rows = N - sum(min(R, N - s * R) for s in todo)
+    mine = sum(min(R, N - s * R) for s in todo)  # the rows this run encodes
+    done_rows = N - mine
     if progress:
         progress("images", done_rows, N)
     if not todo:
-        return 0, skipped, None
+        return ImageStage(0, skipped)
     check = None
     if cfg.decode != "exact" and job.rank == 0:  # before the long part: what the faster decode costs on these images
         check = check_decode(bb, plan.images, cfg.decode, device, cfg.exif_transpose)
@@ -323,12 +334,15 @@ def _extract_images(cfg, bb, plan, out, writer, device, progress, crops: CropPla
                 sh["prefix", l][at] = got[f"prefix/{l}"]
             landing = None
 
-    for rows, good, pixels, errors, (crop_pixels, counts), _ in to_device(loader, device, gpu):
+    clock = Clock()  # after the decode check: its forwards are not the stage's
+    for rows, good, pixels, errors, (crop_pixels, counts), _ in clock.each(to_device(loader, device, gpu), "input"):
         s = rows[0] // R
         if shard is None or shard["s"] != s:
             if shard is not None:
-                land()
-                writer.put("images", *finish_image_shard(shard))
+                with clock.part("model"):
+                    land()
+                with clock.part("writers"):
+                    writer.put("images", *finish_image_shard(shard))
             lo, hi = s * R, min(N, (s + 1) * R)
             regions = crops.shard_buffers(lo, hi - lo, lay.embed_dim) if crops is not None else None
             shard = new_image_shard(s, lo, hi - lo, lay, lay.layers, regions)
@@ -336,17 +350,21 @@ def _extract_images(cfg, bb, plan, out, writer, device, progress, crops: CropPla
             shard["status"][r - shard["lo"]] = FAILED
             shard["error"][r - shard["lo"]] = e
         if pixels is not None:
-            enc = bb.encode_images(pixels.to(device, non_blocking=True), lay.layers)
-            at = np.asarray(good) - shard["lo"]
-            started = copies.start(enc, lay.layers)  # CUDA: copies queued behind the forward; CPU: the tensors
-            land()  # batch k - 1 lands while the device runs batch k
-            landing = (shard, at, started)
-            if crops is not None and crop_pixels is not None:  # (C, 3, H, W): every decoded row's crops
-                crops.record(shard["regions"], at, counts, _encode_crops(bb, crop_pixels, cfg.batch_size, device))
+            with clock.part("model"):
+                enc = bb.encode_images(pixels.to(device, non_blocking=True), lay.layers)
+                at = np.asarray(good) - shard["lo"]
+                started = copies.start(enc, lay.layers)  # CUDA: copies queued behind the forward; CPU: the tensors
+                land()  # batch k - 1 lands while the device runs batch k
+                landing = (shard, at, started)
+                if crops is not None and crop_pixels is not None:  # (C, 3, H, W): every decoded row's crops
+                    crops.record(shard["regions"], at, counts, _encode_crops(bb, crop_pixels, cfg.batch_size, device))
         done_rows += len(rows)
         if progress:
             progress("images", done_rows, N)
-    land()
-    if shard is not None:
-        writer.put("images", *finish_image_shard(shard))
-    return len(todo), skipped, check
+    with clock.part("model"):
+        land()
+    with clock.part("writers"):
+        if shard is not None:
+            writer.put("images", *finish_image_shard(shard))
+        writer.drain()  # the stage ends when its last shard is durable
+    return ImageStage(len(todo), skipped, check, clock.stop(mine))

@@ -43,14 +43,21 @@ class ShardWriter:
             if self.error is None:
                 try:
                     write_shard(self.root, self.path, *job, opened=opened)
-                except BaseException as e:  # surfaced in the main thread by put/close
+                except BaseException as e:  # surfaced in the main thread by put/drain/close
                     self.error = e
+            self.q.task_done()
 
     def put(self, *job: Any) -> None:
         if self.error:
             raise self.error
         self.bytes += sum(a.nbytes for a in job[-1].values())
         self.q.put(job)
+
+    def drain(self) -> None:
+        """Wait until every shard handed over is written."""
+        self.q.join()
+        if self.error:
+            raise self.error
 
     def close(self) -> None:
         for _ in self.threads:

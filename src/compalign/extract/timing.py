@@ -1,0 +1,71 @@
+"""Where the image stage of an extraction spends its wall time, measured in the run itself (the summary prints it).
+
+The main process does three things in turn, and each can be what the run waits on:
+- input: waiting for the next decoded batch (DataLoader workers; with `--decode gpu` also queueing the device's
+  decode). Large when the decoders are the limit: raise `--workers`, try `--decode fast|gpu`.
+- model: the forward pass (on a GPU: queueing it, then waiting for the previous batch's features to reach host
+  memory). Large when the backbone is the limit, which is where a run should be.
+- writers: handing a full shard to the writer threads when all of them are busy, and waiting at the end for the
+  last shards. Large when the store's disk or bucket is the limit: raise `--writers`.
+The rest is the loop's own work (placing features in shard buffers, crops' bookkeeping).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+PARTS = ("input", "model", "writers")
+_END = object()
+SAID = {"input": "waiting for decoded batches", "model": "the model", "writers": "waiting for the writers"}
+
+
+@dataclass
+class StageTime:
+    """Seconds of one stage, and how much of it went to each of PARTS."""
+
+    rows: int = 0
+    seconds: float = 0.0
+    spent: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PARTS, 0.0))
+
+    @property
+    def other(self) -> float:
+        return max(0.0, self.seconds - sum(self.spent.values()))
+
+    def __str__(self) -> str:
+        share = {**{SAID[k]: v for k, v in self.spent.items()}, "the loop itself": self.other}
+        parts = ", ".join(f"{name} {100 * s / self.seconds:.0f}%" for name, s in
+                          sorted(share.items(), key=lambda kv: -kv[1])) if self.seconds else "nothing timed"
+        rate = f" ({self.rows / self.seconds:,.0f} img/s)" if self.seconds else ""
+        return f"image stage: {self.rows:,} images in {self.seconds:.1f} s{rate}: {parts}"
+
+
+class Clock:
+    """Charges wall time to PARTS while it runs; `stop` gives the StageTime."""
+
+    def __init__(self) -> None:
+        self.time, self.t0 = StageTime(), time.perf_counter()
+
+    @contextmanager
+    def part(self, name: str) -> Iterator[None]:
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.time.spent[name] += time.perf_counter() - t
+
+    def each(self, items: Iterable, name: str) -> Iterator:
+        """`items`, the wait for each one charged to `name`."""
+        it = iter(items)
+        while True:
+            with self.part(name):
+                item = next(it, _END)
+            if item is _END:
+                return
+            yield item
+
+    def stop(self, rows: int) -> StageTime:
+        self.time.rows, self.time.seconds = rows, time.perf_counter() - self.t0
+        return self.time

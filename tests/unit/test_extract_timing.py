@@ -1,0 +1,75 @@
+"""Where an extraction's image stage spends its time (extract/timing.py): a delay put into one part is charged to it."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+import compalign.extract.runner as runner
+import compalign.extract.shards as shards
+from compalign.extract.image_rows import ImageRows
+from compalign.extract.runner import ExtractConfig, extract
+from compalign.extract.timing import Clock, StageTime
+
+DELAY = 0.25  # seconds put into one part per batch (or per image shard)
+
+
+def test_a_stage_time_says_each_part_largest_first():
+    t = StageTime(rows=100, seconds=2.0, spent={"input": 1.0, "model": 0.5, "writers": 0.1})
+    assert str(t) == ("image stage: 100 images in 2.0 s (50 img/s): waiting for decoded batches 50%, the model 25%, "
+                      "the loop itself 20%, waiting for the writers 5%")
+    assert str(StageTime()) == "image stage: 0 images in 0.0 s: nothing timed"
+
+
+def test_the_clock_charges_each_wait_for_an_item_to_its_part():
+    def slow():
+        for i in range(3):
+            time.sleep(0.05)
+            yield i
+
+    clock = Clock()
+    assert list(clock.each(slow(), "input")) == [0, 1, 2]
+    with clock.part("model"):
+        time.sleep(0.1)
+    t = clock.stop(3)
+    assert t.spent["input"] >= 0.15 and t.spent["model"] >= 0.1 and t.spent["writers"] == 0
+    assert t.seconds >= t.spent["input"] + t.spent["model"]
+
+
+class _SlowModel:
+    def __init__(self, bb):
+        self.bb = bb
+
+    def __getattr__(self, name):
+        return getattr(self.bb, name)
+
+    def encode_images(self, pixels, layers):
+        time.sleep(DELAY)
+        return self.bb.encode_images(pixels, layers)
+
+
+@pytest.mark.parametrize("slow", ["input", "model", "writers"])
+def test_a_slow_part_of_the_image_stage_is_charged_to_it(slow, pairs_dir, tmp_path, monkeypatch):
+    # 12 images, batches of 4, shards of 4 rows: 3 batches, 3 image shards, one writer thread
+    if slow == "input":  # workers 0: the main process decodes, inside the loader's next()
+        rows = ImageRows.__getitems__
+        monkeypatch.setattr(ImageRows, "__getitems__", lambda self, r: (time.sleep(DELAY), rows(self, r))[1])
+    elif slow == "model":
+        load = runner.load_backbone
+        monkeypatch.setattr(runner, "load_backbone", lambda *a, **k: _SlowModel(load(*a, **k)))
+    else:
+        write = shards.write_shard
+        monkeypatch.setattr(shards, "write_shard", lambda root, path, kind, *a, **k: (
+            time.sleep(DELAY if kind == "images" else 0), write(root, path, kind, *a, **k))[1])
+    summary = extract(ExtractConfig(model="tiny", data="pairs", root=str(pairs_dir), out=str(tmp_path / "s.zarr"),
+                                    workers=0, writers=1, batch_size=4, shard_rows=4))
+    t = summary.image_time
+    assert t is not None and t.rows == 12
+    # the writers: the last shard is written after the last hand-over, and the stage waits for it
+    least = DELAY if slow == "writers" else 3 * DELAY
+    assert t.spent[slow] >= least and max(t.spent, key=t.spent.get) == slow, t
+    assert t.seconds >= sum(t.spent.values())
+    again = extract(ExtractConfig(model="tiny", data="pairs", root=str(pairs_dir), out=str(tmp_path / "s.zarr"),
+                                  workers=0, writers=1, batch_size=4, shard_rows=4))
+    assert again.image_time is None  # nothing left to encode: no stage to time
