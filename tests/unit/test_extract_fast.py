@@ -165,6 +165,11 @@ def test_a_store_remembers_its_decode_and_a_resume_must_match(pairs_dir, tmp_pat
     assert attrs["extraction"]["decode"] == "fast" and " --decode fast" in resume_command(attrs, out)
     with pytest.raises(CacheError, match="decode"):
         extract(ExtractConfig(model="tiny", data="pairs", root=str(pairs_dir), out=str(out), workers=0))
+    # a store of the earlier --decode fast, whose drafts were stretched by their partial pixel: not resumed
+    root = zarr.open_group(str(out))
+    root.attrs["extraction"] = {k: v for k, v in attrs["extraction"].items() if k != "draft_extent"}
+    with pytest.raises(CacheError, match="draft_extent is None in the store, 'exact' now; pass --overwrite"):
+        extract(ExtractConfig(model="tiny", data="pairs", root=str(pairs_dir), out=str(out), workers=0, decode="fast"))
 
 
 def test_three_writers_write_the_same_store_as_one(pairs_dir, tmp_path):

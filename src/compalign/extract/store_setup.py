@@ -61,6 +61,8 @@ def _settings(cfg: ExtractConfig, text_len: int, crops: CropPlan | None = None) 
         out["exif_transpose"] = True
     if cfg.decode != "exact":  # likewise: fast and gpu decoding change the pixels a little
         out["decode"] = cfg.decode
+    if cfg.decode == "fast":  # drafts resized over the image's exact extent (core.decode.Draft): a store made
+        out["draft_extent"] = "exact"  # before, when they were stretched by a partial pixel, must not be resumed
     if cfg.segments != "none":  # likewise
         out["segments"] = cfg.segments
     if crops is not None:  # likewise; the boxes themselves (grid) or their digest (oracle), not just the spec
