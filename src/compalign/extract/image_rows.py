@@ -10,9 +10,9 @@ members as one range), then each row is decoded.
 
 `--decode`: `exact` runs the checkpoint's preprocess on the full decode; `fast` lets PIL decode a JPEG at
 1/2, 1/4 or 1/8 scale first (draft mode: the DCT drops the detail the resize would drop anyway) as long
-as both sides stay at or above the size the preprocess resizes to, and resizes it there over the full image's
-exact extent; `gpu` sends a plain RGB/grey JPEG's bytes on
-(gpu_decode.py decodes them on the device) and decodes anything else here, exactly.
+as both sides stay at or above the size the preprocess resizes to, and resizes it to that size over the
+full image's exact extent (Cut); `gpu` sends a plain RGB/grey JPEG's bytes on (gpu_decode.py decodes them
+on the device) and decodes anything else here, exactly.
 """
 
 from __future__ import annotations

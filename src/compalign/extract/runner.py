@@ -327,7 +327,8 @@ def _extract_images(cfg, bb, plan, out, writer, device, progress, crops: CropPla
         nonlocal landing
         if landing is not None:
             sh, at, started = landing
-            got = copies.wait(started)
+            with clock.part("model"):  # on a GPU: until its forward and copies are done; placing them is the loop's
+                got = copies.wait(started)
             sh["global"][at] = got["global"]
             for l in lay.layers:
                 sh["patches", l][at] = got[f"patches/{l}"]
@@ -339,8 +340,7 @@ def _extract_images(cfg, bb, plan, out, writer, device, progress, crops: CropPla
         s = rows[0] // R
         if shard is None or shard["s"] != s:
             if shard is not None:
-                with clock.part("model"):
-                    land()
+                land()
                 with clock.part("writers"):
                     writer.put("images", *finish_image_shard(shard))
             lo, hi = s * R, min(N, (s + 1) * R)
@@ -350,19 +350,18 @@ def _extract_images(cfg, bb, plan, out, writer, device, progress, crops: CropPla
             shard["status"][r - shard["lo"]] = FAILED
             shard["error"][r - shard["lo"]] = e
         if pixels is not None:
+            at = np.asarray(good) - shard["lo"]
             with clock.part("model"):
                 enc = bb.encode_images(pixels.to(device, non_blocking=True), lay.layers)
-                at = np.asarray(good) - shard["lo"]
                 started = copies.start(enc, lay.layers)  # CUDA: copies queued behind the forward; CPU: the tensors
-                land()  # batch k - 1 lands while the device runs batch k
-                landing = (shard, at, started)
                 if crops is not None and crop_pixels is not None:  # (C, 3, H, W): every decoded row's crops
                     crops.record(shard["regions"], at, counts, _encode_crops(bb, crop_pixels, cfg.batch_size, device))
+            land()  # batch k - 1 lands while the device runs batch k
+            landing = (shard, at, started)
         done_rows += len(rows)
         if progress:
             progress("images", done_rows, N)
-    with clock.part("model"):
-        land()
+    land()
     with clock.part("writers"):
         if shard is not None:
             writer.put("images", *finish_image_shard(shard))

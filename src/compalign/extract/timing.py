@@ -4,10 +4,10 @@ The main process does three things in turn, and each can be what the run waits o
 - input: waiting for the next decoded batch (DataLoader workers; with `--decode gpu` also queueing the device's
   decode). Large when the decoders are the limit: raise `--workers`, try `--decode fast|gpu`.
 - model: the forward pass (on a GPU: queueing it, then waiting for the previous batch's features to reach host
-  memory). Large when the backbone is the limit, which is where a run should be.
+  memory), crops' forwards included. Large when the backbone is the limit, which is where a run should be.
 - writers: handing a full shard to the writer threads when all of them are busy, and waiting at the end for the
   last shards. Large when the store's disk or bucket is the limit: raise `--writers`.
-The rest is the loop's own work (placing features in shard buffers, crops' bookkeeping).
+The rest is the loop's own work: copying each batch's features into its shard's buffers, marking failed rows.
 """
 
 from __future__ import annotations
