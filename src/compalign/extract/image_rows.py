@@ -30,7 +30,7 @@ from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
 from ..core.decode import ORIENTATION, DecodeError, Draft, Fit, decode_draft, decode_image
-from .crops import crop_pixels
+from .crops import crop_pixels, pixel_box
 from .sources import ImageRef
 from .sources.reads import read_refs
 
@@ -136,7 +136,7 @@ class ImageRows(Dataset):
             assert data is not None
             if self.decode == "gpu" and _device_can_decode(data, self.exif_transpose):
                 return row, None, None, None, (torch.frombuffer(bytearray(data), dtype=torch.uint8), ref.origin)
-            cut = self._decode(data)
+            cut = self._decode(data, self.boxes[row] if self.boxes is not None else None)
             crops = crop_pixels(cut, self.boxes[row], self.preprocess) if self.boxes is not None else None
             return row, self.preprocess(cut.whole()), crops, None, None
         except DecodeError as e:
@@ -144,11 +144,30 @@ class ImageRows(Dataset):
         except Exception as e:  # unreadable file, transform failure: recorded, the run goes on
             return row, None, None, f"{ref.origin}: {type(e).__name__}: {e}", None
 
-    def _decode(self, data: bytes) -> Cut:
+    def _decode(self, data: bytes, boxes: np.ndarray | None) -> Cut:
         if self.fit is None:
             return Cut(decode_image(data, self.exif_transpose))
-        image, draft = decode_draft(data, self.fit, self.exif_transpose)
+        image, draft = decode_draft(data, self._keep(boxes), self.exif_transpose)
         return Cut(image, draft, self.fit, self.resample)
+
+    def _keep(self, boxes: np.ndarray | None) -> Fit:
+        """(width, height) -> the least size a draft must keep: what the Resize makes of the whole image, and with
+        `--crops` of each box too (a box of a third of the image needs three times the pixels), so that every
+        crop is resized down from the draft, as exact resizes it down from the full decode, never up."""
+        fit = self.fit
+        assert fit is not None
+        if boxes is None or not len(boxes):
+            return fit
+
+        def keep(w: int, h: int) -> tuple[int, int]:
+            kw, kh = fit(w, h)
+            for b in boxes:
+                x0, y0, x1, y1 = pixel_box(b, w, h)
+                tw, th = fit(x1 - x0, y1 - y0)
+                kw, kh = max(kw, -(-w * tw // (x1 - x0))), max(kh, -(-h * th // (y1 - y0)))
+            return kw, kh
+
+        return keep
 
 
 class Cut(NamedTuple):
