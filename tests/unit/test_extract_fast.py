@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -112,6 +113,15 @@ def test_fast_keeps_enough_pixels_for_each_crop_and_cuts_it_where_exact_does(tin
     diff = (fast - exact).abs()
     assert exact.shape == fast.shape == (18, 3, 64, 64)
     assert float(diff.mean()) == pytest.approx(0.0127, rel=0.1) and float(diff.max()) == pytest.approx(0.114, abs=0.03)
+
+
+def test_a_fast_dataset_crosses_to_a_spawned_worker(tiny):
+    """Where DataLoader workers spawn (macOS, Windows) the dataset is pickled into each: nothing in it may be a
+    closure."""
+    rows = ImageRows([_ref(_photo(1, (425, 640)))], tiny.preprocess, decode="fast",
+                     boxes=[np.asarray(region_boxes(), dtype=np.float32)])
+    again = pickle.loads(pickle.dumps(rows))
+    assert torch.equal(again[0][1], rows[0][1]) and torch.equal(again[0][2], rows[0][2])
 
 
 @pytest.mark.parametrize("resize", [T.Resize(224), T.Resize(64, max_size=80), T.Resize((256, 192))],

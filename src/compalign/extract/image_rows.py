@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -48,21 +49,28 @@ def resize_of(preprocess: Any) -> T.Resize | None:
     return next((t for t in getattr(preprocess, "transforms", []) if isinstance(t, T.Resize)), None)
 
 
-def fit_of(resize: T.Resize) -> Fit:
-    """(width, height) -> the size `resize` gives an image of that size (torchvision's rule: the shorter side to
-    `size`, the longer in proportion, truncated, then capped by `max_size`; or exactly `size` = (h, w))."""
-    size = [resize.size] if isinstance(resize.size, int) else list(resize.size)
+@dataclass(frozen=True)
+class ResizeRule:
+    """(width, height) -> the size torchvision's Resize gives an image of that size: the shorter side to `size[0]`,
+    the longer in proportion, truncated, then capped by `max_size`; or exactly `size` = (h, w). A plain object,
+    not a closure: the dataset that holds it is pickled into each DataLoader worker where processes spawn."""
 
-    def fit(w: int, h: int) -> tuple[int, int]:
-        if len(size) == 2:
-            return size[1], size[0]
+    size: tuple[int, ...]
+    max_size: int | None = None
+
+    def __call__(self, w: int, h: int) -> tuple[int, int]:
+        if len(self.size) == 2:
+            return self.size[1], self.size[0]
         short, long = min(w, h), max(w, h)
-        new_short, new_long = size[0], int(size[0] * long / short)
-        if resize.max_size is not None and new_long > resize.max_size:
-            new_short, new_long = int(resize.max_size * new_short / new_long), resize.max_size
+        new_short, new_long = self.size[0], int(self.size[0] * long / short)
+        if self.max_size is not None and new_long > self.max_size:
+            new_short, new_long = int(self.max_size * new_short / new_long), self.max_size
         return (new_short, new_long) if w <= h else (new_long, new_short)
 
-    return fit
+
+def fit_of(resize: T.Resize) -> Fit:
+    """What `resize` makes of an image's (width, height)."""
+    return ResizeRule((resize.size,) if isinstance(resize.size, int) else tuple(resize.size), resize.max_size)
 
 
 def prefetch_batches(workers: int, batch_bytes: int, shm_free: int | None) -> int:
