@@ -282,7 +282,7 @@ def main() -> None:
         t_total = time.perf_counter() - t0
         stage = summary.image_time  # the image stage as the run timed it: workers' start to the last shard written
         t_img = stage.seconds
-        runs.append((t_bare, t_img, t_total, stage))
+        runs.append((t_bare, t_img, t_total, stage, summary.text_time))
         log(f"rep {rep}: bare {args.n / t_bare:.1f} img/s, extraction image stage {args.n / t_img:.1f} img/s, "
             f"whole extract call {t_total:.1f} s")
     t_bare = float(np.mean([r[0] for r in runs]))
@@ -295,6 +295,7 @@ def main() -> None:
     print(f"extraction:        {args.n / t_img:.2f} img/s")
     print(f"ratio extraction / bare: {t_bare / t_img:.3f} (target >= 0.90)")
     print(f"where the time went, last run: {runs[-1][3]}")
+    print(f"where the time went, last run's captions: {runs[-1][4]}")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS of this process (model, pixels, both loops): {peak:,.0f} MiB")
     print(same_rows(store, direct))

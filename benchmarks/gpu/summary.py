@@ -64,6 +64,8 @@ def main(steps: Path) -> None:
                              grab(text, r"^ratio extraction / bare: ([\d.]+)")))
                 spent = grab(text, r"^where the time went, last run: image stage: [^:]*: (.*)")
                 rows.append((f"where the time went, {label}", spent))
+                rows.append((f"where the time went, captions of the {label} step",
+                             grab(text, r"^where the time went, last run's captions: (text stage: .*)")))
                 same = grab(text, r"^stored global vs the bare loop's forward of the same pixels: (.*)")
                 if same:
                     rows.append((f"stored globals vs the bare forward, {label}", same))

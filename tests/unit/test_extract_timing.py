@@ -16,10 +16,13 @@ DELAY = 0.25  # seconds put into one part per batch (or per image shard)
 
 
 def test_a_stage_time_says_each_part_largest_first():
-    t = StageTime(rows=100, seconds=2.0, spent={"input": 1.0, "model": 0.5, "writers": 0.1})
+    t = StageTime("images", rows=100, seconds=2.0, spent={"input": 1.0, "model": 0.5, "writers": 0.1})
     assert str(t) == ("image stage: 100 images in 2.0 s (50 img/s): waiting for decoded batches 50%, the model 25%, "
                       "the loop itself 20%, waiting for the writers 5%")
     assert str(StageTime()) == "image stage: 0 images in 0.0 s: nothing timed"
+    t = StageTime("texts", 300, 1.0, {"input": 0.1, "model": 0.6, "writers": 0.0})
+    assert str(t) == ("text stage: 300 captions in 1.0 s (300 captions/s): the model 60%, the loop itself 30%, "
+                      "tokenising 10%, waiting for the writers 0%")
 
 
 def test_the_clock_charges_each_wait_for_an_item_to_its_part():
@@ -37,39 +40,53 @@ def test_the_clock_charges_each_wait_for_an_item_to_its_part():
     assert t.seconds >= t.spent["input"] + t.spent["model"]
 
 
-class _SlowModel:
-    def __init__(self, bb):
-        self.bb = bb
+class _Slow:
+    """The backbone, with one of its methods DELAY seconds slower."""
 
-    def __getattr__(self, name):
-        return getattr(self.bb, name)
+    def __init__(self, bb, name: str):
+        self.bb, self.name = bb, name
 
-    def encode_images(self, pixels, layers):
-        time.sleep(DELAY)
-        return self.bb.encode_images(pixels, layers)
+    def __getattr__(self, attr):
+        f = getattr(self.bb, attr)
+        if attr != self.name:
+            return f
+        return lambda *a, **k: (time.sleep(DELAY), f(*a, **k))[1]
+
+
+def _extract(pairs_dir, out):
+    # 12 images and 16 captions, batches of 4, shards of 4 rows: 3 image and 4 text batches, one writer thread
+    return extract(ExtractConfig(model="tiny", data="pairs", root=str(pairs_dir), out=str(out), workers=0, writers=1,
+                                 batch_size=4, shard_rows=4))
 
 
 @pytest.mark.parametrize("slow", ["input", "model", "writers"])
 def test_a_slow_part_of_the_image_stage_is_charged_to_it(slow, pairs_dir, tmp_path, monkeypatch):
-    # 12 images, batches of 4, shards of 4 rows: 3 batches, 3 image shards, one writer thread
     if slow == "input":  # workers 0: the main process decodes, inside the loader's next()
         rows = ImageRows.__getitems__
         monkeypatch.setattr(ImageRows, "__getitems__", lambda self, r: (time.sleep(DELAY), rows(self, r))[1])
     elif slow == "model":
         load = runner.load_backbone
-        monkeypatch.setattr(runner, "load_backbone", lambda *a, **k: _SlowModel(load(*a, **k)))
+        monkeypatch.setattr(runner, "load_backbone", lambda *a, **k: _Slow(load(*a, **k), "encode_images"))
     else:
         write = shards.write_shard
         monkeypatch.setattr(shards, "write_shard", lambda root, path, kind, *a, **k: (
             time.sleep(DELAY if kind == "images" else 0), write(root, path, kind, *a, **k))[1])
-    summary = extract(ExtractConfig(model="tiny", data="pairs", root=str(pairs_dir), out=str(tmp_path / "s.zarr"),
-                                    workers=0, writers=1, batch_size=4, shard_rows=4))
+    summary = _extract(pairs_dir, tmp_path / "s.zarr")
     t = summary.image_time
-    assert t is not None and t.rows == 12
+    assert t is not None and t.kind == "images" and t.rows == 12
     # the writers: the last shard is written after the last hand-over, and the stage waits for it
     least = DELAY if slow == "writers" else 3 * DELAY
     assert t.spent[slow] >= least and max(t.spent, key=t.spent.get) == slow, t
     assert t.seconds >= sum(t.spent.values())
-    again = extract(ExtractConfig(model="tiny", data="pairs", root=str(pairs_dir), out=str(tmp_path / "s.zarr"),
-                                  workers=0, writers=1, batch_size=4, shard_rows=4))
-    assert again.image_time is None  # nothing left to encode: no stage to time
+    again = _extract(pairs_dir, tmp_path / "s.zarr")
+    assert again.image_time is None and again.text_time is None  # nothing left to encode: no stage to time
+
+
+@pytest.mark.parametrize("slow, method", [("input", "token_ids"), ("model", "encode_texts")])
+def test_a_slow_part_of_the_text_stage_is_charged_to_it(slow, method, pairs_dir, tmp_path, monkeypatch):
+    load = runner.load_backbone
+    monkeypatch.setattr(runner, "load_backbone", lambda *a, **k: _Slow(load(*a, **k), method))
+    t = _extract(pairs_dir, tmp_path / "s.zarr").text_time
+    assert t is not None and t.kind == "texts" and t.rows == 16
+    assert t.spent[slow] >= 4 * DELAY and max(t.spent, key=t.spent.get) == slow, t  # 4 shards, 4 batches
+    assert str(t).startswith("text stage: 16 captions in ")

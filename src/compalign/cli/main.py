@@ -124,7 +124,7 @@ def extract(
                       f"{summary.items} items in {summary.seconds:.1f}s "
                       f"({summary.shards_written} shards written, {summary.shards_skipped} already done), "
                       f"{summary.bytes_on_disk / 2**20:.1f} MiB on disk")
-    for line in (summary.image_time, summary.decode_check):
+    for line in (summary.text_time, summary.image_time, summary.decode_check):
         if line is not None:
             out_console.print(f"  {line}", markup=False, highlight=False)
     for _origin, reason in summary.image_failures[:20]:

@@ -69,6 +69,7 @@ class ExtractSummary:
     rank: int = 0  # under torchrun: the other ranks' summaries hold no failures and no sizes (rank 0 reads those)
     decode_check: DecodeCheck | None = None  # --decode fast|gpu against exact on this run's images (decode_check.py)
     image_time: StageTime | None = None  # where the image stage's wall time went (timing.py); None if nothing to do
+    text_time: StageTime | None = None  # likewise for the captions
 
     @property
     def images_ok(self) -> int:
@@ -151,7 +152,8 @@ def _extract(cfg: ExtractConfig, out: Location, progress: Progress | None, job: 
     written = skipped = 0
     try:
         with _autocast(device, cfg.precision):
-            w, s = _extract_texts(cfg, bb, plan, (lengths, truncated), order, text_len, out, writer, device, progress, job)
+            w, s, text_time = _extract_texts(cfg, bb, plan, (lengths, truncated), order, text_len, out, writer, device,
+                                             progress, job)
             written, skipped = written + w, skipped + s
             images = _extract_images(cfg, bb, plan, out, writer, device, progress, crops, job, ahead)
             written, skipped = written + images.written, skipped + images.skipped
@@ -178,7 +180,7 @@ def _extract(cfg: ExtractConfig, out: Location, progress: Progress | None, job: 
         seconds=time.perf_counter() - t0, bytes_on_disk=out.size(),
         replaced=next((n for n in notes if n.startswith("replaced")), None),
         repaired=[n for n in notes if not n.startswith("replaced")], decode_check=images.check,
-        image_time=images.time,
+        image_time=images.time, text_time=text_time,
     )
 
 
@@ -214,7 +216,7 @@ def _token_lengths(bb, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _extract_texts(cfg, bb, plan, measured, order, text_len, out, writer, device, progress,
-                   job: Job = Job()) -> tuple[int, int]:
+                   job: Job = Job()) -> tuple[int, int, StageTime | None]:
     """`measured`: every caption's (lengths, truncated) from _token_lengths; each shard tokenises its own captions."""
     all_lengths, all_truncated = measured
     M, R = len(plan.texts), cfg.shard_rows
@@ -224,11 +226,15 @@ def _extract_texts(cfg, bb, plan, measured, order, text_len, out, writer, device
     done_rows = M - sum(min(R, M - s * R) for s in todo)
     if progress:
         progress("texts", done_rows, M)
+    if not todo:
+        return 0, skipped, None
+    clock = Clock("texts")
     for s in todo:
         lo, hi = s * R, min(M, (s + 1) * R)
         src = order[lo:hi]
         lengths = all_lengths[src]
-        ids_all = bb.token_ids([plan.texts[i] for i in src])  # (n, C) ids of this shard only
+        with clock.part("input"):
+            ids_all = bb.token_ids([plan.texts[i] for i in src])  # (n, C) ids of this shard only
         n = hi - lo
         buf: dict[str, np.ndarray] = {
             "global": np.zeros((n, bb.meta["embed_dim"]), np.float32),
@@ -247,20 +253,24 @@ def _extract_texts(cfg, bb, plan, measured, order, text_len, out, writer, device
             if not len(idx):
                 continue
             L = int(lengths[idx].max()) if bb.causal_text else bb.context_length
-            ids = ids_all[idx, :L].to(device)  # (B, L): positions after EOT cannot change a causal tower
-            enc = bb.encode_texts(ids, layers)
-            buf["global"][idx] = enc.global_.float().cpu().numpy()
+            with clock.part("model"):
+                ids = ids_all[idx, :L].to(device)  # (B, L): positions after EOT cannot change a causal tower
+                enc = bb.encode_texts(ids, layers)
+                buf["global"][idx] = enc.global_.float().cpu().numpy()
+                got = {l: enc.tokens[l][:, :L].float().cpu().numpy() for l in layers}
             keep = np.arange(L)[None, :, None] < lengths[idx][:, None, None]  # (B, L, 1): zero past each EOT
             for l in layers:
-                toks[l][idx, :L] = np.where(keep, enc.tokens[l][:, :L].float().cpu().numpy(), 0).astype(np.float16)
+                toks[l][idx, :L] = np.where(keep, got[l], 0).astype(np.float16)
         for l in layers:
             buf["tokens" if l == -1 else f"layers/{l}/tokens"] = toks[l]
         buf["error"] = buf["error"].astype(str)
-        writer.put("texts", s, lo, buf)
+        with clock.part("writers"):
+            writer.put("texts", s, lo, buf)
         done_rows += n
         if progress:
             progress("texts", done_rows, M)
-    return len(todo), skipped
+    # not drained: the last text shards are written while the image stage starts (its drain waits for them)
+    return len(todo), skipped, clock.stop(sum(min(R, M - s * R) for s in todo))
 
 
 def _encode_crops(bb, crops: torch.Tensor, batch_size: int, device: str) -> np.ndarray:

@@ -1,6 +1,6 @@
-"""Where the image stage of an extraction spends its wall time, measured in the run itself (the summary prints it).
+"""Where each stage of an extraction spends its wall time, measured in the run itself (the summary prints it).
 
-The main process does three things in turn, and each can be what the run waits on:
+In the image stage the main process does three things in turn, and each can be what the run waits on:
 - input: waiting for the next decoded batch (DataLoader workers; with `--decode gpu` also queueing the device's
   decode). Large when the decoders are the limit: raise `--workers`, try `--decode fast|gpu`.
 - model: the forward pass (on a GPU: queueing it, then waiting for the previous batch's features to reach host
@@ -8,6 +8,9 @@ The main process does three things in turn, and each can be what the run waits o
 - writers: handing a full shard to the writer threads when all of them are busy, and waiting at the end for the
   last shards. Large when the store's disk or bucket is the limit: raise `--writers`.
 The rest is the loop's own work: copying each batch's features into its shard's buffers, marking failed rows.
+The text stage is the same loop with tokenising (in this process, a shard at a time) as its input, and masking
+the token embeddings past each caption's end as the loop's own work; its last shards are written while the image
+stage starts, so it ends at its last hand-over.
 """
 
 from __future__ import annotations
@@ -19,13 +22,15 @@ from dataclasses import dataclass, field
 
 PARTS = ("input", "model", "writers")
 _END = object()
-SAID = {"input": "waiting for decoded batches", "model": "the model", "writers": "waiting for the writers"}
-
+SAID = {"model": "the model", "writers": "waiting for the writers"}
+KINDS = {"images": ("image", "images", "img/s", "waiting for decoded batches"),
+         "texts": ("text", "captions", "captions/s", "tokenising")}  # stage, rows, rate, input
 
 @dataclass
 class StageTime:
     """Seconds of one stage, and how much of it went to each of PARTS."""
 
+    kind: str = "images"  # or "texts"
     rows: int = 0
     seconds: float = 0.0
     spent: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PARTS, 0.0))
@@ -35,18 +40,19 @@ class StageTime:
         return max(0.0, self.seconds - sum(self.spent.values()))
 
     def __str__(self) -> str:
-        share = {**{SAID[k]: v for k, v in self.spent.items()}, "the loop itself": self.other}
+        stage, rows, per_s, waiting = KINDS[self.kind]
+        share = {**{SAID.get(k, waiting): v for k, v in self.spent.items()}, "the loop itself": self.other}
         parts = ", ".join(f"{name} {100 * s / self.seconds:.0f}%" for name, s in
                           sorted(share.items(), key=lambda kv: -kv[1])) if self.seconds else "nothing timed"
-        rate = f" ({self.rows / self.seconds:,.0f} img/s)" if self.seconds else ""
-        return f"image stage: {self.rows:,} images in {self.seconds:.1f} s{rate}: {parts}"
+        rate = f" ({self.rows / self.seconds:,.0f} {per_s})" if self.seconds else ""
+        return f"{stage} stage: {self.rows:,} {rows} in {self.seconds:.1f} s{rate}: {parts}"
 
 
 class Clock:
     """Charges wall time to PARTS while it runs; `stop` gives the StageTime."""
 
-    def __init__(self) -> None:
-        self.time, self.t0 = StageTime(), time.perf_counter()
+    def __init__(self, kind: str = "images") -> None:
+        self.time, self.t0 = StageTime(kind), time.perf_counter()
 
     @contextmanager
     def part(self, name: str) -> Iterator[None]:
