@@ -230,3 +230,32 @@ def test_a_bug_in_the_library_keeps_its_traceback_while_bad_input_stays_a_messag
     assert res.exit_code == 1 and isinstance(res.exception, ZeroDivisionError)
     res = _extract(pairs_dir, tmp_path / "y.zarr", "--batch-size", "0")
     assert res.exit_code == 2 and "--batch-size must be at least 1" in res.output
+
+
+UNRETRIEVED = """
+import asyncio, gc, sys
+from compalign.cli.common import setup_logging
+setup_logging(verbose=sys.argv[1] == "-v")
+async def write():  # a request cut short by a lost connection, whose task nobody awaits (s3fs's loop)
+    raise ConnectionResetError("Cannot write to closing transport")
+async def main():
+    asyncio.ensure_future(write())
+    await asyncio.sleep(0.01)
+loop = asyncio.new_event_loop()
+loop.run_until_complete(main())
+gc.collect()
+"""
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_asyncios_tracebacks_of_requests_a_lost_connection_cut_short_show_only_with_verbose(verbose):
+    """The run's own error says in one line that the connection was lost (test_s3.py); asyncio's log of each
+    request cut off mid-write, with its traceback, is noise then, and was printed under it."""
+    import subprocess
+    import sys
+
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    got = subprocess.run([sys.executable, "-c", UNRETRIEVED, "-v" if verbose else "-q"], capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "PYTHONPATH": src, "COLUMNS": "200"})
+    assert got.returncode == 0, got.stderr
+    assert ("Task exception was never retrieved" in got.stdout + got.stderr) == verbose

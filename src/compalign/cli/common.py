@@ -74,6 +74,9 @@ def setup_logging(verbose: bool = False) -> None:
     if not verbose:  # open_clip logs its config resolution at INFO/WARNING on the root logger
         logging.getLogger().setLevel(logging.ERROR)
         logging.getLogger("compalign").setLevel(logging.WARNING)
+        # s3fs's event loop logs each request a lost connection cut short mid-write as "Task exception was never
+        # retrieved" with its traceback; the request's own failure reaches the run, which says it in one line
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 
 def progress_bar() -> Progress:
