@@ -149,16 +149,14 @@ def _extract(cfg: ExtractConfig, out: Location, progress: Progress | None, job: 
             notes = []
     # the writers' own handle on the store: checksums of the chunks as written, not read back (store.DigestStore)
     writer = ShardWriter(open_store(out, "r+", digests=True), out, cfg.writers)
-    written = skipped = 0
     try:
         with _autocast(device, cfg.precision):
-            w, s, text_time = _extract_texts(cfg, bb, plan, (lengths, truncated), order, text_len, out, writer, device,
-                                             progress, job)
-            written, skipped = written + w, skipped + s
+            texts = _extract_texts(cfg, bb, plan, (lengths, truncated), order, text_len, out, writer, device, progress,
+                                   job)
             images = _extract_images(cfg, bb, plan, out, writer, device, progress, crops, job, ahead)
-            written, skipped = written + images.written, skipped + images.skipped
     finally:
         writer.close()
+    written, skipped = texts.written + images.written, texts.skipped + images.skipped
     if job.world > 1:  # every rank's shards are durable past this point; the store is read only then
         job.barrier()
         written = job.total(written)
@@ -180,7 +178,7 @@ def _extract(cfg: ExtractConfig, out: Location, progress: Progress | None, job: 
         seconds=time.perf_counter() - t0, bytes_on_disk=out.size(),
         replaced=next((n for n in notes if n.startswith("replaced")), None),
         repaired=[n for n in notes if not n.startswith("replaced")], decode_check=images.check,
-        image_time=images.time, text_time=text_time,
+        image_time=images.time, text_time=texts.time,
     )
 
 
@@ -200,6 +198,16 @@ def _plan(cfg: ExtractConfig, out: Location, job: Job) -> Plan:
     return plan
 
 
+@dataclass
+class Stage:
+    """What the text or the image stage did: shards written and skipped, where its time went, the decode check."""
+
+    written: int
+    skipped: int
+    time: StageTime | None = None  # None: nothing to encode
+    check: DecodeCheck | None = None  # images with --decode fast|gpu, on rank 0
+
+
 def _token_lengths(bb, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(lengths (M,) int64, truncated (M,) bool) of every caption, tokenised TOKENIZE_ROWS at a time.
 
@@ -216,18 +224,19 @@ def _token_lengths(bb, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _extract_texts(cfg, bb, plan, measured, order, text_len, out, writer, device, progress,
-                   job: Job = Job()) -> tuple[int, int, StageTime | None]:
+                   job: Job = Job()) -> Stage:
     """`measured`: every caption's (lengths, truncated) from _token_lengths; each shard tokenises its own captions."""
     all_lengths, all_truncated = measured
     M, R = len(plan.texts), cfg.shard_rows
     layers = Layout(**dict(open_store(out).attrs)["layout"]).layers_text
     todo, skipped = pending_shards(out, "texts", M, R)
     todo = job.mine(todo)
-    done_rows = M - sum(min(R, M - s * R) for s in todo)
+    mine = sum(min(R, M - s * R) for s in todo)  # the rows this run encodes
+    done_rows = M - mine
     if progress:
         progress("texts", done_rows, M)
     if not todo:
-        return 0, skipped, None
+        return Stage(0, skipped)
     clock = Clock("texts")
     for s in todo:
         lo, hi = s * R, min(M, (s + 1) * R)
@@ -270,7 +279,7 @@ def _extract_texts(cfg, bb, plan, measured, order, text_len, out, writer, device
         if progress:
             progress("texts", done_rows, M)
     # not drained: the last text shards are written while the image stage starts (its drain waits for them)
-    return len(todo), skipped, clock.stop(sum(min(R, M - s * R) for s in todo))
+    return Stage(len(todo), skipped, clock.stop(mine))
 
 
 def _encode_crops(bb, crops: torch.Tensor, batch_size: int, device: str) -> np.ndarray:
@@ -297,16 +306,8 @@ def _prefetch(cfg: ExtractConfig, bb) -> int:
     return ahead
 
 
-@dataclass
-class ImageStage:
-    written: int  # shards
-    skipped: int
-    check: DecodeCheck | None = None
-    time: StageTime | None = None
-
-
 def _extract_images(cfg, bb, plan, out, writer, device, progress, crops: CropPlan | None = None,
-                    job: Job = Job(), prefetch: int | None = None) -> ImageStage:
+                    job: Job = Job(), prefetch: int | None = None) -> Stage:
     N, R = len(plan.images), cfg.shard_rows
     todo, skipped = pending_shards(out, "images", N, R)
     todo = job.mine(todo)
@@ -315,7 +316,7 @@ def _extract_images(cfg, bb, plan, out, writer, device, progress, crops: CropPla
     if progress:
         progress("images", done_rows, N)
     if not todo:
-        return ImageStage(0, skipped)
+        return Stage(0, skipped)
     check = None
     if cfg.decode != "exact" and job.rank == 0:  # before the long part: what the faster decode costs on these images
         check = check_decode(bb, plan.images, cfg.decode, device, cfg.exif_transpose)
@@ -376,4 +377,4 @@ def _extract_images(cfg, bb, plan, out, writer, device, progress, crops: CropPla
         if shard is not None:
             writer.put("images", *finish_image_shard(shard))
         writer.drain()  # the stage ends when its last shard is durable
-    return ImageStage(len(todo), skipped, check, clock.stop(mine))
+    return Stage(len(todo), skipped, clock.stop(mine), check)
