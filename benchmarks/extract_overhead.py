@@ -23,6 +23,7 @@ On a GPU the bare loop times the same forward on the device under the same autoc
 `--zero-backbone` measures what the extraction can feed and write when the model costs nothing: the
 data path alone (DataLoader workers decoding + preprocessing, no model, no writing) in images/s per
 worker count and decode mode, how far `fast` (and `gpu`, on CUDA) move the pixels from `exact`, the
+captions tokenised per second per worker count (lengths, then each shard's ids), the
 shard writers in MB/s per writer count, and a whole `extract` call whose backbone is a stand-in
 returning stored real outputs (so the writers get realistic float16 tokens).
 """
@@ -48,7 +49,8 @@ from compalign.cache import open_cache
 from compalign.cache.store import open_store
 from compalign.core.host import usable_cores
 from compalign.core.memory import keep_freed_memory
-from compalign.extract.backbones import ImageOut, load_backbone
+from compalign.extract.backbones import ImageOut, TextOut, load_backbone
+from compalign.extract.captions import in_chunks
 from compalign.extract.decode_check import check_decode
 from compalign.extract.gpu_decode import GpuPreprocess
 from compalign.extract.image_rows import ImageRows, collate_rows
@@ -69,8 +71,9 @@ def _save_image(job: tuple[str, int, tuple[int, int]]) -> None:
     os.replace(path + ".part", path)  # a run killed mid-write leaves no truncated JPEG for the next to take
 
 
-def make_data(root: Path, n: int, short: int = 0) -> Path:
-    """`n` JPEGs (made once, by all cores: thousands of 640x480 ones take a core minutes) + pairs.jsonl."""
+def make_data(root: Path, n: int, short: int = 0, captions: int = 5) -> Path:
+    """`n` JPEGs (made once, by all cores: thousands of 640x480 ones take a core minutes) + pairs.jsonl with
+    `captions` rows per image (COCO has 5)."""
     (root / "img").mkdir(parents=True, exist_ok=True)
     missing = [(str(root / "img" / f"{i:05d}.jpg"), i, image_shape(short)) for i in range(n)
                if not (root / "img" / f"{i:05d}.jpg").exists()]
@@ -78,9 +81,18 @@ def make_data(root: Path, n: int, short: int = 0) -> Path:
         log("writing", len(missing), "test JPEGs to", root / "img")
         with multiprocessing.Pool(usable_cores()) as pool:
             pool.map(_save_image, missing, chunksize=16)
-    rows = [{"image": f"img/{i:05d}.jpg", "caption": f"a photo of a small object number {i}"} for i in range(n)]
+    rows = [{"image": f"img/{i:05d}.jpg", "caption": caption(i, k)} for i in range(n) for k in range(captions)]
     (root / "pairs.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     return root
+
+
+WORDS = "a photo of small red blue dog cat sitting on the table next to wooden chair in room with two people".split()
+
+
+def caption(i: int, k: int) -> str:
+    """Caption k of image i: 8 to 19 words, as COCO's run (so causal towers cut batches at different lengths)."""
+    rng = np.random.default_rng([i, k])
+    return " ".join(rng.choice(WORDS, 8 + (i * 5 + k) % 12)) + f" {i}"
 
 
 class Predecoded(torch.utils.data.Dataset):
@@ -134,11 +146,11 @@ def same_rows(store: Path, direct: torch.Tensor) -> str:
 
 
 class ZeroCost:
-    """A backbone whose image forward costs nothing: its preprocess, tokenizer and text tower are the real
-    backbone's; `encode_images` hands back stored outputs of real forwards, cycled, correctly shaped."""
+    """A backbone whose forwards cost nothing: its preprocess and tokenizer are the real backbone's;
+    `encode_images` and `encode_texts` hand back stored outputs of real forwards, cycled, correctly shaped."""
 
-    def __init__(self, bb, pool: ImageOut):
-        self.bb, self.pool, self.at = bb, pool, 0
+    def __init__(self, bb, pool: ImageOut, texts: TextOut):
+        self.bb, self.pool, self.texts, self.at = bb, pool, texts, 0
 
     def __getattr__(self, name: str):
         return getattr(self.bb, name)
@@ -148,6 +160,11 @@ class ZeroCost:
         self.at += len(pixels)
         p = self.pool
         return ImageOut(p.global_[idx], {l: p.patches[-1][idx] for l in layers}, {l: p.prefix[-1][idx] for l in layers})
+
+    def encode_texts(self, ids: torch.Tensor, layers: list[int]) -> TextOut:
+        idx = torch.arange(len(ids)) % len(self.texts.global_)
+        L = ids.shape[1]
+        return TextOut(self.texts.global_[idx], {l: self.texts.tokens[-1][idx, :L] for l in layers})
 
 
 def _refs(root: Path, n: int) -> list[ImageRef]:
@@ -194,6 +211,28 @@ def writers_mb_s(store: Path, writers: int) -> float:
     return w.bytes / 1e6 / (time.perf_counter() - t0)
 
 
+def text_path(bb, texts: list[str], workers: int, shard_rows: int) -> float:
+    """Captions/s of tokenising alone, as the text stage does it (captions.py): every caption's length measured
+    TOKENIZE_ROWS at a time, then each shard's ids, in `workers` processes."""
+    t0 = time.perf_counter()
+    runner._token_lengths(bb, texts, workers)
+    shards = [range(lo, min(len(texts), lo + shard_rows)) for lo in range(0, len(texts), shard_rows)]
+    for _ids in in_chunks(bb.tokenizer, texts, shards, workers):
+        pass
+    return len(texts) / (time.perf_counter() - t0)
+
+
+def text_path_two_passes(bb, texts: list[str], shard_rows: int) -> float:
+    """The reference: what the text stage did before captions.py, in this process (tokenize() ran the tokeniser
+    twice per caption to measure lengths and truncation, then each shard's ids once more)."""
+    t0 = time.perf_counter()
+    for lo in range(0, len(texts), runner.TOKENIZE_ROWS):
+        bb.tokenize(texts[lo:lo + runner.TOKENIZE_ROWS])
+    for lo in range(0, len(texts), shard_rows):
+        bb.token_ids(texts[lo:lo + shard_rows])
+    return len(texts) / (time.perf_counter() - t0)
+
+
 def zero_backbone(args, root: Path) -> None:
     cores = usable_cores()
     bb = load_backbone(args.model, "none", device=args.device)
@@ -212,23 +251,40 @@ def zero_backbone(args, root: Path) -> None:
     for decode in decodes[1:]:
         print(deviation(_refs(root, min(args.n, 64)), bb, decode, args.device, args.precision))
 
+    texts = [caption(i, k) for i in range(args.n) for k in range(args.captions)]
+    print(f"text path: {len(texts):,} captions ({args.captions} per image) -> {args.model} tokeniser, shards of "
+          f"{args.shard_rows}; no model, no writing")
+    before = max(text_path_two_passes(bb, texts, args.shard_rows) for _ in range(2))
+    print("| workers | captions/s |")
+    print("|---:|---:|")
+    for w in sorted({0, *counts}):
+        print(f"| {w} | {max(text_path(bb, texts, w, args.shard_rows) for _ in range(2)):,.0f} |")  # best of 2
+    print(f"tokenising before captions.py (this process, lengths measured in two passes): {before:,.0f} captions/s")
+
     log("encoding a pool of", args.pool, "images for the zero-cost stand-in")
     px = torch.stack([bb.preprocess(Image.open(root / "img" / f"{i:05d}.jpg")) for i in range(args.pool)]).to(args.device)
     with torch.no_grad():
         pool = bb.encode_images(px, [-1])
-    zero = ZeroCost(bb, pool)
+        ids = bb.token_ids([caption(i, 0) for i in range(args.pool)]).to(args.device)
+        texts = bb.encode_texts(ids, [-1])
+    zero = ZeroCost(bb, pool, texts)
     runner.load_backbone = lambda *a, **k: zero  # the runner's own loop, minus the model
     store = args.work / "zero.zarr"
     shutil.rmtree(store, ignore_errors=True)
-    stage = extract(ExtractConfig(model=args.model, pretrained="none", data="pairs", root=str(root), out=str(store),
-                                  batch_size=args.batch_size, workers=args.workers, writers=args.writers,
-                                  device=args.device, decode=args.decode, shard_rows=args.shard_rows,
-                                  token_codec=args.token_codec)).image_time
+    t0 = time.perf_counter()
+    summary = extract(ExtractConfig(model=args.model, pretrained="none", data="pairs", root=str(root), out=str(store),
+                                    batch_size=args.batch_size, workers=args.workers, writers=args.writers,
+                                    device=args.device, decode=args.decode, shard_rows=args.shard_rows,
+                                    token_codec=args.token_codec))
+    t_call = time.perf_counter() - t0
+    stage = summary.image_time
     cfg = ExtractConfig(model="x", data="pairs", root=".", out=".", workers=args.workers)
     print(f"whole extraction, zero-cost backbone (workers {cfg.workers}, writers {args.writers}, decode {args.decode}, "
           f"token codec {args.token_codec}, shard rows {args.shard_rows}): {args.n / stage.seconds:.0f} images/s "
           "(image stage, worker start and the last shard's write included)")
     print(f"where the time went, zero-cost backbone: {stage}")
+    print(f"where the time went, zero-cost backbone's captions ({args.captions} per image): {summary.text_time}")
+    print(f"whole extract call, zero-cost backbone: {t_call:.1f} s (planning, lengths, store, both stages)")
     n_shards = (args.n + args.shard_rows - 1) // args.shard_rows
     print(f"writers: {n_shards} image shards of {args.shard_rows} rows ({args.model} float16 tokens, "
           f"codec {args.token_codec}), raw MB / wall time")
@@ -245,6 +301,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", default="auto", help="auto | a number, as extract's")
     ap.add_argument("--writers", type=int, default=2)
+    ap.add_argument("--captions", type=int, default=5, help="captions per image (COCO has 5)")
     ap.add_argument("--decode", default="exact", choices=["exact", "fast", "gpu"])
     ap.add_argument("--token-codec", default="none")
     ap.add_argument("--shard-rows", type=int, default=256)
@@ -260,7 +317,8 @@ def main() -> None:
     if args.heap == "keep":
         keep_freed_memory()
     args.workers = args.workers if args.workers == "auto" else int(args.workers)
-    root = make_data(args.work / (f"data-{args.image_size}" if args.image_size else "data"), args.n, args.image_size)
+    root = make_data(args.work / (f"data-{args.image_size}" if args.image_size else "data"), args.n, args.image_size,
+                     args.captions)
     if args.zero_backbone:
         return zero_backbone(args, root)
     bb = load_backbone(args.model, "none", device=args.device)

@@ -7,7 +7,7 @@
 #
 # Steps (benchmarks/extract_overhead.py): extraction at bf16, batch 256, workers auto on 640x480 JPEGs with
 # --decode exact, fast and gpu, then on pre-resized (short side 224) JPEGs; then --zero-backbone (data path
-# per worker count and decode mode, writers MB/s). Each step has its own timeout inside one time budget
+# per worker count and decode mode, captions tokenised per worker count, writers MB/s). Each step has its own timeout inside one time budget
 # (GPU_CHECK_BUDGET seconds, default 450); a failing step is reported and the next one runs.
 # Output: $OUT (else ./gpu-out): gpu-log.txt (everything) and summary.md (one figure | value table).
 # Packages: whatever the Python finds (an installed compalign), else the wheels of benchmarks/gpu/wheels.sh

@@ -79,6 +79,12 @@ def main(steps: Path) -> None:
                              " / ".join(r[2] for r in got)))
             for decode, figures in re.findall(r"^--decode (fast|gpu) vs exact on [^:]*: (.*)", text, re.M):
                 rows.append((f"decode {decode} vs exact (pixels, features)", figures))
+            tok = table(text, "| workers | captions/s |")
+            if tok:
+                rows.append((f"captions tokenised /s (lengths, then ids), by workers {'/'.join(r[0] for r in tok)}",
+                             " / ".join(r[1] for r in tok)))
+                rows.append(("captions tokenised /s before (in the main process, two passes to measure)",
+                             grab(text, r"^tokenising before captions.py [^:]*: ([\d,]+)")))
             whole = grab(text, r"^whole extraction, zero-cost backbone \((.*)")
             if whole:
                 rows.append((f"whole extraction, zero-cost backbone ({whole.split(')')[0]}) (img/s)",
@@ -86,6 +92,8 @@ def main(steps: Path) -> None:
             spent = grab(text, r"^where the time went, zero-cost backbone: image stage: [^:]*: (.*)")
             if spent:
                 rows.append(("where the time went, zero-cost backbone", spent))
+            rows.append(("where the time went, zero-cost backbone's captions",
+                         grab(text, r"^where the time went, zero-cost backbone's captions[^:]*: (text stage: .*)")))
             w = table(text, "| writers | MB/s |")
             if w:
                 rows.append((f"shard writers MB/s (raw float16 tokens), by threads {'/'.join(r[0] for r in w)}",

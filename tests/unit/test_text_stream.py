@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
+import torch
 import zarr
 from conftest import make_images
 
 from compalign.extract import runner
-from compalign.extract.backbones import Backbone, load_backbone
+from compalign.extract.backbones import load_backbone
+from compalign.extract.captions import content_lengths, measure
 from compalign.extract.runner import ExtractConfig, extract
 
 
@@ -30,17 +33,25 @@ def test_chunked_tokenisation_stores_the_same_texts(tmp_path, monkeypatch):
     whole = tmp_path / "whole.zarr"
     extract(ExtractConfig(out=str(whole), **cfg))  # 25 captions < TOKENIZE_ROWS: one call, as before chunking
 
-    calls: list[tuple[str, int]] = []
-    tokenize, token_ids = Backbone.tokenize, Backbone.token_ids
-    monkeypatch.setattr(Backbone, "tokenize", lambda self, t: calls.append(("measure", len(t))) or tokenize(self, t))
-    monkeypatch.setattr(Backbone, "token_ids", lambda self, t: calls.append(("ids", len(t))) or token_ids(self, t))
+    calls: list[tuple[int | None, int]] = []  # (context_length asked for, captions)
+    load = runner.load_backbone
+
+    def counted(*args, **kwargs):  # the backbone, its tokeniser's calls recorded (after the load's own probe)
+        bb = load(*args, **kwargs)
+        tok = bb.tokenizer
+        bb.tokenizer = lambda t, context_length=None: calls.append((context_length, len(t))) or tok(t, context_length)
+        return bb
+
+    monkeypatch.setattr(runner, "load_backbone", counted)
     monkeypatch.setattr(runner, "TOKENIZE_ROWS", 3)
     chunked = tmp_path / "chunked.zarr"
     extract(ExtractConfig(out=str(chunked), **cfg))
-    # The load probe tokenises ["a"]; then chunks of 3 to measure the lengths, shards of 4 to encode them.
-    assert calls[0] == ("measure", 1) and max(n for _, n in calls) == 4
-    assert [n for k, n in calls[1:] if k == "measure"] == [3] * 8 + [1]
-    assert [n for k, n in calls if k == "ids"] == [4] * 6 + [1]
+    C = load_backbone("tiny", None, device="cpu").context_length
+    # Lengths: one pass at C + 1 in chunks of 3, the one caption near the limit again at C; then shards of 4.
+    assert [n for c, n in calls if c == C + 1] == [3] * 8 + [1]
+    assert [(c, n) for c, n in calls if c == C] == [(C, 1)]
+    assert [n for c, n in calls if c is None] == [4] * 6 + [1]
+    assert len(calls) == 9 + 1 + 7
 
     a, b = _arrays(zarr.open_group(whole, mode="r")["texts"]), _arrays(zarr.open_group(chunked, mode="r")["texts"])
     assert sorted(a) == sorted(b) and "layers/-2/tokens" in a
@@ -49,6 +60,44 @@ def test_chunked_tokenisation_stores_the_same_texts(tmp_path, monkeypatch):
     # And the stored lengths / truncation flags are the whole table's, in stored order.
     bb = load_backbone("tiny", None, device="cpu")
     strings = list(a["strings"])
-    ref = tokenize(bb, strings)
+    ref = bb.tokenize(strings)
     assert np.array_equal(a["lengths"], ref.lengths.numpy()) and np.array_equal(a["truncated"], ref.truncated.numpy())
     assert a["truncated"].sum() == 1 and list(a["error"]).count("empty caption") == 1
+    monkeypatch.undo()
+    # The same store when worker processes tokenise (the lengths in chunks of 3, then each shard's ids).
+    monkeypatch.setattr(runner, "TOKENIZE_ROWS", 3)
+    workers = tmp_path / "workers.zarr"
+    extract(ExtractConfig(out=str(workers), **{**cfg, "workers": 2}))
+    c = _arrays(zarr.open_group(workers, mode="r")["texts"])
+    for name in a:
+        assert np.array_equal(a[name], c[name]), name
+
+
+def _tokenizer(sep: bool):
+    """A truncating tokeniser over words: [1] + ids + [2] padded with 0 to the context; truncated, it keeps its
+    end token last. `sep`: the end token is then replaced by padding (as HF tokenisers that strip [SEP] do)."""
+    def tok(texts, context_length=8):
+        out = torch.zeros(len(texts), context_length, dtype=torch.long)
+        for i, t in enumerate(texts):
+            ids = [1] + [3 + len(w) for w in t.split()] + [2]
+            if len(ids) > context_length:
+                ids = ids[:context_length - 1] + [2]
+            out[i, :len(ids)] = torch.tensor([0 if sep and x == 2 else x for x in ids])
+        return out
+    return tok
+
+
+@pytest.mark.parametrize("sep", [False, True])
+def test_one_pass_measures_what_the_two_passes_measured(sep):
+    """`measure` (one pass at C + 1, the rows near the limit again at C) against the reference: lengths from the
+    ids at C, truncation from the content at C + 1. Captions of 0 to 10 words, around the context of 8."""
+    tok = _tokenizer(sep)
+    texts = [" ".join(["ab"] * n) for n in range(11)]
+    lengths, truncated = measure(tok, 8, texts)
+    want_lengths = content_lengths(tok(texts, 8)).numpy()
+    want_truncated = (content_lengths(tok(texts, 9)) > 8).numpy()
+    assert lengths.tolist() == want_lengths.tolist() and truncated.tolist() == want_truncated.tolist()
+    # by hand: 2 specials + n words, at most 8 (one fewer with the separator stripped)
+    assert lengths.tolist() == [min(n + 2, 8) - sep for n in range(11)]
+    # A tokeniser that strips its separator never looks truncated by this rule (open_clip's CLIPA towers only).
+    assert truncated.tolist() == [not sep and n + 2 > 8 for n in range(11)]

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 from open_clip.transformer import text_global_pool
 
+from .captions import content_lengths
 from .hub import BackboneError, fail_fast_offline, looks_offline, offline_error, prefetch_hint, raised_reading_checkpoint
 from .presets import find_preset, list_presets, register_model_configs
 
@@ -79,8 +80,8 @@ class Backbone:
         ids = self.tokenizer(texts)
         # One extra position tells whether the caption fitted: a caption that needs it was cut.
         longer = self.tokenizer(texts, context_length=self.context_length + 1)
-        lengths = _content_lengths(ids)
-        truncated = _content_lengths(longer) > self.context_length
+        lengths = content_lengths(ids)
+        truncated = content_lengths(longer) > self.context_length
         return Tokens(ids=ids, lengths=lengths, truncated=truncated)
 
     def token_ids(self, texts: list[str]) -> torch.Tensor:
@@ -176,14 +177,6 @@ def _absolute(i: int, depth: int) -> int:
     if not 0 <= j < depth:
         raise ValueError(f"layer {i} is out of range for a tower with {depth} blocks (use -1..-{depth} or 0..{depth - 1})")
     return j
-
-
-def _content_lengths(ids: torch.Tensor) -> torch.Tensor:
-    """Tokens up to and including the last non-pad token (pad id is 0 for both tokenizer families)."""
-    nonpad = ids != 0
-    pos = torch.arange(ids.shape[1]).expand_as(ids)
-    last = torch.where(nonpad, pos, torch.full_like(pos, -1)).max(dim=1).values
-    return last + 1
 
 
 def _depth(module: nn.Module) -> int:

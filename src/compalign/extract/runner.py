@@ -30,6 +30,7 @@ from ..cache.store import FAILED, OK, CacheError, Layout, n_shards, open_store
 from ..core import InputError
 from ..core.device import resolve_device
 from .backbones import load_backbone
+from .captions import in_chunks, measurer
 from .config import ExtractConfig
 from .crops import CropPlan, plan_crops
 from .decode_check import DecodeCheck, check_decode
@@ -42,11 +43,11 @@ from .sources import Plan, PlanCache, cache_path, plan_source
 from .store_setup import open_or_create, pending_shards
 from .target import NOT_WRITABLE, ObjectLock, WriterLock, check_target, writer_lock
 from .timing import Clock, StageTime
-from .transfer import HostCopies, to_device
+from .transfer import HostCopies, image_features, to_device
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]  # (stage, rows done, rows total)
-TOKENIZE_ROWS = 4096  # captions tokenised at once to measure their lengths (4096 x 77 int64 ids: 2.5 MB)
+TOKENIZE_ROWS = 1024  # captions tokenised at once to measure their lengths (1024 x 78 int64 ids: 0.6 MB)
 
 __all__ = ["ExtractConfig", "ExtractSummary", "Progress", "extract"]
 
@@ -129,7 +130,7 @@ def _extract(cfg: ExtractConfig, out: Location, progress: Progress | None, job: 
     if cfg.decode == "gpu":
         tensor_steps(bb.preprocess)  # a preprocessing the device cannot run is refused before a store is made
     ahead = _prefetch(cfg, bb) if cfg.workers else None  # so is a /dev/shm too small for the workers' batches
-    lengths, truncated = _token_lengths(bb, plan.texts)  # (M,), (M,): the ids themselves are made shard by shard
+    lengths, truncated, measuring = _token_lengths(bb, plan.texts, cfg.workers)  # (M,), (M,): ids come shard by shard
     # Causal towers: sort captions by length so each batch is cut at its own longest caption.
     order = np.argsort(lengths, kind="stable") if bb.causal_text else np.arange(len(plan.texts))
     text_len = int(lengths.max(initial=1)) if bb.causal_text else bb.context_length
@@ -151,8 +152,8 @@ def _extract(cfg: ExtractConfig, out: Location, progress: Progress | None, job: 
     writer = ShardWriter(open_store(out, "r+", digests=True), out, cfg.writers)
     try:
         with _autocast(device, cfg.precision):
-            texts = _extract_texts(cfg, bb, plan, (lengths, truncated), order, text_len, out, writer, device, progress,
-                                   job)
+            texts = _extract_texts(cfg, bb, plan, (lengths, truncated, measuring), order, text_len, out, writer,
+                                   device, progress, job)
             images = _extract_images(cfg, bb, plan, out, writer, device, progress, crops, job, ahead)
     finally:
         writer.close()
@@ -208,27 +209,31 @@ class Stage:
     check: DecodeCheck | None = None  # images with --decode fast|gpu, on rank 0
 
 
-def _token_lengths(bb, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(lengths (M,) int64, truncated (M,) bool) of every caption, tokenised TOKENIZE_ROWS at a time.
+def _token_lengths(bb, texts: list[str], workers: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """(lengths (M,) int64, truncated (M,) bool) of every caption, measured TOKENIZE_ROWS at a time in `workers`
+    processes (captions.py), and the seconds it took.
 
     The lengths are needed before any shard (causal towers sort captions by length, and the stored token
     width is the longest), the (M, C) id matrix is not: ids are made again per shard in _extract_texts, so
-    memory holds one chunk of ids whatever the number of captions. Tokenisers treat each caption alone, so
+    memory holds a few chunks of ids whatever the number of captions. Tokenisers treat each caption alone, so
     a chunk's rows are exactly the whole table's (tests/unit/test_text_stream.py compares the stores)."""
+    t0 = time.perf_counter()
     lengths, truncated = np.zeros(len(texts), np.int64), np.zeros(len(texts), bool)
-    for lo in range(0, len(texts), TOKENIZE_ROWS):
-        tok = bb.tokenize(texts[lo:lo + TOKENIZE_ROWS])
-        lengths[lo:lo + len(tok.lengths)] = tok.lengths.numpy()
-        truncated[lo:lo + len(tok.lengths)] = tok.truncated.numpy()
-    return lengths, truncated
+    chunks = [range(lo, min(len(texts), lo + TOKENIZE_ROWS)) for lo in range(0, len(texts), TOKENIZE_ROWS)]
+    for rows, (n, cut) in zip(chunks, in_chunks(measurer(bb.tokenizer, bb.context_length), texts, chunks, workers)):
+        lengths[rows.start:rows.stop], truncated[rows.start:rows.stop] = n, cut
+    return lengths, truncated, time.perf_counter() - t0
 
 
 def _extract_texts(cfg, bb, plan, measured, order, text_len, out, writer, device, progress,
                    job: Job = Job()) -> Stage:
-    """`measured`: every caption's (lengths, truncated) from _token_lengths; each shard tokenises its own captions."""
-    all_lengths, all_truncated = measured
+    """`measured`: every caption's (lengths, truncated) from _token_lengths, and the seconds that took (the stage's
+    time includes them: on a GPU, tokenising can be what the text stage waits on). Each shard's ids are made in
+    the workers while the model encodes the shard before (captions.py)."""
+    all_lengths, all_truncated, measuring = measured
     M, R = len(plan.texts), cfg.shard_rows
-    layers = Layout(**dict(open_store(out).attrs)["layout"]).layers_text
+    lay = Layout(**dict(open_store(out).attrs)["layout"])
+    layers = lay.layers_text
     todo, skipped = pending_shards(out, "texts", M, R)
     todo = job.mine(todo)
     mine = sum(min(R, M - s * R) for s in todo)  # the rows this run encodes
@@ -237,27 +242,41 @@ def _extract_texts(cfg, bb, plan, measured, order, text_len, out, writer, device
         progress("texts", done_rows, M)
     if not todo:
         return Stage(0, skipped)
-    clock = Clock("texts")
-    for s in todo:
+    B = cfg.batch_size
+    copies = HostCopies(device, {"global": (B, lay.embed_dim), **{f"tokens/{l}": (B, text_len, lay.text_width) for l in layers}})
+    landing: tuple[dict[str, np.ndarray], np.ndarray, int, Any] | None = None  # (shard buffers, rows, L, copies)
+
+    def land() -> None:  # the previous batch's features, now on the host, into their shard
+        nonlocal landing
+        if landing is not None:
+            sh, at, L, started = landing
+            with clock.part("model"):
+                got = copies.wait(started)
+            sh["global"][at] = got["global"]
+            for l in layers:
+                sh[f"tokens/{l}"][at, :L] = got[f"tokens/{l}"]
+            landing = None
+
+    clock = Clock("texts", earlier={"input": measuring})
+    shard_ids = in_chunks(bb.tokenizer, plan.texts, [order[s * R:(s + 1) * R] for s in todo], cfg.workers)
+    for s, ids_all in zip(todo, clock.each(shard_ids, "input")):  # ids_all (n, C): this shard's captions only
         lo, hi = s * R, min(M, (s + 1) * R)
         src = order[lo:hi]
         lengths = all_lengths[src]
-        with clock.part("input"):
-            ids_all = bb.token_ids([plan.texts[i] for i in src])  # (n, C) ids of this shard only
         n = hi - lo
         buf: dict[str, np.ndarray] = {
-            "global": np.zeros((n, bb.meta["embed_dim"]), np.float32),
+            "global": np.zeros((n, lay.embed_dim), np.float32),
             "status": np.full(n, OK, np.int8),
             "error": np.full(n, "", dtype=object),
             "lengths": lengths.astype(np.int16),
             "truncated": all_truncated[src],
+            **{f"tokens/{l}": np.zeros((n, text_len, lay.text_width), np.float16) for l in layers},
         }
-        toks = {l: np.zeros((n, text_len, bb.meta["text_width"]), np.float16) for l in layers}
         empty = np.array([not plan.texts[i].strip() for i in src], dtype=bool)
         buf["status"][empty] = FAILED
         buf["error"][empty] = "empty caption"
-        for b in range(0, n, cfg.batch_size):
-            idx = np.arange(b, min(n, b + cfg.batch_size))
+        for b in range(0, n, B):
+            idx = np.arange(b, min(n, b + B))
             idx = idx[~empty[idx]]
             if not len(idx):
                 continue
@@ -265,13 +284,16 @@ def _extract_texts(cfg, bb, plan, measured, order, text_len, out, writer, device
             with clock.part("model"):
                 ids = ids_all[idx, :L].to(device)  # (B, L): positions after EOT cannot change a causal tower
                 enc = bb.encode_texts(ids, layers)
-                buf["global"][idx] = enc.global_.float().cpu().numpy()
-                got = {l: enc.tokens[l][:, :L].float().cpu().numpy() for l in layers}
-            keep = np.arange(L)[None, :, None] < lengths[idx][:, None, None]  # (B, L, 1): zero past each EOT
-            for l in layers:
-                toks[l][idx, :L] = np.where(keep, got[l], 0).astype(np.float16)
+                ends = torch.from_numpy(lengths[idx]).to(enc.global_.device)
+                past = torch.arange(L, device=ends.device)[None, :] >= ends[:, None]  # (B, L): zeroed, on the device
+                started = copies.start({"global": enc.global_,
+                                        **{f"tokens/{l}": enc.tokens[l][:, :L].masked_fill(past[..., None], 0)
+                                           for l in layers}})
+            land()  # batch k - 1 lands while the device runs batch k
+            landing = (buf, idx, L, started)
+        land()
         for l in layers:
-            buf["tokens" if l == -1 else f"layers/{l}/tokens"] = toks[l]
+            buf["tokens" if l == -1 else f"layers/{l}/tokens"] = buf.pop(f"tokens/{l}")
         buf["error"] = buf["error"].astype(str)
         with clock.part("writers"):
             writer.put("texts", s, lo, buf)
@@ -330,7 +352,10 @@ def _extract_images(cfg, bb, plan, out, writer, device, progress, crops: CropPla
                         persistent_workers=False, prefetch_factor=(prefetch or PREFETCH) if cfg.workers else None)
     gpu = GpuPreprocess(bb.preprocess, device, cfg.exif_transpose) if cfg.decode == "gpu" else None
     lay = Layout(**dict(open_store(out).attrs)["layout"])
-    copies = HostCopies(device, cfg.batch_size)
+    B = cfg.batch_size
+    copies = HostCopies(device, {"global": (B, lay.embed_dim),
+                                 **{f"patches/{l}": (B, lay.n_patches, lay.image_width) for l in lay.layers},
+                                 **{f"prefix/{l}": (B, lay.n_prefix, lay.image_width) for l in lay.layers}})
     shard: dict[str, Any] | None = None
     landing: tuple[dict[str, Any], np.ndarray, Any] | None = None  # (shard, its rows, copies in flight)
 
@@ -364,7 +389,7 @@ def _extract_images(cfg, bb, plan, out, writer, device, progress, crops: CropPla
             at = np.asarray(good) - shard["lo"]
             with clock.part("model"):
                 enc = bb.encode_images(pixels.to(device, non_blocking=True), lay.layers)
-                started = copies.start(enc, lay.layers)  # CUDA: copies queued behind the forward; CPU: the tensors
+                started = copies.start(image_features(enc, lay.layers))  # CUDA: queued behind the forward
                 if crops is not None and crop_pixels is not None:  # (C, 3, H, W): every decoded row's crops
                     crops.record(shard["regions"], at, counts, _encode_crops(bb, crop_pixels, cfg.batch_size, device))
             land()  # batch k - 1 lands while the device runs batch k

@@ -8,9 +8,9 @@ In the image stage the main process does three things in turn, and each can be w
 - writers: handing a full shard to the writer threads when all of them are busy, and waiting at the end for the
   last shards. Large when the store's disk or bucket is the limit: raise `--writers`.
 The rest is the loop's own work: copying each batch's features into its shard's buffers, marking failed rows.
-The text stage is the same loop with tokenising (in this process, a shard at a time) as its input, and masking
-the token embeddings past each caption's end as the loop's own work; its last shards are written while the image
-stage starts, so it ends at its last hand-over.
+The text stage is the same loop with tokenising as its input: measuring every caption's length before the store
+is made, then waiting for each shard's ids from the workers (captions.py). Its last shards are written while the
+image stage starts, so it ends at its last hand-over.
 """
 
 from __future__ import annotations
@@ -51,8 +51,12 @@ class StageTime:
 class Clock:
     """Charges wall time to PARTS while it runs; `stop` gives the StageTime."""
 
-    def __init__(self, kind: str = "images") -> None:
-        self.time, self.t0 = StageTime(kind), time.perf_counter()
+    def __init__(self, kind: str = "images", earlier: dict[str, float] | None = None) -> None:
+        """`earlier`: seconds already spent on this stage's parts before the clock started (the caption lengths
+        measured before the store is made), counted in the stage's time."""
+        self.time, self.t0 = StageTime(kind), time.perf_counter() - sum((earlier or {}).values())
+        for name, seconds in (earlier or {}).items():
+            self.time.spent[name] += seconds
 
     @contextmanager
     def part(self, name: str) -> Iterator[None]:

@@ -54,30 +54,29 @@ def to_device(loader: Iterable[Batch], device: str, gpu: GpuPreprocess | None = 
 class HostCopies:
     """Features of one batch on their way to host memory: `start` queues the copies, `wait` gives numpy arrays.
 
-    CUDA: two sets of pinned buffers, used in turn; the caller waits for batch k before starting batch
-    k + 2, so a set is never overwritten while its copy is read. Token arrays are cast to float16 on the
-    device (the store's dtype; the same rounding numpy's cast does) to halve what crosses the bus."""
+    `shapes`: the largest (rows, ...) shape each named feature will have. Every feature but "global" is cast to
+    float16 before it leaves the device (the store's dtype; the same rounding numpy's cast does), to halve what
+    crosses the bus. CUDA: two sets of pinned buffers, used in turn; the caller waits for batch k before
+    starting batch k + 2, so a set is never overwritten while its copy is read. A buffer holds its feature's
+    largest shape, so a batch of shorter captions is a view of it, not a new pinned allocation."""
 
-    def __init__(self, device: str, batch_size: int):
-        self.cuda, self.batch_size = device.startswith("cuda"), batch_size
+    def __init__(self, device: str, shapes: dict[str, tuple[int, ...]]):
+        self.cuda, self.shapes = device.startswith("cuda"), shapes
         self.buffers: list[dict[str, torch.Tensor]] = [{}, {}]
         self.turn = 0
 
     def _pinned(self, key: str, t: torch.Tensor) -> torch.Tensor:
         bufs = self.buffers[self.turn]
-        if key not in bufs or bufs[key].shape[1:] != t.shape[1:] or bufs[key].dtype != t.dtype:
-            bufs[key] = torch.empty((self.batch_size, *t.shape[1:]), dtype=t.dtype, pin_memory=True)
-        return bufs[key][: len(t)]
+        if key not in bufs:
+            bufs[key] = torch.empty(int(np.prod(self.shapes[key])), dtype=t.dtype, pin_memory=True)
+        return bufs[key][: t.numel()].view(t.shape)
 
-    def start(self, enc: ImageOut, layers: list[int]) -> tuple[dict[str, torch.Tensor], torch.cuda.Event | None]:
-        named = {"global": enc.global_.float()}
-        for l in layers:
-            named[f"patches/{l}"], named[f"prefix/{l}"] = enc.patches[l], enc.prefix[l]
+    def start(self, named: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.cuda.Event | None]:
+        named = {k: t.float() if k == "global" else t.to(torch.float16) for k, t in named.items()}
         if not self.cuda:
             return named, None
         host = {}
         for key, t in named.items():
-            t = t if key == "global" else t.to(torch.float16)
             host[key] = self._pinned(key, t)
             host[key].copy_(t, non_blocking=True)
         done = torch.cuda.Event()
@@ -90,4 +89,12 @@ class HostCopies:
         host, done = started
         if done is not None:
             done.synchronize()
-        return {k: v.float().numpy() if done is None else v.numpy() for k, v in host.items()}
+        return {k: v.numpy() for k, v in host.items()}
+
+
+def image_features(enc: ImageOut, layers: list[int]) -> dict[str, torch.Tensor]:
+    """An image batch's features by the names HostCopies and the shard buffers use."""
+    named = {"global": enc.global_}
+    for l in layers:
+        named[f"patches/{l}"], named[f"prefix/{l}"] = enc.patches[l], enc.prefix[l]
+    return named
