@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 from open_clip.transformer import text_global_pool
 
-from .captions import content_lengths
+from .captions import measure
 from .hub import BackboneError, fail_fast_offline, looks_offline, offline_error, prefetch_hint, raised_reading_checkpoint
 from .presets import find_preset, list_presets, register_model_configs
 
@@ -77,12 +77,8 @@ class Backbone:
 
     # ---- text ---------------------------------------------------------------------------
     def tokenize(self, texts: list[str]) -> Tokens:
-        ids = self.tokenizer(texts)
-        # One extra position tells whether the caption fitted: a caption that needs it was cut.
-        longer = self.tokenizer(texts, context_length=self.context_length + 1)
-        lengths = content_lengths(ids)
-        truncated = content_lengths(longer) > self.context_length
-        return Tokens(ids=ids, lengths=lengths, truncated=truncated)
+        lengths, truncated = measure(self.tokenizer, self.context_length, texts)  # the extraction's own rule
+        return Tokens(ids=self.tokenizer(texts), lengths=torch.from_numpy(lengths), truncated=torch.from_numpy(truncated))
 
     def token_ids(self, texts: list[str]) -> torch.Tensor:
         """(M, C) token ids alone: tokenize()'s ids, without the second pass that measures truncation."""

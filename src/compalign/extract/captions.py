@@ -34,13 +34,19 @@ def measure(tokenizer: Any, context: int, texts: Sequence[str]) -> tuple[np.ndar
 
     A caption whose content is shorter than `context` at context + 1 fits `context` as it is, with the same
     ids; only the few near the limit are tokenised again at `context` (a truncating tokeniser may end them with
-    its own EOT or drop a separator, so their length there is not the longer pass's)."""
-    longer = content_lengths(tokenizer(list(texts), context_length=context + 1)).numpy()
-    lengths = longer.astype(np.int64)
+    its own EOT or drop a separator, so their length there is not the longer pass's). A caption is truncated
+    when its content needs more than `context` tokens, or when its ids at `context` are not the first ones of
+    its ids at context + 1: a tokeniser that strips its separator (open_clip's CLIPA towers) never shows the
+    first, only the second."""
+    ids = tokenizer(list(texts), context_length=context + 1)  # (M, C + 1)
+    longer = content_lengths(ids).numpy()
+    lengths, truncated = longer.astype(np.int64), longer > context
     near = np.flatnonzero(longer >= context)
     if len(near):
-        lengths[near] = content_lengths(tokenizer([texts[i] for i in near], context_length=context)).numpy()
-    return lengths, longer > context
+        cut = tokenizer([texts[i] for i in near], context_length=context)  # (n, C)
+        lengths[near] = content_lengths(cut).numpy()
+        truncated[near] |= (cut != ids[near, :context]).any(dim=1).numpy()
+    return lengths, truncated
 
 
 def measurer(tokenizer: Any, context: int) -> Callable[[Sequence[str]], tuple[np.ndarray, np.ndarray]]:
