@@ -3,7 +3,8 @@
 Each way runs in its own process (ru_maxrss is per process) on M and 4M generated captions with the tiny
 backbone's tokenizer; the peak is taken above the process's peak once the strings exist (the strings are
 the plan's, held either way). "table" is `bb.tokenize(texts)`, what the runner did; "stream" is what it
-does now: lengths measured 4,096 captions at a time, then each 256-row shard tokenised on its own.
+does now: lengths measured in one pass 1,024 captions at a time, then each 256-row shard tokenised on its own
+(here in this process; an extraction does both in its --workers processes, extract_overhead.py --zero-backbone).
 
     .venv/bin/python benchmarks/text_tokenize_memory.py [--m 20000]
 """
@@ -34,7 +35,7 @@ if way == "table":
     for lo in range(0, m, 256):
         ids = tok.ids[order[lo:lo + 256]]
 else:
-    lengths, truncated = _token_lengths(bb, texts)
+    lengths, truncated, _ = _token_lengths(bb, texts, 0)  # in this process: its peak and CPU time are the way's
     order = np.argsort(lengths, kind="stable")
     for lo in range(0, m, 256):
         ids = bb.token_ids([texts[i] for i in order[lo:lo + 256]])
