@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from conftest import make_images
 
 from compalign.extract import runner
 from compalign.extract.backbones import load_backbone
-from compalign.extract.captions import content_lengths, measure
+from compalign.extract.captions import Chunks, content_lengths, measure, measurer
 from compalign.extract.runner import ExtractConfig, extract
 
 
@@ -100,3 +101,18 @@ def test_one_pass_measures_what_the_two_passes_measured(sep):
     assert truncated.tolist() == [n + 2 > 8 for n in range(11)]
     # The two passes' rule (content at 9 longer than 8) saw it only when the end token is kept.
     assert (content_lengths(tok(texts, 9)) > 8).tolist() == [not sep and n + 2 > 8 for n in range(11)]
+
+
+def test_the_chunks_a_spawned_worker_gets_pickle_without_the_model():
+    """Where workers spawn (macOS, Windows) each gets the dataset pickled: the tokeniser and the captions, not the
+    backbone. Unpickled, it tokenises the same."""
+    bb = load_backbone("tiny", None, device="cpu")
+    texts = ["a red circle", "two blue squares above a green triangle", "long " * 120]
+    for fn in (measurer(bb.tokenizer, bb.context_length), bb.tokenizer):
+        chunks = Chunks(fn, texts, [range(0, 2), np.array([2, 0])])
+        blob = pickle.dumps(chunks)
+        assert b"torch.nn" not in blob and len(blob) < 5 * 2**20
+        again = pickle.loads(blob)
+        for i in range(2):
+            want, got = chunks[i], again[i]
+            assert all(np.array_equal(np.asarray(w), np.asarray(g)) for w, g in zip(want, got, strict=True))
