@@ -2,9 +2,10 @@
 
 On a GPU the model's stream should never wait on a copy. `to_device` starts the next batch's
 host->device copy (and, with `--decode gpu`, its JPEG decode) on a side stream while the current
-batch is encoded; `HostCopies` copies a batch's features into pinned host buffers without blocking,
-so the CPU places batch k in its shard while the GPU runs batch k + 1. On CPU both are no-ops: the
-tensors are already host memory, and the values are exactly those of a plain `.cpu().numpy()`.
+batch is encoded; `HostCopies` copies a batch's features (an image batch's or a text batch's) into
+pinned host buffers without blocking, so the CPU places batch k in its shard while the GPU runs batch
+k + 1. On CPU nothing is copied: the tensors are already host memory, and the float16 cast is the only
+work, with the rounding numpy's cast into the float16 shard buffers would do.
 """
 
 from __future__ import annotations
