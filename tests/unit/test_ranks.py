@@ -8,6 +8,8 @@ import pytest
 
 from compalign.cache.location import location
 from compalign.cache.store import CacheError
+from compalign.core import host
+from compalign.extract.config import ExtractConfig
 from compalign.extract.ranks import Job, job_progress, join_job, rank_zero_warns
 from compalign.extract.target import writer_lock
 
@@ -88,3 +90,18 @@ def test_only_rank_zero_logs_what_planning_skipped(pairs_dir, caplog):
     assert plan.problems and all(p in said[0] for p in plan.problems)
     assert said[1] == []
     assert logging.getLogger("compalign.extract").level == logging.NOTSET  # rank 1's silence ends with the block
+
+
+def test_workers_auto_splits_the_cores_among_the_ranks_on_this_machine(monkeypatch):
+    """torchrun binds no cores by default: 8 ranks each starting cores - 1 workers would run 8x the cores."""
+    monkeypatch.setattr(host, "usable_cores", lambda: 16)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+
+    def auto() -> int:
+        return ExtractConfig(model="tiny", data="pairs", root=".", out=".").workers  # type: ignore[return-value]
+
+    assert auto() == 15
+    for ranks, want in (("1", 15), ("2", 7), ("4", 3), ("8", 1), ("16", 1), ("32", 1), ("", 15), ("two", 15)):
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", ranks)
+        assert auto() == want, ranks
+    assert ExtractConfig(model="tiny", data="pairs", root=".", out=".", workers=6).workers == 6  # a number is kept

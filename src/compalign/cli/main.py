@@ -68,8 +68,9 @@ def extract(
     pretrained: str | None = typer.Option(None, help="open_clip pretrained tag (presets bring their own; 'none' = random init)"),
     batch_size: int = typer.Option(64, help="images / captions per forward pass"),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
-    workers: str = typer.Option("auto", help="image decoding processes: auto (= CPU cores - 1, at least 1), "
-                                "or a number (0 = in this process)"),
+    workers: str = typer.Option("auto", help="processes decoding images and tokenising captions: auto (= CPU "
+                                "cores - 1, at least 1; under torchrun the cores split among this machine's "
+                                "ranks), or a number (0 = in this process)"),
     decode: str = typer.Option("exact", help="exact (the checkpoint's preprocessing) | fast (JPEGs decoded at a "
                                "reduced scale first, pixels differ slightly) | gpu (JPEGs decoded and resized on "
                                "the CUDA device)"),

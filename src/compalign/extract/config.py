@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from ..cache.store import CacheError, token_codec_level
 from ..core import InputError
-from ..core.host import usable_cores
+from ..core.host import cores_each
 from .crops import canonical_spec
 
 
@@ -24,7 +24,7 @@ class ExtractConfig:
     pretrained: str | None = None  # open_clip pretrained tag (presets bring their own)
     batch_size: int = 64  # images / captions per forward pass
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    workers: int | Literal["auto"] = "auto"  # image decoding processes (0 = in this process; auto = cores - 1, >= 1)
+    workers: int | Literal["auto"] = "auto"  # decoding processes (0 = in this process; auto = cores - 1 per rank, >= 1)
     decode: Literal["exact", "fast", "gpu"] = "exact"  # exact: the checkpoint's preprocess; fast: JPEG draft first;
     #   gpu: nvjpeg decode + resize/crop/normalise on the CUDA device (both change pixels slightly: stored in attrs)
     writers: int = 2  # shard writer threads, each writing whole shards
@@ -53,7 +53,7 @@ class ExtractConfig:
             self.layers = [-1, *self.layers]
         self.layers = sorted(set(self.layers), key=lambda x: (x != -1, -x))
         if self.workers == "auto":
-            self.workers = max(1, usable_cores() - 1)  # the cores this process may use, one left to the model's process
+            self.workers = max(1, cores_each() - 1)  # this rank's share of the cores, one left to its own process
         for flag, value, least in (("--batch-size", self.batch_size, 1), ("--shard-rows", self.shard_rows, 1),
                                    ("--workers", self.workers, 0), ("--writers", self.writers, 1),
                                    ("chunk_rows", self.chunk_rows, 1)):
