@@ -21,7 +21,7 @@ from typing import Any
 
 from ...cache.location import is_url, location, whole_reads  # is_url re-exported: the sources read URLs the way stores do
 from ...core import CompalignError
-from ...core.host import usable_cores
+from ...core.host import cores_each
 from ...core.registry import Registry
 from .plan_cache import PlanCache, active_cache, settled, using
 from .remote import Remote, UrlPath, object_stamp
@@ -200,7 +200,7 @@ class Plan:
         return h.hexdigest()[:16]
 
 
-HASH_THREADS = min(16, usable_cores())  # files read and hashed at once while planning
+HASH_THREADS = min(16, cores_each())  # files read and hashed at once while planning (by every torchrun rank here)
 
 
 def _hash_file(path: Path) -> str | OSError:
