@@ -215,3 +215,36 @@ def test_extract_keeps_the_cache_beside_the_store(tmp_path, hashed):
     assert hashed == []
     extract(ExtractConfig(**cfg, plan_cache=False))
     assert len(hashed) == 4
+
+
+@pytest.mark.parametrize("local, here, first", [(True, 2, True), (True, 1, True), (False, 2, True), (False, 1, False)])
+def test_torchrun_ranks_replay_rank_0s_plan_where_they_read_its_cache(tmp_path, hashed, monkeypatch, local, here,
+                                                                      first):
+    """Under torchrun rank 0 plans first and the others replay its planning cache: each image is read once, not
+    once per rank. Not for a store in a bucket whose ranks span machines (its cache is a file per machine): there
+    they plan at once, as before. Each rank here is a call with its own Job, the barrier recorded."""
+    from compalign.cache.location import location
+    from compalign.extract import runner
+    from compalign.extract.ranks import Job
+
+    root = _pairs(tmp_path / "p", n=4)
+    out = location(str(tmp_path / "s.zarr") if local else "s3://bucket/s.zarr")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # a bucket store's cache file
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(here))
+    events: list[str] = []
+    monkeypatch.setattr(Job, "barrier", lambda self: events.append(f"barrier {self.rank}"))
+    plan_source = runner.plan_source
+
+    def planning(*a, **k):
+        before = len(hashed)
+        plan = plan_source(*a, **k)
+        events.append(f"planned, {len(hashed) - before} hashed")
+        return plan
+
+    monkeypatch.setattr(runner, "plan_source", planning)
+    cfg = runner.ExtractConfig(model="tiny", data="pairs", root=str(root), out=str(out))
+    _same(*(runner._plan(cfg, out, Job(rank, 2)) for rank in (0, 1)))  # rank 1 after rank 0: as the barrier orders
+    if first:
+        assert events == ["planned, 4 hashed", "barrier 0", "barrier 1", "planned, 0 hashed"]
+    else:  # no barrier: in a real job both plan at once, and each hashes what earlier runs left unknown
+        assert events == ["planned, 4 hashed", "planned, 0 hashed"]

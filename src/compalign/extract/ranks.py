@@ -10,9 +10,12 @@ exactly those: a resumed store is the store of one process, byte for byte.
 
 The order of a job:
 1. rank 0 checks `--out` and takes the store's writer lock, exclusive, as a single process would;
-2. rank 0 opens or creates the store (resume checks, `--overwrite`, damaged shards, stale `*.partial` files),
+2. rank 0 plans the source first; the others wait, then replay its planning cache (runner._plan), so a first run
+   reads each image once, not once per rank (not where the ranks span machines and the store is in a bucket:
+   that cache is a file per machine, and they plan at once);
+3. rank 0 opens or creates the store (resume checks, `--overwrite`, damaged shards, stale `*.partial` files),
    then turns its lock shared; the others wait at a barrier meanwhile, then take the shared lock too;
-3. every rank encodes its own shards; a final barrier; rank 0 alone reads the store for the summary.
+4. every rank encodes its own shards; a final barrier; rank 0 alone reads the store for the summary.
 
 Why a shared lock, and why it is safe: the lock is what refuses a second extraction on the same store, and an
 exclusive lock would refuse this job's own ranks. While rank 0 creates or repairs the store it holds the lock

@@ -29,6 +29,7 @@ from ..cache.location import Location, StorageError, is_url, location, unreachab
 from ..cache.store import FAILED, OK, CacheError, Layout, n_shards, open_store
 from ..core import InputError
 from ..core.device import resolve_device
+from ..core.host import processes_here
 from .backbones import load_backbone
 from .captions import in_chunks, measurer
 from .config import ExtractConfig
@@ -188,12 +189,19 @@ def _plan(cfg: ExtractConfig, out: Location, job: Job) -> Plan:
     in the user's cache folder for a store in a bucket. A root's objects are known by URL, size and ETag."""
     if not cfg.plan_cache:
         return plan_source(cfg.data, cfg.root, cfg.split, options=cfg.root_options)
-    # Under torchrun every rank plans at once: only rank 0 records, the others read what earlier runs left.
+    # Under torchrun only rank 0 records. Where every rank reads the file it writes (beside a local store, or a
+    # bucket store's per-machine file with all ranks on one machine), the others wait for it and replay what it
+    # hashed: a first run then reads each image once, not once per rank. Elsewhere they plan at once.
+    first = job.world > 1 and (out.local or job.world == processes_here())
+    if first and job.rank:
+        job.barrier()
     hashes = PlanCache(cache_path(out.path if out.local else str(out)), record=job.rank == 0)
     try:
         plan = plan_source(cfg.data, cfg.root, cfg.split, hashes, cfg.root_options)
     finally:
         hashes.close()
+    if first and job.rank == 0:
+        job.barrier()
     if hashes.hits or hashes.misses:
         log.info("planning cache: %d files known, %d hashed", hashes.hits, hashes.misses)
     return plan
