@@ -324,6 +324,15 @@ def test_a_fast_run_measures_what_its_decode_moves_on_its_own_images(tiny, tmp_p
     assert (f"--decode fast vs exact on 3 of these images: normalised pixels moved by {check.pixel_mean:.4f} on average "
             f"(at most {check.pixel_max:.3f}); cosine with the exact features: global embedding min ") in said[0]
     assert "image failed" in said[0] and "vs exact" not in said[1] and "vs exact" not in said[2]
+    # the store keeps what the run measured, and `cache info` shows it with the store; an exact store has none
+    kept = dict(zarr.open_group(tmp_path / "f.zarr", mode="r").attrs)["decode_check"]
+    assert kept["decode"] == "fast" and kept["images"] == 3
+    assert kept["pixel_mean"] == pytest.approx(check.pixel_mean, rel=1e-6)
+    assert kept["patch_mean"] == pytest.approx(check.patch_mean, abs=1e-6)
+    info = [" ".join(CliRunner().invoke(app, ["cache", "info", str(tmp_path / z)]).output.split()) for z in ("f.zarr", "e.zarr")]
+    assert (f"measured at extraction: --decode fast vs exact on 3 of its images: normalised pixels moved by "
+            f"{check.pixel_mean:.4f} on average") in info[0]
+    assert "measured at extraction" not in info[1] and "decode_check" not in dict(zarr.open_group(tmp_path / "e.zarr", mode="r").attrs)
 
 
 def test_the_gpu_decode_check_pairs_each_device_decoded_image_with_its_own_exact_one(tiny):

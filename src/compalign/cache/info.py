@@ -43,6 +43,7 @@ def cache_info(path: str | Path | Location, verify: bool = False) -> dict[str, A
         "schema": r.attrs["schema"],
         "backbone": r.backbone,
         "extraction": r.attrs["extraction"],
+        "decode_check": r.attrs.get("decode_check"),  # --decode fast|gpu against exact, measured by the run
         "source": {k: v for k, v in r.attrs["source"].items() if k != "problems"},
         "problems": r.attrs["source"].get("problems", []),
         "counts": {"images": lay.n_images, "images_ok": ok_i, "texts": lay.n_texts, "texts_ok": ok_t,

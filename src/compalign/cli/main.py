@@ -166,6 +166,10 @@ def info(store: str = typer.Argument(..., callback=path_or_url, help="a compalig
     out.print(f"backbone: {b['name']} = {b['model_name']} / {b['pretrained']} "
               f"(open_clip {b['open_clip']}, torch {b['torch']}, image {b['image_size']}, embed {b['embed_dim']})")
     out.print(f"source: {d['source']['kind']} at {d['source']['root']} (fingerprint {d['source']['fingerprint']})")
+    if d["decode_check"]:
+        from ..extract.decode_check import DecodeCheck
+
+        out.print(f"measured at extraction: {DecodeCheck(**d['decode_check']).line('its')}")
     out.print(f"images {c['images_ok']}/{c['images']} ok, texts {c['texts_ok']}/{c['texts']} ok, {c['items']} items; "
               f"shards done: images {c['image_shards_done']}/{c['image_shards']}, "
               f"texts {c['text_shards_done']}/{c['text_shards']}")

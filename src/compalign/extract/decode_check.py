@@ -6,15 +6,19 @@ once on other data says little about a user's run. Before its images are encoded
 decodes CHECK_IMAGES of its own images, spread over the whole plan, both ways, and encodes both with its own
 backbone at its own precision; the summary then says how far the normalised pixels moved and the cosine of each
 image's global embedding and patch tokens with their exact counterparts. It costs 2 x CHECK_IMAGES forwards.
+The store keeps the figures in its root attributes (`decode_check`, written once every rank is done, so no
+rank reads the root while it changes), and `compalign cache info` shows them with the store.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
+from ..cache.location import Location
+from ..cache.store import open_store
 from .gpu_decode import GpuPreprocess
 from .image_rows import Decode, ImageRows, collate_rows
 from .sources import ImageRef
@@ -33,10 +37,19 @@ class DecodeCheck:
     patch_mean: float  # cosine of a patch token with its exact one: mean over tokens and images
 
     def __str__(self) -> str:
-        return (f"--decode {self.decode} vs exact on {self.images} of these images: normalised pixels moved by "
+        return self.line("these")
+
+    def line(self, whose: str) -> str:
+        return (f"--decode {self.decode} vs exact on {self.images} of {whose} images: normalised pixels moved by "
                 f"{self.pixel_mean:.4f} on average (at most {self.pixel_max:.3f}); cosine with the exact features: "
                 f"global embedding min {self.global_min:.5f}, mean {self.global_mean:.5f}; "
                 f"patch tokens mean {self.patch_mean:.5f}")
+
+
+def record(out: Location, check: DecodeCheck) -> None:
+    """Keep `check` in the store's root attributes (a rerun that encodes images again replaces it: it samples the
+    same rows of the same plan). Not compared on resume: it is what a run measured, not how the store is made."""
+    open_store(out, "r+").attrs.update({"decode_check": asdict(check)})
 
 
 def sample_rows(refs: list[ImageRef], n: int = CHECK_IMAGES) -> list[int]:

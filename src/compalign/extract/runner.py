@@ -35,6 +35,7 @@ from .captions import in_chunks, measurer
 from .config import ExtractConfig
 from .crops import CropPlan, plan_crops
 from .decode_check import DecodeCheck, check_decode
+from .decode_check import record as record_check
 from .gpu_decode import GpuPreprocess, check_gpu_decode, tensor_steps
 from .image_rows import GPU_ROW_BYTES, PREFETCH, SHM, ImageRows, collate_rows, prefetch_batches, shm_free
 from .ranks import Job, job_progress, join_job, rank_zero_warns
@@ -168,6 +169,8 @@ def _extract(cfg: ExtractConfig, out: Location, progress: Progress | None, job: 
                                   items=len(next(iter(plan.items.values()), [])),
                                   image_failures=[], text_failures=[], problems=plan.problems, shards_written=written,
                                   shards_skipped=skipped, seconds=time.perf_counter() - t0, bytes_on_disk=0, rank=job.rank)
+    if images.check is not None:  # every rank is done: nobody reads the root while it changes
+        record_check(out, images.check)
     from ..cache.reader import CacheReader  # local: the reader is only needed for the summary
 
     reader = CacheReader(out)
