@@ -19,6 +19,8 @@ be closest to its own image (a batch's features landing in another batch's rows 
 
 On a GPU the bare loop times the same forward on the device under the same autocast as extraction
 (pixels already there, synchronised at the end), so the ratio shows what decoding and writing cost.
+The captions (5 per image, as COCO's) get the same comparison: the text tower alone on pre-tokenised ids,
+batched as the text stage batches them, against the text stage's rate, tokenising included.
 
 `--zero-backbone` measures what the extraction can feed and write when the model costs nothing: the
 data path alone (DataLoader workers decoding + preprocessing, no model, no writing) in images/s per
@@ -50,7 +52,7 @@ from compalign.cache.store import open_store
 from compalign.core.host import usable_cores
 from compalign.core.memory import keep_freed_memory
 from compalign.extract.backbones import ImageOut, TextOut, load_backbone
-from compalign.extract.captions import in_chunks
+from compalign.extract.captions import in_chunks, measure
 from compalign.extract.decode_check import check_decode
 from compalign.extract.gpu_decode import GpuPreprocess
 from compalign.extract.image_rows import ImageRows, collate_rows
@@ -125,6 +127,21 @@ def bare_loop(bb, pixels: torch.Tensor, batch_size: int, precision: str) -> tupl
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     return time.perf_counter() - t0, torch.cat(out).float()
+
+
+def bare_text_loop(bb, ids: torch.Tensor, lengths: np.ndarray, batch_size: int, precision: str, device: str) -> float:
+    """Seconds of the text tower alone on pre-tokenised captions, batched as the text stage batches them: sorted
+    by length and cut at each batch's longest for a causal tower, the full context otherwise."""
+    order = np.argsort(lengths, kind="stable") if bb.causal_text else np.arange(len(lengths))
+    ids, lengths = ids[order].to(device), lengths[order]
+    t0 = time.perf_counter()
+    with torch.no_grad(), _autocast(device, precision):
+        for b in range(0, len(ids), batch_size):
+            L = int(lengths[b:b + batch_size].max()) if bb.causal_text else ids.shape[1]
+            bb.encode_texts(ids[b:b + batch_size, :L], [-1])
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
 
 
 def same_rows(store: Path, direct: torch.Tensor) -> str:
@@ -326,10 +343,14 @@ def main() -> None:
     log("pre-decoding", args.n, "images for the bare loop")
     pixels = predecode(root, args.n, bb.preprocess, workers, args.batch_size).to(args.device)
     bare_loop(bb, pixels[: args.batch_size], args.batch_size, args.precision)  # warm-up
+    texts = [caption(i, k) for i in range(args.n) for k in range(args.captions)]
+    ids, (lengths, _) = bb.token_ids(texts), measure(bb.tokenizer, bb.context_length, texts)
+    bare_text_loop(bb, ids[: args.batch_size], lengths[: args.batch_size], args.batch_size, args.precision, args.device)
 
     runs = []
     for rep in range(2):  # bare, extract, bare, extract: drift on a shared machine hits both
         t_bare, direct = bare_loop(bb, pixels, args.batch_size, args.precision)
+        t_text = bare_text_loop(bb, ids, lengths, args.batch_size, args.precision, args.device)
         store = args.work / "store.zarr"
         shutil.rmtree(store, ignore_errors=True)
         t0 = time.perf_counter()
@@ -340,7 +361,7 @@ def main() -> None:
         t_total = time.perf_counter() - t0
         stage = summary.image_time  # the image stage as the run timed it: workers' start to the last shard written
         t_img = stage.seconds
-        runs.append((t_bare, t_img, t_total, stage, summary.text_time))
+        runs.append((t_bare, t_img, t_total, stage, summary.text_time, t_text))
         log(f"rep {rep}: bare {args.n / t_bare:.1f} img/s, extraction image stage {args.n / t_img:.1f} img/s, "
             f"whole extract call {t_total:.1f} s")
     t_bare = float(np.mean([r[0] for r in runs]))
@@ -354,6 +375,10 @@ def main() -> None:
     print(f"ratio extraction / bare: {t_bare / t_img:.3f} (target >= 0.90)")
     print(f"where the time went, last run: {runs[-1][3]}")
     print(f"where the time went, last run's captions: {runs[-1][4]}")
+    bare_text = len(texts) / float(np.mean([r[5] for r in runs]))
+    stage_text = float(np.mean([r[4].rows / r[4].seconds for r in runs]))
+    print(f"captions ({args.captions} per image): bare text forward loop {bare_text:,.0f} captions/s, text stage "
+          f"{stage_text:,.0f} captions/s (tokenising included), ratio {stage_text / bare_text:.3f}")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS of this process (model, pixels, both loops): {peak:,.0f} MiB")
     print(same_rows(store, direct))

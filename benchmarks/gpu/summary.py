@@ -66,6 +66,8 @@ def main(steps: Path) -> None:
                 rows.append((f"where the time went, {label}", spent))
                 rows.append((f"where the time went, captions of the {label} step",
                              grab(text, r"^where the time went, last run's captions: (text stage: .*)")))
+                rows.append((f"captions: bare text forward vs text stage, {label} step",
+                             grab(text, r"^captions \(\d+ per image\): (bare text forward .*)")))
                 same = grab(text, r"^stored global vs the bare loop's forward of the same pixels: (.*)")
                 if same:
                     rows.append((f"stored globals vs the bare forward, {label}", same))
