@@ -24,7 +24,7 @@ __all__ = ["Chunks", "in_chunks", "measure", "measurer"]
 def content_lengths(ids: torch.Tensor) -> torch.Tensor:
     """Tokens up to and including the last non-pad token (pad id is 0 for both tokenizer families)."""
     nonpad = ids != 0
-    pos = torch.arange(ids.shape[1]).expand_as(ids)
+    pos = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
     last = torch.where(nonpad, pos, torch.full_like(pos, -1)).max(dim=1).values
     return last + 1
 

@@ -31,7 +31,7 @@ from ..core import InputError
 from ..core.device import resolve_device
 from ..core.host import processes_here
 from .backbones import load_backbone
-from .captions import in_chunks, measurer
+from .captions import content_lengths, in_chunks, measurer
 from .config import ExtractConfig
 from .crops import CropPlan, plan_crops
 from .decode_check import DecodeCheck, check_decode
@@ -45,7 +45,7 @@ from .sources import Plan, PlanCache, cache_path, plan_source
 from .store_setup import open_or_create, pending_shards
 from .target import NOT_WRITABLE, ObjectLock, WriterLock, check_target, writer_lock
 from .timing import Clock, StageTime
-from .transfer import HostCopies, image_features, to_device
+from .transfer import HostCopies, image_features, to_device, to_device_async
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]  # (stage, rows done, rows total)
@@ -275,6 +275,7 @@ def _extract_texts(cfg, bb, plan, measured, order, text_len, out, writer, device
         src = order[lo:hi]
         lengths = all_lengths[src]
         n = hi - lo
+        ids_all = to_device_async(ids_all, device)  # (n, C); no copy below makes the host wait for the device
         buf: dict[str, np.ndarray] = {
             "global": np.zeros((n, lay.embed_dim), np.float32),
             "status": np.full(n, OK, np.int8),
@@ -293,10 +294,10 @@ def _extract_texts(cfg, bb, plan, measured, order, text_len, out, writer, device
                 continue
             L = int(lengths[idx].max()) if bb.causal_text else bb.context_length
             with clock.part("model"):
-                ids = ids_all[idx, :L].to(device)  # (B, L): positions after EOT cannot change a causal tower
-                enc = bb.encode_texts(ids, layers)
-                ends = torch.from_numpy(lengths[idx]).to(enc.global_.device)
-                past = torch.arange(L, device=ends.device)[None, :] >= ends[:, None]  # (B, L): zeroed, on the device
+                ids = ids_all[to_device_async(torch.from_numpy(idx), device), :L]  # (B, L): positions after EOT
+                enc = bb.encode_texts(ids, layers)  # cannot change a causal tower
+                ends = content_lengths(ids)  # (B,): lengths[idx], from the ids on the device
+                past = torch.arange(L, device=ids.device)[None, :] >= ends[:, None]  # (B, L): zeroed
                 started = copies.start({"global": enc.global_,
                                         **{f"tokens/{l}": enc.tokens[l][:, :L].masked_fill(past[..., None], 0)
                                            for l in layers}})

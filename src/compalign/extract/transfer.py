@@ -52,6 +52,12 @@ def to_device(loader: Iterable[Batch], device: str, gpu: GpuPreprocess | None = 
         yield cur
 
 
+def to_device_async(t: torch.Tensor, device: str) -> torch.Tensor:
+    """`t` on `device` without making the host wait: a pageable host->device copy waits for everything queued on
+    the stream (the forward of the batch before), a pinned one is queued behind it. On CPU, `t` itself."""
+    return t.pin_memory().to(device, non_blocking=True) if device.startswith("cuda") else t
+
+
 class HostCopies:
     """Features of one batch on their way to host memory: `start` queues the copies, `wait` gives numpy arrays.
 
