@@ -5,7 +5,7 @@
 #   bash benchmarks/gpu/run.sh --dry    # the same sequence on CPU with the tiny architecture and 32 images
 #                                       #   (or GPU_CHECK_DRY=1): checks the plumbing, measures nothing
 #
-# Steps (benchmarks/extract_overhead.py): extraction at bf16, batch 256, workers auto on 640x480 JPEGs with
+# Steps (benchmarks/extract_overhead.py): extraction at bf16, batch 256, workers auto, 4 writers on 640x480 JPEGs with
 # --decode exact, fast and gpu, then on pre-resized (short side 224) JPEGs; then --zero-backbone (data path
 # per worker count and decode mode, captions tokenised per worker count, writers MB/s). Each step has its own timeout inside one time budget
 # (GPU_CHECK_BUDGET seconds, default 450); a failing step is reported and the next one runs.
@@ -89,8 +89,9 @@ step() {  # step NAME CAP ARGS...: extract_overhead.py ARGS under min(CAP, time 
 if ((DRY)); then  # CPU, the tiny architecture (random init), a few images: every step and the summary run
     A=(--model compalign-tiny --device cpu --precision bf16 --batch-size 16 --workers auto --n 32 --work "$WORK")
     Z=(--zero-backbone --model compalign-tiny --device cpu --batch-size 16 --workers auto --n 32 --shard-rows 16 --pool 16)
-else  # ViT-B-16 bf16 forwards ~6,500 img/s on an H100; a CPU worker decodes 150-300 img/s: seconds per run
-    A=(--device cuda --precision bf16 --batch-size 256 --workers auto --n 8192 --work "$WORK")
+else  # ViT-B-16 bf16 forwards ~6,500 img/s on an H100; a CPU worker decodes 150-300 img/s: seconds per run.
+    # Its patches then come to ~2 GB/s: 4 writers (712 MB/s on the 2-core dev box, 2 gave 516), not the default 2.
+    A=(--device cuda --precision bf16 --batch-size 256 --workers auto --writers 4 --n 8192 --work "$WORK")
     Z=(--zero-backbone --device cuda --batch-size 256 --workers auto --n 2048 --shard-rows 256)
 fi
 step extract-1-exact 120 "${A[@]}"
