@@ -52,7 +52,7 @@ from compalign.cache.store import open_store
 from compalign.core.host import usable_cores
 from compalign.core.memory import keep_freed_memory
 from compalign.extract.backbones import ImageOut, TextOut, load_backbone
-from compalign.extract.captions import in_chunks, measure
+from compalign.extract.captions import content_lengths, in_chunks, measure
 from compalign.extract.decode_check import check_decode
 from compalign.extract.gpu_decode import GpuPreprocess
 from compalign.extract.image_rows import ImageRows, collate_rows
@@ -240,11 +240,14 @@ def text_path(bb, texts: list[str], workers: int, shard_rows: int) -> float:
 
 
 def text_path_two_passes(bb, texts: list[str], shard_rows: int) -> float:
-    """The reference: what the text stage did before captions.py, in this process (tokenize() ran the tokeniser
-    twice per caption to measure lengths and truncation, then each shard's ids once more)."""
+    """The reference: what the text stage did before captions.py, in this process (the tokeniser ran twice per
+    caption, at the context and at one more, to measure lengths and truncation, then once more per shard)."""
+    C = bb.context_length
     t0 = time.perf_counter()
     for lo in range(0, len(texts), runner.TOKENIZE_ROWS):
-        bb.tokenize(texts[lo:lo + runner.TOKENIZE_ROWS])
+        chunk = texts[lo:lo + runner.TOKENIZE_ROWS]
+        _lengths = content_lengths(bb.tokenizer(chunk))
+        _truncated = content_lengths(bb.tokenizer(chunk, context_length=C + 1)) > C
     for lo in range(0, len(texts), shard_rows):
         bb.token_ids(texts[lo:lo + shard_rows])
     return len(texts) / (time.perf_counter() - t0)

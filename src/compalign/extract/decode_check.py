@@ -46,7 +46,7 @@ class DecodeCheck:
                 f"patch tokens mean {self.patch_mean:.5f}")
 
 
-def record(out: Location, check: DecodeCheck) -> None:
+def record_check(out: Location, check: DecodeCheck) -> None:
     """Keep `check` in the store's root attributes (a rerun that encodes images again replaces it: it samples the
     same rows of the same plan). Not compared on resume: it is what a run measured, not how the store is made."""
     open_store(out, "r+").attrs.update({"decode_check": asdict(check)})

@@ -34,8 +34,7 @@ from .backbones import load_backbone
 from .captions import content_lengths, in_chunks, measurer
 from .config import ExtractConfig
 from .crops import CropPlan, plan_crops
-from .decode_check import DecodeCheck, check_decode
-from .decode_check import record as record_check
+from .decode_check import DecodeCheck, check_decode, record_check
 from .gpu_decode import GpuPreprocess, check_gpu_decode, tensor_steps
 from .image_rows import GPU_ROW_BYTES, PREFETCH, SHM, ImageRows, collate_rows, prefetch_batches, shm_free
 from .ranks import Job, job_progress, join_job, rank_zero_warns
