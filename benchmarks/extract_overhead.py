@@ -28,6 +28,11 @@ worker count and decode mode, how far `fast` (and `gpu`, on CUDA) move the pixel
 captions tokenised per second per worker count (lengths, then each shard's ids), the
 shard writers in MB/s per writer count, and a whole `extract` call whose backbone is a stand-in
 returning stored real outputs (so the writers get realistic float16 tokens).
+
+`--sync-check` (CUDA) runs one extraction under torch.cuda.set_sync_debug_mode("warn") instead of the timed
+runs and counts every call that made the host wait for the device (a blocking copy, `.item()`, `nonzero`...)
+by the compalign line it came from. A site counted once per batch is one the loop waits on; loading the model
+waits by design. HostCopies.wait's event wait is deliberate, and torch does not flag it.
 """
 
 from __future__ import annotations
@@ -39,6 +44,9 @@ import os
 import resource
 import shutil
 import time
+import traceback
+import warnings
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -314,6 +322,42 @@ def zero_backbone(args, root: Path) -> None:
         print(f"| {w} | {max(writers_mb_s(store, w) for _ in range(2)):.0f} |")
 
 
+def sync_check(args, root: Path) -> None:
+    if not torch.cuda.is_available():
+        print("sync check: skipped, it needs CUDA (torch.cuda.set_sync_debug_mode)")
+        return
+    sites: Counter[str] = Counter()
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        if "synchroniz" not in str(message):
+            return
+        frames = [f for f in traceback.extract_stack()[:-1] if "warnings" not in Path(f.filename).name]  # innermost last
+        ours = next((f for f in reversed(frames) if "/compalign/" in f.filename), None)
+        op = frames[-1]
+        where = f"{Path(ours.filename).name}:{ours.lineno} ({ours.name})" if ours else "outside compalign"
+        via = f" via {Path(op.filename).parent.name}/{Path(op.filename).name}:{op.lineno}" if op is not ours else ""
+        sites[where + via] += 1
+
+    store = args.work / "sync.zarr"
+    shutil.rmtree(store, ignore_errors=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = record
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            extract(ExtractConfig(model=args.model, pretrained="none", data="pairs", root=str(root), out=str(store),
+                                  batch_size=args.batch_size, workers=args.workers, device=args.device,
+                                  precision=args.precision, decode=args.decode, writers=args.writers,
+                                  shard_rows=args.shard_rows, token_codec=args.token_codec))
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    batches = -(-args.n // args.batch_size), -(-args.n * args.captions // args.batch_size)
+    print(f"sync check: {sum(sites.values())} calls made the host wait for the device, at {len(sites)} sites "
+          f"({batches[0]} image batches, {batches[1]} caption batches; decode {args.decode})")
+    for site, count in sites.most_common(12):
+        print(f"  {count:6d}  {site}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="ViT-B-16")
@@ -333,6 +377,8 @@ def main() -> None:
     ap.add_argument("--heap", default="keep", choices=["keep", "default"], help="the CLI's heap policy or glibc's own")
     ap.add_argument("--image-size", type=int, default=0,
                     help="short side of the test JPEGs, pre-resized as img2dataset writes them (0: COCO's 640x480)")
+    ap.add_argument("--sync-check", action="store_true",
+                    help="CUDA: one extraction, counting the calls that make the host wait for the device")
     args = ap.parse_args()
     if args.heap == "keep":
         keep_freed_memory()
@@ -341,6 +387,8 @@ def main() -> None:
                      args.captions)
     if args.zero_backbone:
         return zero_backbone(args, root)
+    if args.sync_check:
+        return sync_check(args, root)
     bb = load_backbone(args.model, "none", device=args.device)
     workers = ExtractConfig(model="x", data="pairs", root=".", out=".", workers=args.workers).workers
     log("pre-decoding", args.n, "images for the bare loop")

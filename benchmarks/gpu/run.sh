@@ -5,10 +5,12 @@
 #   bash benchmarks/gpu/run.sh --dry    # the same sequence on CPU with the tiny architecture and 32 images
 #                                       #   (or GPU_CHECK_DRY=1): checks the plumbing, measures nothing
 #
-# Steps (benchmarks/extract_overhead.py): extraction at bf16, batch 256, workers auto, 4 writers on 640x480 JPEGs with
-# --decode exact, fast and gpu, then on pre-resized (short side 224) JPEGs; then --zero-backbone (data path
-# per worker count and decode mode, captions tokenised per worker count, writers MB/s). Each step has its own timeout inside one time budget
-# (GPU_CHECK_BUDGET seconds, default 450); a failing step is reported and the next one runs.
+# Steps (benchmarks/extract_overhead.py): extraction at bf16, batch 256, workers auto, 4 writers on 640x480 JPEGs
+# with --decode exact; one short extraction under torch's sync debug mode (--sync-check: the lines that make the
+# host wait for the GPU); --decode fast and gpu; pre-resized (short side 224) JPEGs; then --zero-backbone (data
+# path per worker count and decode mode, captions tokenised per worker count, writers MB/s). Each step has its own
+# timeout inside one time budget (GPU_CHECK_BUDGET seconds, default 450); a failing step is reported and the next
+# one runs.
 # Output: $OUT (else ./gpu-out): gpu-log.txt (everything) and summary.md (one figure | value table).
 # Packages: whatever the Python finds (an installed compalign), else the wheels of benchmarks/gpu/wheels.sh
 # in .whl/, installed to /tmp/site. PYTHON picks the interpreter (default: .venv/bin/python, else python3).
@@ -89,12 +91,15 @@ step() {  # step NAME CAP ARGS...: extract_overhead.py ARGS under min(CAP, time 
 if ((DRY)); then  # CPU, the tiny architecture (random init), a few images: every step and the summary run
     A=(--model compalign-tiny --device cpu --precision bf16 --batch-size 16 --workers auto --n 32 --work "$WORK")
     Z=(--zero-backbone --model compalign-tiny --device cpu --batch-size 16 --workers auto --n 32 --shard-rows 16 --pool 16)
+    S=()
 else  # ViT-B-16 bf16 forwards ~6,500 img/s on an H100; a CPU worker decodes 150-300 img/s: seconds per run.
     # Its patches then come to ~2 GB/s: 4 writers (712 MB/s on the 2-core dev box, 2 gave 516), not the default 2.
     A=(--device cuda --precision bf16 --batch-size 256 --workers auto --writers 4 --n 8192 --work "$WORK")
     Z=(--zero-backbone --device cuda --batch-size 256 --workers auto --n 2048 --shard-rows 256)
+    S=(--n 1024)  # 4 image batches, 20 of captions: a site counted once per batch shows as such
 fi
 step extract-1-exact 120 "${A[@]}"
+step sync-check 45 "${A[@]}" "${S[@]}" --sync-check  # which lines, if any, make the host wait for the GPU
 step extract-2-fast 100 "${A[@]}" --decode fast
 if ((CUDA)); then
     step extract-3-gpu 100 "${A[@]}" --decode gpu

@@ -73,6 +73,12 @@ def main(steps: Path) -> None:
                     rows.append((f"stored globals vs the bare forward, {label}", same))
                 if size == "640x480" and (best is None or float(ext) > best[0]):
                     best = (float(ext), f"decode {decode}")
+        elif name == "sync-check":
+            head = grab(text, r"^sync check: (.*)")
+            sites = re.findall(r"^ +(\d+)  (.*)", text, re.M)
+            rows.append(("calls that made the host wait for the device (one extraction)", head))
+            if sites:
+                rows.append(("... by compalign line (count site)", "; ".join(f"{c} {s}" for c, s in sites[:6])))
         else:
             path = table(text, "| decode | workers |")
             for decode in dict.fromkeys(r[0] for r in path):
