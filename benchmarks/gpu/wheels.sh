@@ -65,5 +65,13 @@ if bad:
     sys.exit("wheels.sh: " + "; ".join(bad))
 EOF
 
-echo "wheels: $(du -sh .whl | cut -f1) in .whl/ ($(ls .whl | wc -l) files); tracked tree:" \
-     "$(git ls-files -z | du -ch --files0-from=- | tail -1 | cut -f1) (the device copies both: 64 MiB at most)"
+# What a device call copies: tracked files, untracked ones git does not ignore, and the carried .whl/.
+tree=$(git ls-files -z -co --exclude-standard | du -cb --files0-from=- 2> /dev/null | tail -1 | cut -f1)
+whl=$(du -sb .whl | cut -f1)
+echo "wheels: $((whl / 1048576)) MiB in .whl/ ($(ls .whl | wc -l) files); working tree (tracked and untracked," \
+     "not ignored): $((tree / 1048576)) MiB; the device copies both: 64 MiB at most"
+if ((tree + whl > 64 * 1048576)); then
+    echo "wheels.sh: the working tree and .whl/ come to more than 64 MiB; move untracked outputs out of the" \
+         "checkout (git status --short lists them) before the device call" >&2
+    exit 1
+fi
