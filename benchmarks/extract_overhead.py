@@ -322,6 +322,14 @@ def zero_backbone(args, root: Path) -> None:
         print(f"| {w} | {max(writers_mb_s(store, w) for _ in range(2)):.0f} |")
 
 
+def run_config(args, root: Path, store: Path) -> ExtractConfig:
+    """The extraction the timed runs and the sync check make: this script's flags, the random-init backbone."""
+    return ExtractConfig(model=args.model, pretrained="none", data="pairs", root=str(root), out=str(store),
+                         batch_size=args.batch_size, workers=args.workers, device=args.device, precision=args.precision,
+                         decode=args.decode, writers=args.writers, shard_rows=args.shard_rows,
+                         token_codec=args.token_codec)
+
+
 def sync_check(args, root: Path) -> None:
     if not torch.cuda.is_available():
         print("sync check: skipped, it needs CUDA (torch.cuda.set_sync_debug_mode)")
@@ -345,10 +353,7 @@ def sync_check(args, root: Path) -> None:
         warnings.showwarning = record
         torch.cuda.set_sync_debug_mode("warn")
         try:
-            extract(ExtractConfig(model=args.model, pretrained="none", data="pairs", root=str(root), out=str(store),
-                                  batch_size=args.batch_size, workers=args.workers, device=args.device,
-                                  precision=args.precision, decode=args.decode, writers=args.writers,
-                                  shard_rows=args.shard_rows, token_codec=args.token_codec))
+            extract(run_config(args, root, store))
         finally:
             torch.cuda.set_sync_debug_mode("default")
     batches = -(-args.n // args.batch_size), -(-args.n * args.captions // args.batch_size)
@@ -405,10 +410,7 @@ def main() -> None:
         store = args.work / "store.zarr"
         shutil.rmtree(store, ignore_errors=True)
         t0 = time.perf_counter()
-        summary = extract(ExtractConfig(model=args.model, pretrained="none", data="pairs", root=str(root),
-                                        out=str(store), batch_size=args.batch_size, workers=args.workers,
-                                        device=args.device, precision=args.precision, decode=args.decode,
-                                        writers=args.writers, shard_rows=args.shard_rows, token_codec=args.token_codec))
+        summary = extract(run_config(args, root, store))
         t_total = time.perf_counter() - t0
         stage = summary.image_time  # the image stage as the run timed it: workers' start to the last shard written
         t_img = stage.seconds
